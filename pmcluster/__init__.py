@@ -1,0 +1,4 @@
+"""pmcluster: a horizontally scaled, highly available heartbeat store modelled on Storm's Pacemaker."""
+
+__version__ = "0.1.0"
+API_VERSION = 1

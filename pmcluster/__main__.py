@@ -1,0 +1,7 @@
+"""`python -m pmcluster` runs the command line."""
+
+import sys
+
+from pmcluster.cli import main
+
+sys.exit(main())

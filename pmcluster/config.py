@@ -1,0 +1,289 @@
+"""Configuration: a YAML file in Storm's style (flat dotted keys, Storm's names and defaults).
+
+`load_config(path, overrides)` reads the file, applies command-line overrides, validates every
+value and returns a frozen `Config`. A wrong type or value raises `ConfigError` naming the key,
+so the daemon refuses to start with a message an operator can act on; an unknown key is only
+warned about, because a real storm.yaml carries many keys that pmcluster does not use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pmcluster.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+AUTH_METHODS = ("NONE", "DIGEST", "KERBEROS")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DEFAULT_STATE_STORE = "pmcluster.state.zookeeper_state_factory"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting a node, client or tool reads, with Storm's defaults."""
+
+    servers: tuple[str, ...] = ()
+    port: int = 6699
+    host: str = "127.0.0.1"
+    max_threads: int = 50
+    childopts: str = ""
+    auth_method: str = "NONE"
+    jaas_path: str | None = None
+    nimbus_daemon_user: str | None = None
+    kerberos_users: tuple[str, ...] = ()
+    max_message_size: int = 10 * 1024 * 1024
+    zk_servers: tuple[str, ...] = ()
+    zk_port: int = 2181
+    zk_root: str = "/storm"
+    zk_session_timeout_secs: float = 20.0
+    cluster_state_store: str = DEFAULT_STATE_STORE
+    heartbeat_secs: float = 3.0
+    replication: int = 2
+    ring_points: int = 160
+    zone: str | None = None
+    connect_timeout_secs: float = 0.5
+    request_timeout_secs: float = 2.0
+    grace_secs: float | None = None
+    ttl_secs: float | None = None
+    tombstone_secs: float = 600.0
+    dns_nameservers: tuple[str, ...] = ()
+    dns_refresh_secs: float = 30.0
+    log_level: str = "INFO"
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def node_id(self) -> str:
+        """This node's stable advertised identity, `host:port`."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def grace_window_secs(self) -> float:
+        """How long reads also ask the previous ring's owners after a ring change."""
+        if self.grace_secs is not None:
+            return self.grace_secs
+        return self.heartbeat_secs + self.request_timeout_secs
+
+
+# --- value parsers: each takes (key, raw value) and returns the typed value or raises -------
+
+Parser = Callable[[str, Any], Any]
+
+
+def _int(lo: int, hi: int) -> Parser:
+    def parse(key: str, raw: Any) -> int:
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            if isinstance(raw, str) and raw.strip().lstrip("-").isdigit():
+                raw = int(raw.strip())
+            else:
+                raise ConfigError(key, f"expected an integer, got {raw!r}")
+        if not lo <= raw <= hi:
+            raise ConfigError(key, f"must be between {lo} and {hi}, got {raw}")
+        return int(raw)
+
+    return parse
+
+
+def _float(lo: float, hi: float, *, scale: float = 1.0) -> Parser:
+    def parse(key: str, raw: Any) -> float:
+        if isinstance(raw, bool):
+            raise ConfigError(key, f"expected a number, got {raw!r}")
+        try:
+            value = float(raw) * scale
+        except (TypeError, ValueError):
+            raise ConfigError(key, f"expected a number, got {raw!r}") from None
+        if math.isnan(value) or not lo <= value <= hi:
+            raise ConfigError(key, f"must be between {lo / scale:g} and {hi / scale:g}, got {raw}")
+        return value
+
+    return parse
+
+
+def _optional(inner: Parser) -> Parser:
+    def parse(key: str, raw: Any) -> Any:
+        return None if raw is None else inner(key, raw)
+
+    return parse
+
+
+def _str(key: str, raw: Any) -> str:
+    if not isinstance(raw, str | int | float) or isinstance(raw, bool):
+        raise ConfigError(key, f"expected a string, got {raw!r}")
+    return str(raw)
+
+
+def _nonempty_str(key: str, raw: Any) -> str:
+    value = _str(key, raw).strip()
+    if not value:
+        raise ConfigError(key, "must not be empty")
+    return value
+
+
+def _str_list(key: str, raw: Any) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        raw = [part for part in raw.replace(",", " ").split() if part]
+    if not isinstance(raw, list | tuple):
+        raise ConfigError(key, f"expected a list of strings, got {raw!r}")
+    out = []
+    for item in raw:
+        if isinstance(item, bool) or not isinstance(item, str | int):
+            raise ConfigError(key, f"expected a list of strings, got item {item!r}")
+        text = str(item).strip()
+        if not text:
+            raise ConfigError(key, "list items must not be empty")
+        out.append(text)
+    return tuple(out)
+
+
+def _choice(choices: tuple[str, ...]) -> Parser:
+    def parse(key: str, raw: Any) -> str:
+        value = _str(key, raw).strip().upper()
+        if value not in choices:
+            raise ConfigError(key, f"must be one of {', '.join(choices)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _zk_root(key: str, raw: Any) -> str:
+    value = _nonempty_str(key, raw)
+    if not value.startswith("/"):
+        raise ConfigError(key, f"must be an absolute ZooKeeper path, got {raw!r}")
+    return value.rstrip("/") or "/"
+
+
+_MAX_SECS = 7 * 24 * 3600.0
+
+# YAML key -> (Config attribute, parser). The one table of what pmcluster understands.
+KEYS: dict[str, tuple[str, Parser]] = {
+    "pacemaker.servers": ("servers", _str_list),
+    "pacemaker.port": ("port", _int(1, 65535)),
+    "pacemaker.host": ("host", _nonempty_str),
+    "pacemaker.max.threads": ("max_threads", _int(1, 10_000)),
+    "pacemaker.childopts": ("childopts", _optional(_str)),
+    "pacemaker.auth.method": ("auth_method", _choice(AUTH_METHODS)),
+    "java.security.auth.login.config": ("jaas_path", _optional(_nonempty_str)),
+    "nimbus.daemon.user": ("nimbus_daemon_user", _optional(_nonempty_str)),
+    "pacemaker.kerberos.users": ("kerberos_users", _str_list),
+    "pacemaker.thrift.message.size.max": ("max_message_size", _int(1024, 1 << 30)),
+    "storm.zookeeper.servers": ("zk_servers", _str_list),
+    "storm.zookeeper.port": ("zk_port", _int(1, 65535)),
+    "storm.zookeeper.root": ("zk_root", _zk_root),
+    "storm.zookeeper.session.timeout": (
+        "zk_session_timeout_secs",
+        _float(0.2, _MAX_SECS, scale=0.001),
+    ),
+    "storm.cluster.state.store": ("cluster_state_store", _nonempty_str),
+    "task.heartbeat.frequency.secs": ("heartbeat_secs", _float(0.01, 3600.0)),
+    "pmcluster.replication": ("replication", _int(1, 16)),
+    "pmcluster.ring.points": ("ring_points", _int(100, 10_000)),
+    "pmcluster.zone": ("zone", _optional(_nonempty_str)),
+    "pmcluster.connect.timeout.secs": ("connect_timeout_secs", _float(0.001, 600.0)),
+    "pmcluster.request.timeout.secs": ("request_timeout_secs", _float(0.001, 600.0)),
+    "pmcluster.grace.secs": ("grace_secs", _optional(_float(0.0, _MAX_SECS))),
+    "pmcluster.ttl.secs": ("ttl_secs", _optional(_float(0.001, _MAX_SECS))),
+    "pmcluster.tombstone.secs": ("tombstone_secs", _float(0.001, _MAX_SECS)),
+    "pmcluster.dns.nameservers": ("dns_nameservers", _str_list),
+    "pmcluster.dns.refresh.secs": ("dns_refresh_secs", _float(0.05, _MAX_SECS)),
+    "pmcluster.log.level": ("log_level", _choice(LOG_LEVELS)),
+}
+
+# Keys that a shared storm.yaml carries for other daemons: accepted silently.
+_FOREIGN_PREFIXES = (
+    "storm.",
+    "nimbus.",
+    "supervisor.",
+    "worker.",
+    "topology.",
+    "ui.",
+    "drpc.",
+    "logviewer.",
+    "pacemaker.",
+    "java.",
+    "task.",
+    "transactional.",
+    "dev.",
+)
+
+
+def config_from_mapping(values: Mapping[str, Any]) -> Config:
+    """Validate a mapping of YAML keys to values and build a `Config`."""
+    kwargs: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, raw in values.items():
+        if not isinstance(key, str):
+            raise ConfigError(str(key), "config keys must be strings")
+        spec = KEYS.get(key)
+        if spec is None:
+            extra[key] = raw
+            if key.startswith("pmcluster.") or not key.startswith(_FOREIGN_PREFIXES):
+                log.warning("unknown config key %r ignored", key)
+            continue
+        attr, parse = spec
+        kwargs[attr] = parse(key, raw)
+    config = Config(**kwargs, extra=extra)
+    _check_consistency(config)
+    return config
+
+
+def _check_consistency(config: Config) -> None:
+    if config.connect_timeout_secs > config.request_timeout_secs:
+        raise ConfigError(
+            "pmcluster.connect.timeout.secs",
+            f"({config.connect_timeout_secs:g}) must not exceed pmcluster.request.timeout.secs "
+            f"({config.request_timeout_secs:g})",
+        )
+    if config.auth_method == "DIGEST" and not config.jaas_path:
+        raise ConfigError(
+            "java.security.auth.login.config",
+            "DIGEST authentication needs a JAAS file with a PacemakerDigest section",
+        )
+    if config.auth_method == "KERBEROS" and not config.jaas_path:
+        raise ConfigError(
+            "java.security.auth.login.config",
+            "KERBEROS authentication needs a JAAS file with PacemakerServer/PacemakerClient",
+        )
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a Storm-style YAML file; an empty file is an empty mapping."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("--config", f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError("--config", f"{path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("--config", f"{path} must hold a mapping of keys to values")
+    return data
+
+
+def load_config(
+    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> Config:
+    """Load the YAML file (if any), apply command-line overrides (YAML key names), validate."""
+    values: dict[str, Any] = read_yaml(path) if path is not None else {}
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = value
+    return config_from_mapping(values)
+
+
+def with_overrides(config: Config, **changes: Any) -> Config:
+    """A copy of `config` with attributes replaced (for tools and tests)."""
+    return dataclasses.replace(config, **changes)
