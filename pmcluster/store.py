@@ -1,0 +1,561 @@
+"""The in-memory heartbeat store: Storm Pacemaker's eight operations, plus versions and tombstones.
+
+Layout: a trie of path components. Each `_Node` holds its children (a dict, `None` for a
+leaf), the key's value if the path is a key, the number of keys at or below it (`n`), the
+newest value version at or below it (`maxv`) and its tombstones, if any. Costs:
+
+- point operations (`send_pulse`, `get_pulse`, `exists`, `delete_pulse_id`,
+  `tombstone_version`): O(depth);
+- `get_all_nodes_for_path`, `children_versions`: O(children of the path) (plus sorting);
+- `get_all_pulse_for_path`, `delete_path`: O(size of the subtree), never a scan of all keys;
+- housekeeping: every operation first drops what is due (expired tombstones from a heap,
+  keys past their TTL from a write-ordered dict), amortised O(depth) per dropped item.
+
+Trie nodes with no key at or below them and no tombstones on them are pruned, so a deleted
+or expired subtree leaves nothing behind. Measured overhead (scripts/bench_store.py): about
+215 bytes of RSS per key beyond the payload with Storm-shaped paths (~300 with 5 KB payloads,
+counting malloc rounding of the payload itself). Versions are ns since the epoch by the writer's
+clock: an older version never replaces a newer one, equal versions keep the larger data (so
+every replica converges), and a delete leaves a tombstone so a replica that missed it cannot
+resurrect the value.
+
+Not thread-safe, by design: the node calls it from its event loop only.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from pmcluster.errors import InvalidPath, InvalidRequest
+from pmcluster.paths import normalize, normalize_key
+
+__all__ = ["Pulse", "PulseStore"]
+
+_KEY = 0  # tombstone kinds in the expiry heap
+_TREE = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Pulse:
+    """One stored heartbeat: its path, opaque bytes, and version (ns, writer clock)."""
+
+    path: str
+    data: bytes
+    version: int
+
+
+class _Tomb:
+    """Tombstones on one trie node: of the exact key, and of the whole subtree (0 = none)."""
+
+    __slots__ = ("key_expiry", "key_version", "tree_expiry", "tree_version")
+
+    def __init__(self) -> None:
+        self.key_version = 0
+        self.key_expiry = 0
+        self.tree_version = 0
+        self.tree_expiry = 0
+
+
+class _Node:
+    """A trie node; `data is None` means the path is not a key."""
+
+    __slots__ = ("children", "data", "maxv", "n", "tomb", "version")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Node] | None = None
+        self.data: bytes | None = None
+        self.version = 0
+        self.n = 0  # keys at or below this node
+        self.maxv = 0  # newest value version at or below this node
+        self.tomb: _Tomb | None = None
+
+    def child(self, name: str) -> _Node | None:
+        return None if self.children is None else self.children.get(name)
+
+    def prunable(self) -> bool:
+        return self.n == 0 and self.tomb is None and not self.children
+
+
+def _components(path: str) -> list[str]:
+    return [] if path == "/" else path[1:].split("/")
+
+
+def _join(parent: str, name: str) -> str:
+    return "/" + name if parent == "/" else parent + "/" + name
+
+
+class PulseStore:
+    """Heartbeats in memory, keyed by path; see the module docstring for costs and rules."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], int] = time.time_ns,
+        tombstone_ttl_secs: float = 600.0,
+        ttl_secs: float | None = None,
+    ) -> None:
+        self._clock = clock
+        self._tomb_ttl = int(tombstone_ttl_secs * 1e9)
+        self._ttl = None if ttl_secs is None else int(ttl_secs * 1e9)
+        self._root = _Node()
+        self._key_count = 0
+        self._total_bytes = 0
+        # (expiry, seq, path, kind): lazily checked against the node's current tombstone.
+        self._tomb_heap: list[tuple[int, int, str, int]] = []
+        self._seq = 0
+        # key -> store-clock time of its last accepted write, oldest first (only with a TTL).
+        self._written: OrderedDict[str, int] = OrderedDict()
+
+    # ---------------------------------------------------------------- figures
+
+    @property
+    def key_count(self) -> int:
+        """Number of stored keys."""
+        return self._key_count
+
+    @property
+    def total_bytes(self) -> int:
+        """Sum of the payload sizes of all stored keys."""
+        return self._total_bytes
+
+    # ---------------------------------------------------------------- writes
+
+    def send_pulse(self, path: str, data: bytes, version: int | None = None) -> bool:
+        """Store `data` at key `path`; True if the store now holds this write.
+
+        `version` None (or 0, as on the wire) means "now" by the store's clock. Ignored
+        (False) when a tombstone covering the key has a version >= `version`, when the
+        stored value is newer, or on an equal version when the stored data is larger.
+        """
+        key = normalize_key(path)
+        version = self._check_version(version)
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        now = self._clock()
+        self._sweep(now)
+        return self._put(key, data, now if version is None else version, now)
+
+    def send_pulses(self, pulses: Sequence[tuple[str, bytes, int | None]]) -> int:
+        """Store many pulses, validating every entry before storing any; returns stored count."""
+        checked: list[tuple[str, bytes, int | None]] = []
+        for index, (path, data, version) in enumerate(pulses):
+            try:
+                key = normalize_key(path)
+                checked_version = self._check_version(version)
+            except InvalidPath as exc:
+                raise InvalidPath(f"entry {index}: {exc}") from None
+            except InvalidRequest as exc:
+                raise InvalidRequest(f"entry {index}: {exc}") from None
+            checked.append((key, data if isinstance(data, bytes) else bytes(data), checked_version))
+        now = self._clock()
+        self._sweep(now)
+        stored = 0
+        for key, data, checked_version in checked:
+            stored += self._put(key, data, now if checked_version is None else checked_version, now)
+        return stored
+
+    def delete_pulse_id(self, path: str, version: int | None = None) -> bool:
+        """Delete the exact key (children untouched) and tombstone it; True if a key went.
+
+        With a version, only a value with version <= it goes. Without one, the tombstone
+        gets max(now, the stored version), so the key always goes.
+        """
+        key = normalize_key(path)
+        version = self._check_version(version)
+        now = self._clock()
+        self._sweep(now)
+        nodes, names = self._walk(key, create=False)
+        node = nodes[-1] if len(nodes) == len(names) + 1 else None
+        if version is None:
+            version = now if node is None else max(now, node.version)
+        removed = False
+        if node is not None and node.data is not None and node.version <= version:
+            self._drop_key(nodes, key)
+            removed = True
+        nodes, names = self._walk(key, create=True)
+        node = nodes[-1]
+        tomb = node.tomb if node.tomb is not None else _Tomb()
+        node.tomb = tomb
+        if version > tomb.key_version:
+            tomb.key_version = version
+        expiry = now + self._tomb_ttl
+        if expiry > tomb.key_expiry:
+            tomb.key_expiry = expiry
+            self._push_tomb(expiry, key, _KEY)
+        return removed
+
+    def delete_path(self, path: str, version: int | None = None) -> int:
+        """Delete the key `path` and every key under `path/`; returns the number removed.
+
+        Leaves a subtree tombstone. With a version, only values with version <= it go and
+        later writes at or under `path` with version <= it are ignored; without one, the
+        tombstone gets max(now, newest version in the subtree), so everything goes.
+        `delete_path("/")` deletes everything.
+        """
+        norm = normalize(path)
+        version = self._check_version(version)
+        now = self._clock()
+        self._sweep(now)
+        if version is None:
+            probe, names = self._walk(norm, create=False)
+            found = len(probe) == len(names) + 1
+            version = max(now, probe[-1].maxv) if found else now
+        nodes, _ = self._walk(norm, create=True)
+        top = nodes[-1]
+        before = top.n
+        self._purge_subtree(top, norm, version)
+        removed = before - top.n
+        tomb = top.tomb if top.tomb is not None else _Tomb()
+        top.tomb = tomb
+        if version > tomb.tree_version:
+            tomb.tree_version = version
+        expiry = now + self._tomb_ttl
+        if expiry > tomb.tree_expiry:
+            tomb.tree_expiry = expiry
+            self._push_tomb(expiry, norm, _TREE)
+        if removed:
+            for ancestor in nodes[:-1]:
+                ancestor.n -= removed
+            self._refresh_maxv(nodes[:-1])
+        return removed
+
+    def create_path(self, path: str) -> None:
+        """Validate `path`; no stored effect (Storm's create_path is a no-op)."""
+        normalize(path)
+
+    def clear(self) -> None:
+        """Drop every key and tombstone (a new ZooKeeper session starts from empty)."""
+        self._root = _Node()
+        self._key_count = 0
+        self._total_bytes = 0
+        self._tomb_heap.clear()
+        self._written.clear()
+
+    # ---------------------------------------------------------------- reads
+
+    def get_pulse(self, path: str) -> Pulse | None:
+        """The pulse stored at key `path`, or None when absent."""
+        key = normalize_key(path)
+        self._sweep(self._clock())
+        node = self._find(key)
+        if node is None or node.data is None:
+            return None
+        return Pulse(key, node.data, node.version)
+
+    def exists(self, path: str) -> bool:
+        """True if exactly `path` is a key (a path with only children below it is not)."""
+        key = normalize_key(path)
+        self._sweep(self._clock())
+        node = self._find(key)
+        return node is not None and node.data is not None
+
+    def get_all_nodes_for_path(self, path: str) -> list[str]:
+        """Sorted names of the direct children of `path` that have a key at or below them."""
+        norm = normalize(path)
+        self._sweep(self._clock())
+        node = self._find(norm)
+        if node is None or not node.children:
+            return []
+        return sorted(name for name, child in node.children.items() if child.n)
+
+    def get_all_pulse_for_path(self, path: str) -> list[Pulse]:
+        """Every pulse at or under `path`, in path order (component by component)."""
+        norm = normalize(path)
+        self._sweep(self._clock())
+        node = self._find(norm)
+        if node is None or not node.n:
+            return []
+        out: list[Pulse] = []
+        for full, each in self._iter_subtree(node, norm, sort=True):
+            if each.data is not None:
+                out.append(Pulse(full, each.data, each.version))
+        return out
+
+    def tombstone_version(self, path: str) -> int:
+        """Newest tombstone covering `path`: its exact-key one or any subtree one at or above it.
+
+        0 when none.
+        """
+        norm = normalize(path)
+        self._sweep(self._clock())
+        newest, node = self._covering_tree_tomb(norm)
+        if node is not None and node.tomb is not None:
+            newest = max(newest, node.tomb.key_version)
+        return newest
+
+    def children_versions(self, path: str) -> tuple[dict[str, int], dict[str, int]]:
+        """({child: newest value version under it}, {child: newest tombstone covering it}).
+
+        A child is in the first map if it has a key at or below it. The second map covers
+        every child the store knows of (with keys or tombstones) and counts subtree
+        tombstones on `path` and its ancestors, on the child, and the child's exact-key
+        tombstone, like `tombstone_version(child)`. Children this store has never seen are
+        absent from both maps: callers merging replicas should also use
+        `tombstone_version(path)`.
+        """
+        norm = normalize(path)
+        self._sweep(self._clock())
+        inherited, node = self._covering_tree_tomb(norm)
+        values: dict[str, int] = {}
+        tombs: dict[str, int] = {}
+        if node is None or not node.children:
+            return values, tombs
+        for name, child in node.children.items():
+            if child.n:
+                values[name] = child.maxv
+            newest = inherited
+            if child.tomb is not None:
+                newest = max(newest, child.tomb.tree_version, child.tomb.key_version)
+            if newest:
+                tombs[name] = newest
+        return values, tombs
+
+    # ---------------------------------------------------------------- housekeeping
+
+    def expire(self) -> int:
+        """Drop expired tombstones and keys past their TTL; returns how many were dropped."""
+        return self._sweep(self._clock())
+
+    # ---------------------------------------------------------------- internals
+
+    @staticmethod
+    def _check_version(version: int | None) -> int | None:
+        if version is None or version == 0:
+            return None
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise InvalidRequest(f"version must be an integer, not {type(version).__name__}")
+        if version < 0:
+            raise InvalidRequest(f"negative version {version}")
+        return version
+
+    def _walk(self, path: str, *, create: bool) -> tuple[list[_Node], list[str]]:
+        """Nodes from the root along `path` (all of them if `create`, else as far as they exist)."""
+        names = _components(path)
+        node = self._root
+        nodes = [node]
+        for name in names:
+            nxt = node.child(name)
+            if nxt is None:
+                if not create:
+                    break
+                nxt = _Node()
+                if node.children is None:
+                    node.children = {}
+                node.children[name] = nxt
+            node = nxt
+            nodes.append(node)
+        return nodes, names
+
+    def _find(self, path: str) -> _Node | None:
+        node: _Node | None = self._root
+        if path == "/":
+            return node
+        for name in path[1:].split("/"):
+            assert node is not None
+            node = node.child(name)
+            if node is None:
+                return None
+        return node
+
+    def _covering_tree_tomb(self, path: str) -> tuple[int, _Node | None]:
+        """Newest subtree tombstone at or above `path`, and the node at `path` if any."""
+        node: _Node | None = self._root
+        newest = 0
+        for name in [None, *_components(path)]:
+            if name is not None:
+                assert node is not None
+                node = node.child(name)
+                if node is None:
+                    return newest, None
+            assert node is not None
+            if node.tomb is not None and node.tomb.tree_version > newest:
+                newest = node.tomb.tree_version
+        return newest, node
+
+    def _put(self, key: str, data: bytes, version: int, now: int) -> bool:
+        names = key[1:].split("/")
+        node = self._root
+        nodes = [node]
+        tomb = 0
+        missing = -1
+        for depth, name in enumerate(names):
+            if node.tomb is not None and node.tomb.tree_version > tomb:
+                tomb = node.tomb.tree_version
+            nxt = node.child(name)
+            if nxt is None:
+                missing = depth
+                break
+            node = nxt
+            nodes.append(node)
+        if missing < 0 and node.tomb is not None:
+            tomb = max(tomb, node.tomb.tree_version, node.tomb.key_version)
+        if version <= tomb:
+            return False
+        if missing >= 0:
+            for name in names[missing:]:
+                nxt = _Node()
+                if node.children is None:
+                    node.children = {}
+                node.children[name] = nxt
+                node = nxt
+                nodes.append(node)
+        old = node.data
+        if old is not None:
+            if version < node.version:
+                return False
+            if version == node.version:
+                if data == old:
+                    return True
+                if data < old:
+                    return False
+            self._total_bytes += len(data) - len(old)
+        else:
+            self._key_count += 1
+            self._total_bytes += len(data)
+            for each in nodes:
+                each.n += 1
+        node.data = data
+        node.version = version
+        for each in nodes:
+            if version > each.maxv:
+                each.maxv = version
+        if self._ttl is not None:
+            self._written[key] = now
+            self._written.move_to_end(key)
+        return True
+
+    def _drop_key(self, nodes: list[_Node], key: str) -> None:
+        """Remove the key held by `nodes[-1]` (the full root-to-key chain), then prune."""
+        node = nodes[-1]
+        assert node.data is not None
+        self._key_count -= 1
+        self._total_bytes -= len(node.data)
+        node.data = None
+        node.version = 0
+        for each in nodes:
+            each.n -= 1
+        if self._ttl is not None:
+            self._written.pop(key, None)
+        self._refresh_maxv(nodes)
+        self._prune(nodes, _components(key))
+
+    def _refresh_maxv(self, nodes: list[_Node]) -> None:
+        """Recompute `maxv` bottom-up along a root-to-node chain after removals below it."""
+        for node in reversed(nodes):
+            newest = node.version if node.data is not None else 0
+            if node.children:
+                for child in node.children.values():
+                    if child.maxv > newest:
+                        newest = child.maxv
+            if newest == node.maxv:
+                break  # unchanged here, so unchanged above
+            node.maxv = newest
+
+    def _prune(self, nodes: list[_Node], names: list[str]) -> None:
+        """Unlink empty nodes at the end of a root-to-node chain."""
+        for depth in range(len(nodes) - 1, 0, -1):
+            node = nodes[depth]
+            if not node.prunable():
+                break
+            parent = nodes[depth - 1]
+            assert parent.children is not None
+            del parent.children[names[depth - 1]]
+            if not parent.children:
+                parent.children = None
+
+    def _iter_subtree(
+        self, top: _Node, top_path: str, *, sort: bool
+    ) -> Iterator[tuple[str, _Node]]:
+        """(path, node) for `top` and every node below it, pre-order, iteratively."""
+        stack = [(top_path, top)]
+        while stack:
+            path, node = stack.pop()
+            yield path, node
+            if node.children:
+                items = node.children.items()
+                ordered = sorted(items, reverse=True) if sort else items
+                stack.extend((_join(path, name), child) for name, child in ordered)
+
+    def _purge_subtree(self, top: _Node, top_path: str, version: int) -> None:
+        """Remove keys and tombstones with version <= `version` at or under `top`.
+
+        Recomputes `n` and `maxv` bottom-up and prunes emptied nodes below `top`.
+        """
+        order = list(self._iter_subtree(top, top_path, sort=False))
+        track = self._ttl is not None
+        for path, node in reversed(order):
+            if node.data is not None and node.version <= version:
+                self._key_count -= 1
+                self._total_bytes -= len(node.data)
+                node.data = None
+                node.version = 0
+                if track:
+                    self._written.pop(path, None)
+            tomb = node.tomb
+            if tomb is not None:
+                if tomb.key_version <= version:
+                    tomb.key_version = tomb.key_expiry = 0
+                if tomb.tree_version <= version:
+                    tomb.tree_version = tomb.tree_expiry = 0
+                if not tomb.key_version and not tomb.tree_version:
+                    node.tomb = None
+            count = 1 if node.data is not None else 0
+            newest = node.version
+            if node.children:
+                for name, child in list(node.children.items()):
+                    if child.prunable():
+                        del node.children[name]
+                        continue
+                    count += child.n
+                    if child.maxv > newest:
+                        newest = child.maxv
+                if not node.children:
+                    node.children = None
+            node.n = count
+            node.maxv = newest
+
+    def _push_tomb(self, expiry: int, path: str, kind: int) -> None:
+        self._seq += 1
+        heapq.heappush(self._tomb_heap, (expiry, self._seq, path, kind))
+
+    def _sweep(self, now: int) -> int:
+        """Drop tombstones and TTL'd keys that are due at `now`; returns how many."""
+        dropped = 0
+        heap = self._tomb_heap
+        while heap and heap[0][0] <= now:
+            expiry, _, path, kind = heapq.heappop(heap)
+            nodes, names = self._walk(path, create=False)
+            if len(nodes) != len(names) + 1:
+                continue
+            node = nodes[-1]
+            tomb = node.tomb
+            if tomb is None:
+                continue
+            if kind == _KEY and tomb.key_expiry == expiry:
+                tomb.key_version = tomb.key_expiry = 0
+            elif kind == _TREE and tomb.tree_expiry == expiry:
+                tomb.tree_version = tomb.tree_expiry = 0
+            else:
+                continue  # superseded by a later delete of the same path
+            dropped += 1
+            if not tomb.key_version and not tomb.tree_version:
+                node.tomb = None
+                self._prune(nodes, names)
+        if self._ttl is not None:
+            written = self._written
+            deadline = now - self._ttl
+            while written:
+                key, at = next(iter(written.items()))
+                if at > deadline:
+                    break
+                nodes, names = self._walk(key, create=False)
+                if len(nodes) == len(names) + 1 and nodes[-1].data is not None:
+                    self._drop_key(nodes, key)  # also pops `key` from `written`
+                    dropped += 1
+                else:
+                    del written[key]
+        return dropped
