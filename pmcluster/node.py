@@ -1,0 +1,581 @@
+"""The node's HTTP API (`make_app`) and the daemon entry point (`run_node`).
+
+Handlers are thin: parse and validate the request, call a `Backend`, map the result to a
+response. Requests carrying `X-Pmcluster-Forwarded: 1` come from a coordinating node and are
+answered from the local store only (`LocalBackend`); all others go to the app's `Backend`
+(the local store until a coordinating backend is plugged in).
+
+Paths are parsed from `request.raw_path`, never from aiohttp's decoded `match_info` (which
+decodes `%2F` and would break round trips): the remainder after the route prefix goes through
+`paths.from_url`.
+
+Concurrency: `pacemaker.max.threads` (`config.max_threads`) bounds how many requests are
+processed at once (an `asyncio.Semaphore` around handler work, taken *after* the body has
+been read, so slow uploaders never hold a slot) and sizes the default executor's thread pool
+in the daemon. Bodies are capped at `pacemaker.thrift.message.size.max`: a too-large
+Content-Length is refused with 413 before any body byte is read, a chunked body is read
+incrementally and refused as soon as it passes the cap, and a body that does not arrive
+within `request_timeout_secs * 5` is answered with 408. Every error is JSON
+`{"error": ..., "detail": ...}`; every response carries `X-Pmcluster-Node`/`X-Pmcluster-Epoch`.
+
+Shutdown (SIGTERM/SIGINT): close the listener, let in-flight requests finish (including
+bodies still arriving) for at most `drain_timeout(config)`, then close idle connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from pmcluster import API_VERSION, __version__, paths, pulsecodec
+from pmcluster.backend import Backend, LocalBackend, PulseEntry
+from pmcluster.config import Config
+from pmcluster.errors import (
+    AuthError,
+    ClusterUnavailable,
+    InvalidPath,
+    InvalidRequest,
+    NodeUnavailable,
+    NotAuthorized,
+    PayloadTooLarge,
+    PmclusterError,
+    ProtocolError,
+)
+from pmcluster.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from pmcluster.metrics import Metrics
+from pmcluster.store import Pulse, PulseStore
+
+log = logging.getLogger(__name__)
+
+HDR_VERSION = "X-Pulse-Version"
+HDR_TOMBSTONE = "X-Pulse-Tombstone"
+HDR_NODE = "X-Pmcluster-Node"
+HDR_EPOCH = "X-Pmcluster-Epoch"
+HDR_FORWARDED = "X-Pmcluster-Forwarded"
+PULSES_MEDIA_TYPE = pulsecodec.MEDIA_TYPE
+
+MAX_VERSION = 2**63 - 1  # versions travel as i64 in the pulse-list encoding
+BODY_TIMEOUT_FACTOR = 5.0  # a body must arrive within request_timeout_secs * this
+EXPIRE_INTERVAL_SECS = 5.0  # how often the store drops expired tombstones / TTL'd keys
+
+# One table from the exception tree to HTTP: (class, status, short error name); first match.
+ERROR_STATUS: tuple[tuple[type[PmclusterError], int, str], ...] = (
+    (InvalidPath, 400, "invalid_path"),
+    (InvalidRequest, 400, "invalid_request"),
+    (PayloadTooLarge, 413, "payload_too_large"),
+    (AuthError, 401, "unauthorized"),
+    (NotAuthorized, 403, "forbidden"),
+    (ClusterUnavailable, 503, "cluster_unavailable"),
+    (NodeUnavailable, 503, "node_unavailable"),
+    (ProtocolError, 502, "bad_gateway"),
+)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class NodeState:
+    """The node's mutable identity as answered in headers and `/v1/members`; the membership
+    layer replaces `epoch` and `members` when the ring changes."""
+
+    node_id: str
+    epoch: str = "static-local"
+    members: tuple[str, ...] = field(default_factory=tuple)
+    # Set when the node takes part in a cluster (`pmcluster.cluster`): the backend that
+    # coordinates plain requests, the members' JSON form, and what to do first on shutdown.
+    coordinator: Backend | None = None
+    member_docs: list[dict[str, object]] | None = None
+    leave: Callable[[], Awaitable[None]] | None = None
+    in_flight: int = 0  # requests inside the middleware (body read + handler)
+    draining: bool = False  # shutting down: answer with `Connection: close`
+    _idle: asyncio.Event | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            self.members = (self.node_id,)
+
+    def request_done(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Mark the node draining and wait until no request is in flight; False on timeout."""
+        self.draining = True
+        self._idle = asyncio.Event()
+        if self.in_flight == 0:
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+
+CONFIG_KEY = web.AppKey("config", Config)
+STATE_KEY = web.AppKey("state", NodeState)
+STORE_KEY = web.AppKey("store", PulseStore)
+BACKEND_KEY: web.AppKey[Backend] = web.AppKey("backend")
+LOCAL_BACKEND_KEY = web.AppKey("local_backend", LocalBackend)
+METRICS_KEY = web.AppKey("metrics", Metrics)
+LIMITER_KEY = web.AppKey("limiter", asyncio.Semaphore)
+BODY_KEY = web.RequestKey("body", bytes)
+
+
+# --- request parsing ---------------------------------------------------------------------------
+
+
+def _remainder(request: web.Request, prefix: str) -> str:
+    """The raw (still percent-encoded) part of the request target after `prefix`."""
+    raw = request.raw_path.split("?", 1)[0]
+    if not raw.startswith(prefix):
+        raise InvalidPath(f"request target must start with {prefix} (encode only the path)")
+    return raw[len(prefix) :]
+
+
+def _key_path(request: web.Request, prefix: str) -> str:
+    """A path naming one key: the root and the empty path are refused."""
+    raw = _remainder(request, prefix)
+    if not raw:
+        raise InvalidPath("empty path: a key path is required after " + prefix)
+    path = paths.from_url(raw)  # decoded and normalised
+    if path == "/":
+        raise InvalidPath("the root '/' is not a key")
+    return path
+
+
+def _tree_path(request: web.Request, prefix: str) -> str:
+    """A path naming a subtree: an empty remainder means the root `/`."""
+    raw = _remainder(request, prefix)
+    return paths.from_url(raw)  # "" decodes to "/"
+
+
+def _version(request: web.Request) -> int | None:
+    """`X-Pulse-Version` as a non-negative i64; absent or 0 means "now" (store's clock)."""
+    raw = request.headers.get(HDR_VERSION)
+    if raw is None:
+        return None
+    text = raw.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 19 or int(text) > MAX_VERSION:
+        raise InvalidRequest(f"{HDR_VERSION} must be an integer in [0, 2^63): {raw[:40]!r}")
+    return int(text) or None
+
+
+def _backend(request: web.Request) -> Backend:
+    if request.headers.get(HDR_FORWARDED) == "1":
+        return request.app[LOCAL_BACKEND_KEY]
+    coordinator = request.app[STATE_KEY].coordinator
+    return coordinator if coordinator is not None else request.app[BACKEND_KEY]
+
+
+async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
+    """The whole body, at most `limit` bytes, arriving within `timeout` seconds."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"body of {length} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout):
+            while chunk := await request.content.readany():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(text=f"body not received within {timeout:g}s") from None
+    except ConnectionError:
+        raise InvalidRequest("connection lost before the body was complete") from None
+    except HttpProcessingError as exc:  # e.g. a malformed chunked encoding
+        raise InvalidRequest(f"malformed body: {exc.message}") from None
+    return b"".join(chunks)
+
+
+# --- responses ---------------------------------------------------------------------------------
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status, body=json.dumps(data).encode(), content_type="application/json"
+    )
+
+
+def error_response(status: int, error: str, detail: str) -> web.Response:
+    """The one error body shape: `{"error": short name, "detail": reason}`."""
+    return _json({"error": error, "detail": detail}, status)
+
+
+def _absent(request: web.Request, path: str, tombstone: int) -> web.Response:
+    headers = {HDR_TOMBSTONE: str(tombstone)} if tombstone > 0 else {}
+    if request.method == "HEAD":
+        return web.Response(status=404, headers=headers)
+    response = error_response(404, "not_found", f"no pulse at {path}")
+    response.headers.update(headers)
+    return response
+
+
+def _status_for(exc: PmclusterError) -> tuple[int, str]:
+    for cls, status, name in ERROR_STATUS:
+        if isinstance(exc, cls):
+            return status, name
+    return 500, "internal_error"
+
+
+# --- handlers ----------------------------------------------------------------------------------
+
+
+async def put_pulse(request: web.Request) -> web.StreamResponse:
+    path = _key_path(request, "/v1/pulse/")
+    version = _version(request)
+    data = request[BODY_KEY]
+    await _backend(request).send_pulse(path, data, version)
+    request.app[METRICS_KEY].received(len(data))
+    return web.Response(status=204)
+
+
+async def get_pulse(request: web.Request) -> web.StreamResponse:
+    path = _key_path(request, "/v1/pulse/")
+    pulse, tombstone = await _backend(request).get_pulse(path)
+    if pulse is None:
+        return _absent(request, path, tombstone)
+    metrics = request.app[METRICS_KEY]
+    metrics.get_pulse_count.value += 1
+    metrics.sent(len(pulse.data))
+    return web.Response(
+        body=pulse.data,
+        content_type="application/octet-stream",
+        headers={HDR_VERSION: str(pulse.version)},
+    )
+
+
+async def head_pulse(request: web.Request) -> web.StreamResponse:
+    # get_pulse rather than exists: HEAD 200 must carry the value's version so a coordinator
+    # can merge answers against tombstones.
+    path = _key_path(request, "/v1/pulse/")
+    pulse, tombstone = await _backend(request).get_pulse(path)
+    if pulse is None:
+        return _absent(request, path, tombstone)
+    return web.Response(status=200, headers={HDR_VERSION: str(pulse.version)})
+
+
+async def delete_pulse(request: web.Request) -> web.StreamResponse:
+    path = _key_path(request, "/v1/pulse/")
+    await _backend(request).delete_pulse_id(path, _version(request))
+    return web.Response(status=204)
+
+
+async def get_children(request: web.Request) -> web.StreamResponse:
+    path = _tree_path(request, "/v1/children/")
+    backend = _backend(request)
+    if request.query.get("versions") in ("1", "true"):
+        children, tombstones = await backend.children_versions(path)
+        return _json({"children": children, "tombstones": tombstones})
+    return _json(await backend.get_all_nodes_for_path(path))
+
+
+async def get_pulses(request: web.Request) -> web.StreamResponse:
+    path = _tree_path(request, "/v1/pulses/")
+    pulses = await _backend(request).get_all_pulse_for_path(path)
+    request.app[METRICS_KEY].sent(sum(len(p.data) for p in pulses))
+    if "application/json" in request.headers.get("Accept", ""):
+        return _json({"pulses": [_pulse_json(p) for p in pulses]})
+    return web.Response(body=pulsecodec.encode(pulses), content_type=PULSES_MEDIA_TYPE)
+
+
+def _pulse_json(pulse: Pulse) -> dict[str, Any]:
+    data_b64 = base64.b64encode(pulse.data).decode("ascii")
+    return {"path": pulse.path, "version": pulse.version, "data_b64": data_b64}
+
+
+async def delete_path(request: web.Request) -> web.StreamResponse:
+    path = _tree_path(request, "/v1/path/")
+    await _backend(request).delete_path(path, _version(request))
+    return web.Response(status=204)
+
+
+async def create_path(request: web.Request) -> web.StreamResponse:
+    path = _tree_path(request, "/v1/path/")
+    await _backend(request).create_path(path)
+    return web.Response(status=204)
+
+
+async def post_batch(request: web.Request) -> web.StreamResponse:
+    # decode validates every entry (normalised key paths, versions >= 0) before anything is
+    # stored, naming the first bad entry; version 0 means "assign now".
+    entries: list[PulseEntry] = [
+        (path, data, version or None)
+        for path, data, version in pulsecodec.decode(request[BODY_KEY])
+    ]
+    stored, ignored = await _backend(request).send_pulses(entries)
+    metrics = request.app[METRICS_KEY]
+    for _, data, _ in entries:
+        metrics.received(len(data))
+    return _json({"stored": stored, "ignored": ignored})
+
+
+def members_doc(app: web.Application) -> dict[str, Any]:
+    """This node's view of the cluster, as `GET /v1/members` answers it."""
+    state, config = app[STATE_KEY], app[CONFIG_KEY]
+    members: list[Any] = (
+        list(state.member_docs) if state.member_docs is not None else list(state.members)
+    )
+    return {
+        "epoch": state.epoch,
+        "node": state.node_id,
+        "members": members,
+        "replication": config.replication,
+        "points": config.ring_points,
+    }
+
+
+async def get_members(request: web.Request) -> web.StreamResponse:
+    return _json(members_doc(request.app))
+
+
+async def get_health(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    keys = request.app[STORE_KEY].key_count
+    return _json({"status": "ok", "node": state.node_id, "keys": keys, "version": __version__})
+
+
+async def get_metrics(request: web.Request) -> web.StreamResponse:
+    body = request.app[METRICS_KEY].render().encode()
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    pattern: str
+    handler: Handler
+    op: str
+    reads_body: bool = False
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("PUT", "/v1/pulse/{path:.*}", put_pulse, "send_pulse", reads_body=True),
+    Route("GET", "/v1/pulse/{path:.*}", get_pulse, "get_pulse"),
+    Route("HEAD", "/v1/pulse/{path:.*}", head_pulse, "exists"),
+    Route("DELETE", "/v1/pulse/{path:.*}", delete_pulse, "delete_pulse_id"),
+    Route("GET", "/v1/children/{path:.*}", get_children, "get_all_nodes_for_path"),
+    Route("GET", "/v1/pulses/{path:.*}", get_pulses, "get_all_pulse_for_path"),
+    Route("DELETE", "/v1/path/{path:.*}", delete_path, "delete_path"),
+    Route("POST", "/v1/path/{path:.*}", create_path, "create_path"),
+    Route("POST", "/v1/batch", post_batch, "batch", reads_body=True),
+    Route("GET", "/v1/members", get_members, "members"),
+    Route("GET", "/health", get_health, "other"),
+    Route("GET", "/metrics", get_metrics, "other"),
+)
+_ROUTE_OF: dict[Handler, Route] = {route.handler: route for route in ROUTES}
+
+
+# --- middleware: body limits, concurrency bound, error mapping, headers, metrics ---------------
+
+
+@web.middleware
+async def _node_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    start = time.perf_counter()
+    app = request.app
+    state = app[STATE_KEY]
+    route = _ROUTE_OF.get(request.match_info.route.handler)
+    op = route.op if route is not None else "other"
+    state.in_flight += 1
+    try:
+        response = await _answer(request, handler, route)
+    finally:
+        state.request_done()
+    response.headers[HDR_NODE] = state.node_id
+    response.headers[HDR_EPOCH] = state.epoch
+    if state.draining:
+        response.force_close()
+    app[METRICS_KEY].record(op, time.perf_counter() - start, response.status)
+    return response
+
+
+async def _answer(
+    request: web.Request, handler: Handler, route: Route | None
+) -> web.StreamResponse:
+    """Read the body (bounded), run the handler under the concurrency limit, map errors."""
+    app = request.app
+    try:
+        if route is not None and route.reads_body:
+            config = app[CONFIG_KEY]
+            timeout = config.request_timeout_secs * BODY_TIMEOUT_FACTOR
+            request[BODY_KEY] = await read_body(request, config.max_message_size, timeout)
+        async with app[LIMITER_KEY]:
+            response = await handler(request)
+    except web.HTTPException as exc:
+        name = exc.reason.lower().replace(" ", "_")
+        detail = exc.text if exc.text and exc.text != f"{exc.status}: {exc.reason}" else exc.reason
+        response = error_response(exc.status, name, detail or "")
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        if exc.status in (408, 413):
+            response.force_close()
+    except PmclusterError as exc:
+        status, name = _status_for(exc)
+        response = error_response(status, name, str(exc))
+        if status == 413:
+            response.force_close()  # the rest of the body was never read
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        response = error_response(500, "internal_error", "unexpected server error (logged)")
+    return response
+
+
+async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
+    """Drop expired tombstones and TTL'd keys every few seconds while the app runs."""
+    store = app[STORE_KEY]
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(EXPIRE_INTERVAL_SECS)
+            try:
+                store.expire()
+            except Exception:
+                log.exception("store expiry failed")
+
+    task = asyncio.create_task(loop(), name="pmcluster-expire")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def make_app(
+    config: Config,
+    *,
+    store: PulseStore | None = None,
+    backend: Backend | None = None,
+    metrics: Metrics | None = None,
+) -> web.Application:
+    """Build the node's application: routes, middleware and shared state under AppKeys."""
+    if store is None:
+        store = PulseStore(tombstone_ttl_secs=config.tombstone_secs, ttl_secs=config.ttl_secs)
+    local = LocalBackend(store)
+    if metrics is None:
+        metrics = Metrics()
+    metrics.bind_store(lambda: store.key_count, lambda: store.total_bytes)
+    app = web.Application(middlewares=[_node_middleware], client_max_size=config.max_message_size)
+    app[CONFIG_KEY] = config
+    app[STATE_KEY] = NodeState(config.node_id)
+    app[STORE_KEY] = store
+    app[LOCAL_BACKEND_KEY] = local
+    app[BACKEND_KEY] = backend if backend is not None else local
+    app[METRICS_KEY] = metrics
+    app[LIMITER_KEY] = asyncio.Semaphore(max(1, config.max_threads))
+    for route in ROUTES:
+        app.router.add_route(route.method, route.pattern, route.handler)
+    app.cleanup_ctx.append(_housekeeping)
+    return app
+
+
+# --- the daemon --------------------------------------------------------------------------------
+
+
+class QuietBadRequests(logging.Filter):
+    """aiohttp logs every request it cannot parse at ERROR with a traceback; garbage from a
+    port scanner or a broken client is not a server fault, so it becomes one DEBUG line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.msg, record.args = (
+            "unparsable request from %s: %s",
+            (
+                *(record.args if isinstance(record.args, tuple) else ()),
+                str(exc.message).splitlines()[0] if exc.message else type(exc).__name__,
+            ),
+        )
+        record.exc_info, record.exc_text = None, None
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def drain_timeout(config: Config) -> float:
+    """How long shutdown waits for in-flight requests: a full body read plus one request."""
+    return config.request_timeout_secs * (BODY_TIMEOUT_FACTOR + 1)
+
+
+async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT (or `stop` is set), then drain in-flight requests."""
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(
+        ThreadPoolExecutor(max_workers=max(1, config.max_threads), thread_name_prefix="pmcluster")
+    )
+    stop = stop if stop is not None else asyncio.Event()
+    app = make_app(config)
+    from pmcluster.cluster import cluster_ctx  # the cluster layer sits above the app
+
+    app.cleanup_ctx.append(cluster_ctx)
+    access_log = logging.getLogger("aiohttp.access") if log.isEnabledFor(logging.DEBUG) else None
+    # The runner's own shutdown only waits for responses still being written (see below).
+    runner = web.AppRunner(app, access_log=access_log, shutdown_timeout=config.request_timeout_secs)
+    await runner.setup()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    quiet = QuietBadRequests()
+    logging.getLogger("aiohttp.server").addFilter(quiet)
+    try:
+        site = web.TCPSite(runner, config.host, config.port)
+        await site.start()
+        for sig in signals:
+            loop.add_signal_handler(sig, stop.set)
+        addresses = ", ".join(f"{a[0]}:{a[1]}" for a in runner.addresses)
+        log.info(
+            "pmcluster %s (API v%d) node %s listening on %s",
+            __version__,
+            API_VERSION,
+            config.node_id,
+            addresses,
+        )
+        await stop.wait()
+        leave = app[STATE_KEY].leave
+        if leave is not None:  # leave the membership first: peers and clients see it at once
+            try:
+                await leave()
+            except Exception:
+                log.exception("leaving the membership failed")
+        # Close the listener ourselves and wait for in-flight requests *before*
+        # runner.cleanup(): aiohttp's shutdown stops reading from open connections, which
+        # would starve a request whose body is still arriving.
+        log.info("stopping: no new connections, draining up to %gs", drain_timeout(config))
+        await site.stop()
+        if not await app[STATE_KEY].drain(drain_timeout(config)):
+            log.warning("drain timed out with %d requests in flight", app[STATE_KEY].in_flight)
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()
+        logging.getLogger("aiohttp.server").removeFilter(quiet)
+    log.info("node %s stopped", config.node_id)
+
+
+def run_node(config: Config) -> int:
+    """Run the node daemon in the foreground; returns the process exit code."""
+    logging.basicConfig(
+        level=config.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:
+        log.error("cannot serve on %s:%d: %s", config.host, config.port, exc)
+        return 1
+    return 0
