@@ -1,0 +1,522 @@
+"""Ring-aware pmcluster client: async `ClusterClient` and thread-safe `SyncClusterClient`.
+
+A thin façade over smaller parts: `Ring` says who owns a path, `NodeTransport` talks HTTP to
+one node, `FailureTracker` skips failing nodes, `readmerge` merges replica answers.
+
+- Writes go to the current ring's owners in parallel and return on the first ack; the other
+  requests finish in the background (bounded by the request timeout, awaited by `close()`).
+- Reads ask the owners (plus, for `grace_window_secs` after a ring change, the previous
+  ring's owners) in parallel, never wait longer than one request timeout, and merge: the
+  newest of values and tombstones wins. Absent only if at least one owner answered.
+- Listing, get-all and recursive delete fan out to every member; one delete version for all.
+- Membership: ZooKeeper when `zk_servers` is set; otherwise the seeds' own `GET /v1/members`
+  view, refreshed whenever a response carries an epoch different from the ring's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Coroutine, Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import aiohttp
+
+from pmcluster import readmerge
+from pmcluster.config import Config
+from pmcluster.errors import ClusterUnavailable
+from pmcluster.failures import FailureTracker
+from pmcluster.fanout import NODE_ERRORS, FanOut, abandon
+from pmcluster.membership import MembershipSnapshot, MembershipSource, make_membership
+from pmcluster.paths import normalize, normalize_key
+from pmcluster.ring import Member, Ring
+from pmcluster.store import Pulse
+from pmcluster.transport import NodeTransport, Transport
+
+__all__ = ["ClusterClient", "SyncClusterClient"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+PulseInput = tuple[str, bytes] | tuple[str, bytes, int | None]
+# Least time between two epoch-triggered membership refreshes.
+REFRESH_INTERVAL_SECS = 0.25
+
+
+class ClusterClient:
+    """Async ring-aware client; `async with ClusterClient(config) as c: ...`."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        membership: MembershipSource | None = None,
+        session: aiohttp.ClientSession | None = None,
+        failures: FailureTracker | None = None,
+        local: Transport | None = None,
+        forwarded: bool = False,
+    ) -> None:
+        """`local` answers for one member without HTTP (a node coordinating for itself);
+        `forwarded` marks requests so the receiving node answers from its own store."""
+        self.config = config
+        self.stats: Counter[str] = Counter()
+        self.failures = failures if failures is not None else FailureTracker()
+        self._membership = membership
+        self._own_membership = membership is None
+        self._seed_mode = membership is None and not config.zk_servers
+        self._session = session
+        self._own_session = session is None
+        self._ring: Ring | None = None
+        self._previous: Ring | None = None
+        self._previous_until = 0.0
+        self._transports: dict[str, Transport] = {}
+        if local is not None:
+            self._transports[local.node_id] = local
+        self._forwarded = forwarded
+        self._fanout = FanOut(
+            self._transport, self.failures, self.stats, config.request_timeout_secs
+        )
+        self._refresh: asyncio.Task[None] | None = None
+        self._next_refresh = 0.0
+        self._has_ring = asyncio.Event()
+        self._start_lock: asyncio.Lock | None = None
+        self._subscribed = False
+        self._started = False
+        self._closed = False
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the session and membership, build the first ring (idempotent)."""
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._started:
+                return
+            if self._closed:
+                raise ClusterUnavailable("client is closed")
+            if self._session is None:
+                connector = aiohttp.TCPConnector(limit_per_host=32)
+                self._session = aiohttp.ClientSession(connector=connector)
+            if self._membership is None:
+                self._membership = make_membership(self.config, None)
+                await self._membership.start()
+                self._membership.subscribe(self._on_snapshot)
+            elif not self._subscribed:
+                self._membership.subscribe(self._on_snapshot)  # an injected, caller-run source
+            self._subscribed = True
+            if self._seed_mode:
+                await self._refresh_from_nodes(None)
+            else:
+                snapshot = self._membership.current()
+                if snapshot is not None:
+                    self._on_snapshot(snapshot)
+                else:  # e.g. ZooKeeper's first children watch has not fired yet
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            self._has_ring.wait(), self.config.request_timeout_secs
+                        )
+            self._started = True
+
+    async def close(self) -> None:
+        """Finish or cancel background requests, stop membership, close the session."""
+        self._closed = True
+        if self._refresh is not None and not self._refresh.done():
+            self._refresh.cancel()
+            await asyncio.gather(self._refresh, return_exceptions=True)
+        await self._fanout.close()
+        if self._own_membership and self._membership is not None:
+            await self._membership.stop()
+        if self._own_session and self._session is not None:
+            await self._session.close()
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.start()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # --- ring and membership ------------------------------------------------------------------
+
+    @property
+    def ring(self) -> Ring | None:
+        """The current ring snapshot (None before the first membership answer)."""
+        return self._ring
+
+    def _grace_ring(self) -> Ring | None:
+        if self._previous is not None and time.monotonic() < self._previous_until:
+            return self._previous
+        return None
+
+    def _set_ring(
+        self, members: Sequence[Member], epoch: str, points: int, replication: int
+    ) -> None:
+        current = self._ring
+        if (
+            current is not None
+            and current.epoch == epoch
+            and current.members == tuple(sorted(members, key=lambda m: m.node_id))
+        ):
+            return
+        self._ring = Ring(members, epoch, points=points, replication=replication)
+        self._has_ring.set()
+        if current is not None:
+            self._previous = current
+            self._previous_until = time.monotonic() + self.config.grace_window_secs
+            self.stats["ring_changes"] += 1
+            log.info("ring changed: %s -> %s (%d members)", current.epoch, epoch, len(members))
+
+    def _on_snapshot(self, snapshot: MembershipSnapshot) -> None:
+        """Membership source callback: ZooKeeper/injected sources define the ring directly."""
+        if self._seed_mode:
+            return  # seed lists only tell us whom to ask; the nodes' view defines the ring
+        self._set_ring(
+            snapshot.members, snapshot.epoch, self.config.ring_points, self.config.replication
+        )
+
+    def _on_epoch(self, node_id: str, epoch: str) -> None:
+        """Transport callback: a node answered with its epoch; refresh if it differs."""
+        ring = self._ring
+        if not self._seed_mode or not self._started or self._closed:
+            return
+        if ring is not None and ring.epoch == epoch:
+            return
+        if self._refresh is not None and not self._refresh.done():
+            return  # one refresh at a time
+        if time.monotonic() < self._next_refresh:
+            return  # nodes that keep disagreeing must not cause a refresh storm
+        self._next_refresh = time.monotonic() + REFRESH_INTERVAL_SECS
+        self._refresh = asyncio.get_running_loop().create_task(self._refresh_from_nodes(node_id))
+
+    async def _refresh_from_nodes(self, prefer: str | None) -> None:
+        """Ask `prefer`, the ring's members and the seeds for `/v1/members`; first answer wins."""
+        candidates: dict[str, Member] = {}
+        ring = self._ring
+        if prefer is not None and ring is not None:
+            prefer_member = ring.member(prefer)
+            if prefer_member is not None:
+                candidates[prefer] = prefer_member
+        for member in ring.members if ring is not None else ():
+            candidates.setdefault(member.node_id, member)
+        assert self._membership is not None
+        seeds = self._membership.current()
+        for member in seeds.members if seeds is not None else ():
+            candidates.setdefault(member.node_id, member)
+        calls = {asyncio.ensure_future(self._transport(m).members()) for m in candidates.values()}
+        try:
+            while calls:
+                done, calls = await asyncio.wait(
+                    calls,
+                    timeout=self.config.request_timeout_secs,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if not done:
+                    break
+                answers = [t.result() for t in done if t.exception() is None]
+                if any(self._apply_members_doc(doc) for doc in answers):
+                    self.stats["membership_refreshes"] += 1
+                    return
+        finally:
+            for task in calls:
+                abandon(task)
+        if self._ring is None:
+            raise ClusterUnavailable(f"no seed answered GET /v1/members: {sorted(candidates)}")
+        log.debug("membership refresh: no node answered")
+
+    def _apply_members_doc(self, doc: dict[str, Any]) -> bool:
+        try:
+            members = [_member_from_doc(m) for m in doc["members"]]
+            epoch = str(doc["epoch"])
+            points = int(doc.get("points", doc.get("ring_points", self.config.ring_points)))
+            replication = int(doc.get("replication", self.config.replication))
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("bad /v1/members answer %r: %s", doc, exc)
+            return False
+        if not members:
+            return False
+        self._set_ring(members, epoch, points, replication)
+        return True
+
+    def _transport(self, member: Member) -> Transport:
+        transport = self._transports.get(member.node_id)
+        if transport is None:
+            assert self._session is not None
+            transport = NodeTransport(
+                member.node_id,
+                member.host,
+                member.port,
+                self._session,
+                connect_timeout_secs=self.config.connect_timeout_secs,
+                request_timeout_secs=self.config.request_timeout_secs,
+                on_epoch=self._on_epoch,
+                forwarded=self._forwarded,
+            )
+            self._transports[member.node_id] = transport
+        return transport
+
+    async def _current(self) -> Ring:
+        if not self._started:
+            await self.start()
+        if self._ring is None or not self._ring.members:
+            raise ClusterUnavailable("no cluster members known")
+        return self._ring
+
+    async def _write_owners(self, path: str) -> list[Member]:
+        return list((await self._current()).owners(path))
+
+    async def _read_owners(self, path: str) -> list[Member]:
+        owners = {m.node_id: m for m in (await self._current()).owners(path)}
+        grace = self._grace_ring()
+        if grace is not None:
+            for member in grace.owners(path):
+                owners.setdefault(member.node_id, member)
+        return list(owners.values())
+
+    async def _all_members(self) -> list[Member]:
+        members = {m.node_id: m for m in (await self._current()).members}
+        grace = self._grace_ring()
+        for member in grace.members if grace is not None else ():
+            members.setdefault(member.node_id, member)
+        return list(members.values())
+
+    # --- Storm's operations -------------------------------------------------------------------
+
+    async def send_pulse(self, path: str, data: bytes, version: int | None = None) -> None:
+        """Store `data` at `path` on its owners; returns on the first ack."""
+        path = normalize_key(path)
+        v = time.time_ns() if version is None else version
+        owners = await self._write_owners(path)
+        await self._fanout.first_acks(owners, lambda t: t.put_pulse(path, data, v), "write")
+
+    async def send_pulses(self, pulses: Sequence[PulseInput]) -> None:
+        """Store many pulses: one batch request per owner; each pulse needs one owner's ack."""
+        now = time.time_ns()
+        entries: list[tuple[str, bytes, int]] = []
+        for item in pulses:
+            version = item[2] if len(item) == 3 else None
+            entries.append((normalize_key(item[0]), item[1], now if version is None else version))
+        if not entries:
+            return
+        ring = await self._current()
+        by_node: dict[str, list[int]] = {}
+        members: dict[str, Member] = {}
+        for i, (path, _, _) in enumerate(entries):
+            for owner in ring.owners(path):
+                by_node.setdefault(owner.node_id, []).append(i)
+                members[owner.node_id] = owner
+
+        async def call(t: Transport) -> tuple[int, int]:
+            return await t.batch([entries[i] for i in by_node[t.node_id]])
+
+        await self._fanout.first_acks(
+            list(members.values()), call, "write", covers=by_node.__getitem__, needed=len(entries)
+        )
+
+    async def get_pulse(self, path: str) -> Pulse | None:
+        """The newest value among the owners, or None when absent (or deleted)."""
+        path = normalize_key(path)
+        answers = await self._fanout.gather(
+            await self._read_owners(path), lambda t: t.get_pulse(path), "read"
+        )
+        return readmerge.merge_pulse(answers)
+
+    async def exists(self, path: str) -> bool:
+        """Whether the exact key holds a value on its owners (newest of values/tombstones)."""
+        path = normalize_key(path)
+        answers = await self._fanout.gather(
+            await self._read_owners(path), lambda t: t.exists(path), "read"
+        )
+        value = max((v for present, v in answers if present), default=-1)
+        tombstone = max((v for present, v in answers if not present), default=0)
+        return value >= 0 and (value > tombstone or value == 0 == tombstone)
+
+    async def get_all_nodes_for_path(self, path: str) -> list[str]:
+        """Direct child names of `path` across every member, deleted children excluded."""
+        path = normalize(path)
+        answers = await self._fanout.gather(
+            await self._all_members(), lambda t: t.children_versions(path), "list"
+        )
+        return readmerge.merge_children(answers)
+
+    async def get_all_pulse_for_path(self, path: str) -> list[Pulse]:
+        """Every pulse at or under `path` across every member, newest per key, sorted."""
+        path = normalize(path)
+        prefix = path.rstrip("/")
+
+        async def here(t: Transport) -> tuple[bool, int]:
+            return (True, 0) if path == "/" else await t.exists(path)
+
+        async def call(t: Transport) -> tuple[list[Pulse], dict[str, int]]:
+            # The tombstones covering `path` and its children keep a node that missed a
+            # recursive delete from resurrecting what it still holds.
+            pulses, (_, child_tombs), (present, version) = await asyncio.gather(
+                t.pulses(path), t.children_versions(path), here(t)
+            )
+            tombs = {f"{prefix}/{name}": v for name, v in child_tombs.items()}
+            if not present and version:
+                tombs[path] = version
+            return pulses, tombs
+
+        answers = await self._fanout.gather(await self._all_members(), call, "list")
+        tombstones: dict[str, int] = {}
+        for _, tombs in answers:
+            for key, v in tombs.items():
+                tombstones[key] = max(v, tombstones.get(key, 0))
+        return readmerge.merge_pulses((pulses for pulses, _ in answers), tombstones)
+
+    async def delete_path(self, path: str, version: int | None = None) -> None:
+        """Recursive delete on every member, one version so the tombstones agree."""
+        path = normalize(path)
+        version = time.time_ns() if version is None else version
+        await self._fanout.gather(
+            await self._all_members(), lambda t: t.delete_path(path, version), "delete"
+        )
+
+    async def delete_pulse_id(self, path: str, version: int | None = None) -> None:
+        """Delete the exact key on its owners (and the grace ring's); first ack returns."""
+        path = normalize_key(path)
+        version = time.time_ns() if version is None else version
+        owners = await self._read_owners(path)
+        await self._fanout.first_acks(owners, lambda t: t.delete_pulse_id(path, version), "delete")
+
+    async def create_path(self, path: str) -> None:
+        """Storm's no-op: validated locally and by an owner, nothing stored."""
+        path = normalize(path)
+        await self._fanout.first_acks(
+            await self._write_owners(path), lambda t: t.create_path(path), "write"
+        )
+
+    async def members(self) -> MembershipSnapshot:
+        """The client's current view of the cluster: epoch and members."""
+        ring = await self._current()
+        return MembershipSnapshot(epoch=ring.epoch, members=ring.members)
+
+    async def members_view(self) -> dict[str, Any]:
+        """`GET /v1/members` of the first member that answers (it names itself in "node")."""
+        ring = await self._current()
+        for member in self.failures.plan([m.node_id for m in ring.members]):
+            found = ring.member(member)
+            if found is None:
+                continue
+            try:
+                return await self._transport(found).members()
+            except NODE_ERRORS as exc:
+                log.debug("members view from %s failed: %s", member, exc)
+        raise ClusterUnavailable("no member answered GET /v1/members")
+
+
+def _member_from_doc(item: Any) -> Member:
+    """A member from `/v1/members`: `{"node_id", "host", "port", "zone"}` or `"host:port"`."""
+    if isinstance(item, str):
+        host, _, port = item.rpartition(":")
+        return Member(item, host.strip("[]"), int(port))
+    return Member(str(item["node_id"]), str(item["host"]), int(item["port"]), item.get("zone"))
+
+
+class SyncClusterClient:
+    """Thread-safe blocking façade: a private event loop in a daemon thread runs the client."""
+
+    def __init__(self, config: Config, *, membership: MembershipSource | None = None) -> None:
+        self.config = config
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="pmcluster-client", daemon=True
+        )
+        self._thread.start()
+        self._timeout = 2 * config.request_timeout_secs + config.connect_timeout_secs + 1.0
+        self._closed = False
+        try:
+            self._client = self._run(self._make(membership))
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    async def _make(self, membership: MembershipSource | None) -> ClusterClient:
+        client = ClusterClient(self.config, membership=membership)
+        try:
+            await client.start()
+        except BaseException:
+            await client.close()
+            raise
+        return client
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(self._timeout)
+        except FutureTimeout:
+            future.cancel()
+            raise ClusterUnavailable(f"no answer within {self._timeout:.1f}s") from None
+
+    @property
+    def stats(self) -> Counter[str]:
+        return self._client.stats
+
+    def send_pulse(self, path: str, data: bytes, version: int | None = None) -> None:
+        self._run(self._client.send_pulse(path, data, version))
+
+    def send_pulses(self, pulses: Sequence[PulseInput]) -> None:
+        self._run(self._client.send_pulses(pulses))
+
+    def get_pulse(self, path: str) -> Pulse | None:
+        return self._run(self._client.get_pulse(path))
+
+    def exists(self, path: str) -> bool:
+        return self._run(self._client.exists(path))
+
+    def get_all_nodes_for_path(self, path: str) -> list[str]:
+        return self._run(self._client.get_all_nodes_for_path(path))
+
+    def get_all_pulse_for_path(self, path: str) -> list[Pulse]:
+        return self._run(self._client.get_all_pulse_for_path(path))
+
+    def delete_path(self, path: str) -> None:
+        self._run(self._client.delete_path(path))
+
+    def delete_pulse_id(self, path: str) -> None:
+        self._run(self._client.delete_pulse_id(path))
+
+    def create_path(self, path: str) -> None:
+        self._run(self._client.create_path(path))
+
+    def members(self) -> MembershipSnapshot:
+        return self._run(self._client.members())
+
+    def members_view(self) -> dict[str, Any]:
+        return self._run(self._client.members_view())
+
+    def close(self) -> None:
+        """Close the client, stop the loop and join its thread (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._run(self._client.close())
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(self._timeout)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
