@@ -1,0 +1,44 @@
+"""Shared fixtures: one real ZooKeeper per test session, a fresh chroot per test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pmcluster.testing import ManagedZooKeeper, missing_zookeeper_jar
+
+
+def require_zookeeper() -> None:
+    """Skip when ZooKeeper is not installed, except in CI (CI=set), where that is a failure."""
+    missing = missing_zookeeper_jar()
+    if missing is None:
+        return
+    reason = f"ZooKeeper not installed ({missing} missing): run the README's setup step"
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def zookeeper() -> Iterator[ManagedZooKeeper]:
+    """A standalone ZooKeeper (tickTime 200 ms) on 127.0.0.1 for the whole session."""
+    require_zookeeper()
+    with ManagedZooKeeper(tick_ms=200) as zk:
+        yield zk
+
+
+@pytest.fixture
+def zk_hosts(zookeeper: ManagedZooKeeper) -> str:
+    """`127.0.0.1:PORT/t-<uuid>`: a chroot of the session's ZooKeeper that only this test uses."""
+    return zookeeper.new_chroot("t-")
+
+
+@pytest.fixture
+def private_zookeeper(tmp_path: Path) -> Iterator[ManagedZooKeeper]:
+    """A ZooKeeper of this test's own, for tests that stop, kill or restart the server."""
+    require_zookeeper()
+    with ManagedZooKeeper(tmp_path / "zk", tick_ms=200) as zk:
+        yield zk
