@@ -59,10 +59,11 @@ class ClusterClient:
         session: aiohttp.ClientSession | None = None,
         failures: FailureTracker | None = None,
         local: Transport | None = None,
-        forwarded: bool = False,
     ) -> None:
-        """`local` answers for one member without HTTP (a node coordinating for itself);
-        `forwarded` marks requests so the receiving node answers from its own store."""
+        """`local` answers for one member without HTTP (a node coordinating for itself).
+
+        The client routes by the ring itself, so every request it sends is marked forwarded:
+        the receiving node answers from its own store instead of coordinating again."""
         self.config = config
         self.stats: Counter[str] = Counter()
         self.failures = failures if failures is not None else FailureTracker()
@@ -77,7 +78,6 @@ class ClusterClient:
         self._transports: dict[str, Transport] = {}
         if local is not None:
             self._transports[local.node_id] = local
-        self._forwarded = forwarded
         self._fanout = FanOut(
             self._transport, self.failures, self.stats, config.request_timeout_secs
         )
@@ -261,7 +261,7 @@ class ClusterClient:
                 connect_timeout_secs=self.config.connect_timeout_secs,
                 request_timeout_secs=self.config.request_timeout_secs,
                 on_epoch=self._on_epoch,
-                forwarded=self._forwarded,
+                forwarded=True,
             )
             self._transports[member.node_id] = transport
         return transport

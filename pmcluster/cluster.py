@@ -50,7 +50,7 @@ async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
     if current is not None:
         on_snapshot(current)
     local = LocalTransport(config.node_id, app[LOCAL_BACKEND_KEY], lambda: members_doc(app))
-    client = ClusterClient(config, membership=membership, local=local, forwarded=True)
+    client = ClusterClient(config, membership=membership, local=local)
     await client.start()
     state.coordinator = CoordinatingBackend(app[LOCAL_BACKEND_KEY], client)
     leave = getattr(membership, "leave", None)
