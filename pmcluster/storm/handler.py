@@ -1,0 +1,142 @@
+"""One Storm request → one Storm reply, answered by a `Backend`.
+
+Reply shapes follow the spec exactly: every reply echoes `message_id` (-1 when the request had
+none); replies with nothing to say omit `data`; a GET_PULSE miss still carries `pulse.id` (the
+requested path) without `details`; GET_ALL_PULSE_FOR_PATH answers `HBRecords` with full paths
+as ids; GET_ALL_NODES_FOR_PATH answers child names.
+
+Storm has no error reply, so:
+- an invalid path (relative, `..`, empty component, not UTF-8, ...) is logged and counted, and
+  gets the normal empty answer of its type (absent / false / no children / no records; a write
+  is acknowledged but stores nothing): the connection and the caller keep working;
+- a request that breaks the wire contract (a `*_RESPONSE`, unknown, CONTROL or SASL type sent
+  here, SEND_PULSE without pulse or details, a path request without its path) raises
+  `ProtocolError`, which closes that one connection;
+- backend failures (`ClusterUnavailable`, ...) propagate: the server closes the connection so
+  Storm's client retries elsewhere rather than trusting a made-up answer.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pmcluster.backend import Backend
+from pmcluster.errors import InvalidPath, ProtocolError
+from pmcluster.paths import normalize, normalize_key
+from pmcluster.storm.codec import HBMessage, HBMessageData, HBNodes, HBPulse, HBRecords
+from pmcluster.storm.codec import HBServerMessageType as T
+from pmcluster.storm.metrics import StormMetrics
+
+__all__ = ["READ_TYPES", "REQUEST_TYPES", "WRITE_TYPES", "StormHandler"]
+
+log = logging.getLogger(__name__)
+
+READ_TYPES = frozenset({T.GET_PULSE, T.EXISTS, T.GET_ALL_NODES_FOR_PATH, T.GET_ALL_PULSE_FOR_PATH})
+WRITE_TYPES = frozenset({T.SEND_PULSE, T.DELETE_PATH, T.DELETE_PULSE_ID, T.CREATE_PATH})
+REQUEST_TYPES = READ_TYPES | WRITE_TYPES
+
+_LOG_FIRST = 10  # invalid-path warnings logged in full; after that one in _LOG_EVERY
+_LOG_EVERY = 1000
+
+
+def _type_name(mtype: int) -> str:
+    return mtype.name if isinstance(mtype, T) else f"unknown type {mtype}"
+
+
+class StormHandler:
+    """Maps decoded requests to replies; one instance serves every connection.
+
+    `handle(request, authorized_reader=...)`: reads on a connection that is not an authorized
+    reader get NOT_AUTHORIZED; with `writes_need_auth` (pmcluster.auth.writes) writes and
+    deletes do too (Storm leaves them open).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        writes_need_auth: bool = False,
+        metrics: StormMetrics | None = None,
+    ) -> None:
+        self.backend = backend
+        self.writes_need_auth = writes_need_auth
+        self.metrics = metrics if metrics is not None else StormMetrics()
+
+    async def handle(self, request: HBMessage, *, authorized_reader: bool = True) -> HBMessage:
+        """The reply to `request`; raises `ProtocolError` for a request that is not one."""
+        mtype = request.type
+        if mtype not in REQUEST_TYPES:
+            raise ProtocolError(f"{_type_name(mtype)} is not a request type")
+        assert isinstance(mtype, T)
+        raw = self._raw_path(mtype, request.data)
+        mid = -1 if request.message_id is None else request.message_id
+        self.metrics.count_request(mtype.name)
+        if not authorized_reader and (mtype in READ_TYPES or self.writes_need_auth):
+            self.metrics.not_authorized += 1
+            return HBMessage(T.NOT_AUTHORIZED, None, mid)
+        reply = T(mtype + 1)
+        try:
+            data = await self._answer(mtype, raw, request.data)
+        except InvalidPath as exc:
+            self._invalid_path(mtype, exc)
+            data = _empty(mtype, raw)
+        return HBMessage(reply, data, mid)
+
+    @staticmethod
+    def _raw_path(mtype: T, data: HBMessageData | None) -> str:
+        """The path as sent; checks the request carries the union member its type needs."""
+        if mtype == T.SEND_PULSE:
+            if data is None or data.pulse is None:
+                raise ProtocolError("SEND_PULSE without a pulse")
+            if data.pulse.details is None:
+                raise ProtocolError("SEND_PULSE without pulse details")
+            return data.pulse.id
+        if data is None or data.path is None:
+            raise ProtocolError(f"{mtype.name} without a path")
+        return data.path
+
+    async def _answer(self, mtype: T, raw: str, data: HBMessageData | None) -> HBMessageData | None:
+        backend = self.backend
+        if mtype == T.SEND_PULSE:
+            assert data is not None and data.pulse is not None and data.pulse.details is not None
+            await backend.send_pulse(normalize_key(raw), data.pulse.details, None)
+            return None
+        if mtype == T.GET_PULSE:
+            pulse, _ = await backend.get_pulse(normalize_key(raw))
+            return HBMessageData(pulse=HBPulse(raw, None if pulse is None else pulse.data))
+        if mtype == T.EXISTS:
+            found, _ = await backend.exists(normalize_key(raw))
+            return HBMessageData(boolval=found)
+        if mtype == T.GET_ALL_NODES_FOR_PATH:
+            names = await backend.get_all_nodes_for_path(normalize(raw))
+            return HBMessageData(nodes=HBNodes(tuple(names)))
+        if mtype == T.GET_ALL_PULSE_FOR_PATH:
+            pulses = await backend.get_all_pulse_for_path(normalize(raw))
+            records = HBRecords(tuple(HBPulse(p.path, p.data) for p in pulses))
+            return HBMessageData(records=records)
+        if mtype == T.DELETE_PATH:
+            await backend.delete_path(normalize(raw), None)
+        elif mtype == T.DELETE_PULSE_ID:
+            await backend.delete_pulse_id(normalize_key(raw), None)
+        elif mtype == T.CREATE_PATH:
+            await backend.create_path(normalize(raw))
+        return None
+
+    def _invalid_path(self, mtype: T, exc: InvalidPath) -> None:
+        self.metrics.invalid_paths += 1
+        n = self.metrics.invalid_paths
+        if n <= _LOG_FIRST or n % _LOG_EVERY == 0:
+            log.warning("Storm %s with an invalid path (%d so far): %s", mtype.name, n, exc)
+
+
+def _empty(mtype: T, raw: str) -> HBMessageData | None:
+    """The normal 'nothing here' answer of each request type."""
+    if mtype == T.GET_PULSE:
+        return HBMessageData(pulse=HBPulse(raw))
+    if mtype == T.EXISTS:
+        return HBMessageData(boolval=False)
+    if mtype == T.GET_ALL_NODES_FOR_PATH:
+        return HBMessageData(nodes=HBNodes())
+    if mtype == T.GET_ALL_PULSE_FOR_PATH:
+        return HBMessageData(records=HBRecords())
+    return None
