@@ -63,7 +63,7 @@ def _client(args: argparse.Namespace) -> SyncClusterClient:
 
 def cmd_node(args: argparse.Namespace) -> int:
     """Run the node daemon in the foreground until SIGTERM/SIGINT."""
-    from pmcluster.node import run_node
+    from pmcluster.daemon import run_node
 
     overrides: dict[str, Any] = {
         "pacemaker.host": args.host,

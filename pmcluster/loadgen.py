@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import threading
 import time
@@ -115,7 +116,10 @@ class StormLoad:
                     await client.send_pulse(path, filler, version)
                 else:
                     await self._rotate(
-                        url, lambda u: self._http_put(session, u, path, filler, version)
+                        url,
+                        functools.partial(
+                            self._http_put, session, path=path, data=filler, version=version
+                        ),
                     )
                 op.finish("ok")
             except TimeoutError:
@@ -150,7 +154,7 @@ class StormLoad:
                         version = None if pulse is None else pulse.version
                     else:
                         version = await self._rotate(
-                            url, lambda u: self._http_get(session, u, path)
+                            url, functools.partial(self._http_get, session, path=path)
                         )
                     op.finish("ok" if version is not None else "absent", value=version)
                 except TimeoutError:
@@ -176,7 +180,7 @@ class StormLoad:
         return URL(f"{base}/v1/{route}{to_url(path)}", encoded=True)
 
     async def _http_put(
-        self, session: aiohttp.ClientSession, base: str, path: str, data: bytes, version: int
+        self, session: aiohttp.ClientSession, base: str, *, path: str, data: bytes, version: int
     ) -> None:
         headers = {"X-Pulse-Version": str(version)}
         async with session.put(self._url(base, "pulse/", path), data=data, headers=headers) as r:
@@ -185,7 +189,9 @@ class StormLoad:
                     r.request_info, (), status=r.status, message=await r.text()
                 )
 
-    async def _http_get(self, session: aiohttp.ClientSession, base: str, path: str) -> int | None:
+    async def _http_get(
+        self, session: aiohttp.ClientSession, base: str, *, path: str
+    ) -> int | None:
         async with session.get(self._url(base, "pulse/", path)) as r:
             await r.read()
             if r.status == 404:

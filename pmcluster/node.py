@@ -1,4 +1,4 @@
-"""The node's HTTP API (`make_app`) and the daemon entry point (`run_node`).
+"""The node's HTTP API (`make_app`); the daemon that serves it is `pmcluster.daemon`.
 
 Handlers are thin: parse and validate the request, call a `Backend`, map the result to a
 response. Requests carrying `X-Pmcluster-Forwarded: 1` come from a coordinating node and are
@@ -17,9 +17,6 @@ Content-Length is refused with 413 before any body byte is read, a chunked body 
 incrementally and refused as soon as it passes the cap, and a body that does not arrive
 within `request_timeout_secs * 5` is answered with 408. Every error is JSON
 `{"error": ..., "detail": ...}`; every response carries `X-Pmcluster-Node`/`X-Pmcluster-Epoch`.
-
-Shutdown (SIGTERM/SIGINT): close the listener, let in-flight requests finish (including
-bodies still arriving) for at most `drain_timeout(config)`, then close idle connections.
 """
 
 from __future__ import annotations
@@ -29,18 +26,15 @@ import base64
 import contextlib
 import json
 import logging
-import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from pmcluster import API_VERSION, __version__, paths, pulsecodec
+from pmcluster import __version__, paths, pulsecodec
 from pmcluster.backend import Backend, LocalBackend, PulseEntry
 from pmcluster.config import Config
 from pmcluster.errors import (
@@ -482,100 +476,3 @@ def make_app(
         app.router.add_route(route.method, route.pattern, route.handler)
     app.cleanup_ctx.append(_housekeeping)
     return app
-
-
-# --- the daemon --------------------------------------------------------------------------------
-
-
-class QuietBadRequests(logging.Filter):
-    """aiohttp logs every request it cannot parse at ERROR with a traceback; garbage from a
-    port scanner or a broken client is not a server fault, so it becomes one DEBUG line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if not isinstance(exc, HttpProcessingError):
-            return True
-        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        record.msg, record.args = (
-            "unparsable request from %s: %s",
-            (
-                *(record.args if isinstance(record.args, tuple) else ()),
-                str(exc.message).splitlines()[0] if exc.message else type(exc).__name__,
-            ),
-        )
-        record.exc_info, record.exc_text = None, None
-        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
-
-
-def drain_timeout(config: Config) -> float:
-    """How long shutdown waits for in-flight requests: a full body read plus one request."""
-    return config.request_timeout_secs * (BODY_TIMEOUT_FACTOR + 1)
-
-
-async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
-    """Serve until SIGTERM/SIGINT (or `stop` is set), then drain in-flight requests."""
-    loop = asyncio.get_running_loop()
-    loop.set_default_executor(
-        ThreadPoolExecutor(max_workers=max(1, config.max_threads), thread_name_prefix="pmcluster")
-    )
-    stop = stop if stop is not None else asyncio.Event()
-    app = make_app(config)
-    from pmcluster.cluster import cluster_ctx  # the cluster layer sits above the app
-
-    app.cleanup_ctx.append(cluster_ctx)
-    access_log = logging.getLogger("aiohttp.access") if log.isEnabledFor(logging.DEBUG) else None
-    # The runner's own shutdown only waits for responses still being written (see below).
-    runner = web.AppRunner(app, access_log=access_log, shutdown_timeout=config.request_timeout_secs)
-    await runner.setup()
-    signals = (signal.SIGTERM, signal.SIGINT)
-    quiet = QuietBadRequests()
-    logging.getLogger("aiohttp.server").addFilter(quiet)
-    try:
-        site = web.TCPSite(runner, config.host, config.port)
-        await site.start()
-        for sig in signals:
-            loop.add_signal_handler(sig, stop.set)
-        addresses = ", ".join(f"{a[0]}:{a[1]}" for a in runner.addresses)
-        log.info(
-            "pmcluster %s (API v%d) node %s listening on %s",
-            __version__,
-            API_VERSION,
-            config.node_id,
-            addresses,
-        )
-        await stop.wait()
-        leave = app[STATE_KEY].leave
-        if leave is not None:  # leave the membership first: peers and clients see it at once
-            try:
-                await leave()
-            except Exception:
-                log.exception("leaving the membership failed")
-        # Close the listener ourselves and wait for in-flight requests *before*
-        # runner.cleanup(): aiohttp's shutdown stops reading from open connections, which
-        # would starve a request whose body is still arriving.
-        log.info("stopping: no new connections, draining up to %gs", drain_timeout(config))
-        await site.stop()
-        if not await app[STATE_KEY].drain(drain_timeout(config)):
-            log.warning("drain timed out with %d requests in flight", app[STATE_KEY].in_flight)
-    finally:
-        for sig in signals:
-            loop.remove_signal_handler(sig)
-        await runner.cleanup()
-        logging.getLogger("aiohttp.server").removeFilter(quiet)
-    log.info("node %s stopped", config.node_id)
-
-
-def run_node(config: Config) -> int:
-    """Run the node daemon in the foreground; returns the process exit code."""
-    logging.basicConfig(
-        level=config.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
-    try:
-        asyncio.run(serve(config))
-    except OSError as exc:
-        log.error("cannot serve on %s:%d: %s", config.host, config.port, exc)
-        return 1
-    return 0
