@@ -94,6 +94,11 @@ class FanOut:
             self.stats["node_failures"] += 1
             log.debug("node %s timed out", names[task])
 
+    def _probe_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled():
+            task.exception()
+
     def _abandoned_done(self, task: asyncio.Task[Any]) -> None:
         # aiohttp may turn our cancel into its own timeout error: consume however it ended.
         self._abandoned.discard(task)
@@ -118,10 +123,26 @@ class FanOut:
         Raises a caller error (bad path, auth) a node reported, or `ClusterUnavailable` when
         no member answered.
         """
-        names = self._start(self._plan(members), call)
+        planned = self._plan(members)
+        suspects = {m.node_id for m in planned if self.failures.looks_down(m.node_id)}
+        names = self._start(planned, call)
         if not names:
             raise ClusterUnavailable(f"{what}: no members to ask")
-        done, pending = await asyncio.wait(names, timeout=self.timeout_secs)
+        healthy = {task for task, node in names.items() if node not in suspects}
+        if healthy:
+            # A node that has been failing is only probed: the answer waits for the healthy
+            # nodes, not for the probe, which finishes in the background and tells the
+            # failure tracker whether the node is back. A hung node then costs one read one
+            # timeout, not one timeout per probe.
+            done, pending = await asyncio.wait(healthy, timeout=self.timeout_secs)
+            for task in set(names) - healthy:
+                if task.done():
+                    done.add(task)
+                else:
+                    self._background.add(task)
+                    task.add_done_callback(self._probe_done)
+        else:
+            done, pending = await asyncio.wait(names, timeout=self.timeout_secs)
         self._give_up(pending, names)
         error = self._caller_error(done)
         if error is not None:

@@ -303,6 +303,28 @@ async def _hung_owner_reads(cluster: Cluster, client: ClusterClient) -> None:
     assert elapsed <= TIMEOUT + MARGIN
 
 
+async def test_probes_of_a_hung_owner_do_not_delay_reads(cluster: Cluster) -> None:
+    """With a short back-off the hung owner is probed again and again; reads never wait for
+    a probe once the healthy owner has answered."""
+    failures = FailureTracker(base_delay=0.05, max_delay=0.1, jitter=0.0)
+    async with ClusterClient(cluster.client_config, failures=failures) as client:
+        await client.send_pulse(P, b"v", version=7)
+        owners = cluster.owners(client, P)
+        await poll(lambda: all(o.store.exists(P) for o in owners))
+        await owners[0].hang()
+        first, elapsed = await timed(client.get_pulse(P))
+        assert first == Pulse(P, b"v", 7) and elapsed >= TIMEOUT * 0.8
+        started = asyncio.get_running_loop().time()
+        latencies = []
+        while asyncio.get_running_loop().time() - started < 3 * TIMEOUT:
+            result, elapsed = await timed(client.get_pulse(P))
+            assert result == Pulse(P, b"v", 7)
+            latencies.append(elapsed)
+            await asyncio.sleep(0.02)
+        assert max(latencies) < TIMEOUT / 2, latencies
+        assert client.stats["node_failures"] >= 2  # it was probed again, and failed again
+
+
 async def test_all_owners_down_is_cluster_unavailable(
     cluster: Cluster, client: ClusterClient
 ) -> None:
