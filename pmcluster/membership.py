@@ -160,11 +160,18 @@ class _DnsResolver:
         self._resolver.timeout = min(timeout, 1.0)
 
     async def addresses(self, name: str) -> list[str]:
-        results = await asyncio.gather(self._query(name, "A"), self._query(name, "AAAA"))
-        found = [ip for batch in results for ip in batch]
-        if not found:
-            raise _ResolutionFailed(f"{name}: no A or AAAA records")
-        return found
+        # One family answering is enough: some servers (dnsmasq with --no-resolv) refuse the
+        # AAAA query of a name that only has A records.
+        results = await asyncio.gather(
+            self._query(name, "A"), self._query(name, "AAAA"), return_exceptions=True
+        )
+        found = [ip for batch in results if isinstance(batch, list) for ip in batch]
+        if found:
+            return found
+        for failure in results:
+            if isinstance(failure, BaseException):
+                raise failure
+        raise _ResolutionFailed(f"{name}: no A or AAAA records")
 
     async def _query(self, name: str, rdtype: str) -> list[str]:
         try:

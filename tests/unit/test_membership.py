@@ -341,3 +341,26 @@ async def test_system_resolver_reads_the_hosts_file() -> None:
     from pmcluster.membership import _SystemResolver
 
     assert "127.0.0.1" in await _SystemResolver(2.0).addresses("localhost")
+
+
+async def test_a_refused_aaaa_query_does_not_hide_the_a_records(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pmcluster import membership as mod
+
+    resolver = mod._DnsResolver([("127.0.0.1", 53)], timeout=1.0)
+
+    async def query(name: str, rdtype: str) -> list[str]:
+        if rdtype == "AAAA":
+            raise mod._ResolutionFailed(f"{name} AAAA: REFUSED")
+        return ["127.0.0.1", "127.0.0.2"]
+
+    monkeypatch.setattr(resolver, "_query", query)
+    assert await resolver.addresses("pm.test") == ["127.0.0.1", "127.0.0.2"]
+
+    async def refuse_all(name: str, rdtype: str) -> list[str]:
+        raise mod._ResolutionFailed(f"{name} {rdtype}: REFUSED")
+
+    monkeypatch.setattr(resolver, "_query", refuse_all)
+    with pytest.raises(mod._ResolutionFailed):
+        await resolver.addresses("pm.test")
