@@ -1,0 +1,202 @@
+"""Client-side authentication for pmcluster's own HTTP client (`NodeTransport`).
+
+`make_request_auth(config)` returns a `RequestAuth` for DIGEST or KERBEROS (None for NONE).
+The transport calls `begin(method, url)` before a request and sends `pending.headers`; then
+`pending.finish(status, headers)`, which returns True when the request must be sent once more
+with the new `pending.headers` (after a challenge), and raises `AuthError` when the server
+failed mutual authentication.
+
+- DIGEST: the cluster's challenge is cached and `nc` counted, so after the first 401 every
+  request carries credentials at once (any node accepts any node's nonce); an expired nonce
+  costs one retry.
+- KERBEROS: a gated request that meets a `Negotiate` challenge is resent with a SPNEGO token;
+  the server must prove itself (mutual authentication); its session cookie is then sent with
+  every request to any node until a node refuses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from collections.abc import Callable, Mapping
+from http.cookies import CookieError, SimpleCookie
+from typing import TYPE_CHECKING, Protocol
+
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from pmcluster.auth.digest import DigestClient
+from pmcluster.auth.jaas import load_jaas
+from pmcluster.auth.tokens import COOKIE_NAME
+from pmcluster.config import Config
+from pmcluster.errors import AuthError
+
+if TYPE_CHECKING:
+    from pmcluster.auth.kerberos import InitiatorContext, KerberosInitiator
+
+__all__ = ["DigestAuth", "KerberosAuth", "PendingAuth", "RequestAuth", "make_request_auth"]
+
+ResponseHeaders = CIMultiDictProxy[str]
+
+
+class PendingAuth(Protocol):
+    headers: dict[str, str]
+
+    async def finish(self, status: int, headers: ResponseHeaders) -> bool: ...
+
+
+class RequestAuth(Protocol):
+    async def begin(self, method: str, url: URL) -> PendingAuth: ...
+
+
+def _target(url: URL) -> str:
+    return url.raw_path_qs
+
+
+# --- DIGEST ------------------------------------------------------------------------------------
+
+
+class DigestAuth:
+    """Digest credentials of the JAAS `PacemakerDigest` user; shared by every node's transport."""
+
+    def __init__(self, username: str, password: str) -> None:
+        self.client = DigestClient(username, password)
+
+    async def begin(self, method: str, url: URL) -> _DigestPending:
+        return _DigestPending(self.client, method, _target(url))
+
+
+class _DigestPending:
+    def __init__(self, client: DigestClient, method: str, target: str) -> None:
+        self._client = client
+        self._method = method
+        self._target = target
+        self._retried = False
+        self.headers: dict[str, str] = {}
+        self._sign()
+
+    def _sign(self) -> None:
+        value = self._client.authorization(self._method, self._target)
+        self.headers = {"Authorization": value} if value is not None else {}
+
+    async def finish(self, status: int, headers: ResponseHeaders) -> bool:
+        if status != 401 or self._retried:
+            return False
+        if not self._client.take_challenge(headers.getall("WWW-Authenticate", [])):
+            return False
+        self._retried = True
+        self._sign()
+        return True
+
+
+# --- KERBEROS ----------------------------------------------------------------------------------
+
+
+class KerberosAuth:
+    """SPNEGO towards each node's host, then the cluster-wide session cookie."""
+
+    def __init__(self, initiator_factory: Callable[[], KerberosInitiator]) -> None:
+        self._factory = initiator_factory
+        self._initiator: KerberosInitiator | None = None
+        self.cookie: str | None = None
+
+    def initiator(self) -> KerberosInitiator:
+        """Client credentials, acquired on first use (may ask the KDC: call in a thread)."""
+        if self._initiator is None:
+            self._initiator = self._factory()
+        return self._initiator
+
+    async def begin(self, method: str, url: URL) -> _KerberosPending:
+        return _KerberosPending(self, url.host or "")
+
+
+class _KerberosPending:
+    def __init__(self, auth: KerberosAuth, host: str) -> None:
+        self._auth = auth
+        self._host = host
+        self._sent_cookie = auth.cookie
+        self._started: InitiatorContext | None = None
+        self.headers: dict[str, str] = {}
+        if auth.cookie is not None:
+            self.headers = {"Cookie": f"{COOKIE_NAME}={auth.cookie}"}
+
+    async def finish(self, status: int, headers: ResponseHeaders) -> bool:
+        auth = self._auth
+        if self._started is not None:  # we sent a token: the server must prove itself
+            if status == 401:
+                return False
+            reply = _negotiate_reply(headers)
+            if reply is None and not (200 <= status < 300 or status == 404):
+                return False  # refused (403) or failed: no data to trust, nothing to check
+            auth.initiator().finish(self._started, reply)
+            auth.cookie = _session_cookie(headers) or auth.cookie
+            return False
+        if status != 401 or not _offers_negotiate(headers):
+            return False
+        if self._sent_cookie is not None and auth.cookie == self._sent_cookie:
+            auth.cookie = None  # refused (expired, or the cluster secret changed)
+        initiator = await asyncio.to_thread(auth.initiator)
+        started = await asyncio.to_thread(initiator.start, self._host)
+        self._started = started
+        self.headers = {"Authorization": "Negotiate " + base64.b64encode(started.token).decode()}
+        return True
+
+
+def _offers_negotiate(headers: ResponseHeaders) -> bool:
+    return any(
+        v.strip().lower().startswith("negotiate") for v in headers.getall("WWW-Authenticate", [])
+    )
+
+
+def _negotiate_reply(headers: ResponseHeaders) -> bytes | None:
+    for value in headers.getall("WWW-Authenticate", []):
+        scheme, _, token = value.strip().partition(" ")
+        if scheme.lower() == "negotiate" and token.strip():
+            try:
+                return base64.b64decode(token.strip(), validate=True)
+            except (binascii.Error, ValueError):
+                raise AuthError("Kerberos: malformed Negotiate reply from the server") from None
+    return None
+
+
+def _session_cookie(headers: Mapping[str, str] | ResponseHeaders) -> str | None:
+    values = headers.getall("Set-Cookie", []) if isinstance(headers, CIMultiDictProxy) else []
+    for value in values:
+        jar: SimpleCookie = SimpleCookie()
+        try:
+            jar.load(value)
+        except CookieError:
+            continue
+        morsel = jar.get(COOKIE_NAME)
+        if morsel is not None and morsel.value:
+            return morsel.value
+    return None
+
+
+# --- factory -----------------------------------------------------------------------------------
+
+
+def make_request_auth(config: Config) -> RequestAuth | None:
+    """Client credentials for `config.auth_method`: DIGEST's JAAS user, or for KERBEROS the
+    `PacemakerClient` section (a node without one uses its `PacemakerServer` key)."""
+    if config.auth_method == "NONE" or config.jaas_path is None:
+        return None
+    jaas = load_jaas(config.jaas_path)
+    if config.auth_method == "DIGEST":
+        creds = jaas.digest()
+        return DigestAuth(creds.username, creds.password)
+
+    def initiator() -> KerberosInitiator:
+        from pmcluster.auth.kerberos import KerberosInitiator
+
+        if "PacemakerClient" in jaas.sections:
+            return KerberosInitiator.from_client(jaas.kerberos_client())
+        return KerberosInitiator.from_server(jaas.kerberos_server(config.host))
+
+    # Fail at construction, not at the first read, when the JAAS sections are missing.
+    if "PacemakerClient" in jaas.sections:
+        jaas.kerberos_client()
+    else:
+        jaas.kerberos_server()
+    return KerberosAuth(initiator)
