@@ -19,6 +19,8 @@ Storm has no error reply, so:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Protocol
 
 from pmcluster.backend import Backend
 from pmcluster.errors import InvalidPath, ProtocolError
@@ -27,7 +29,14 @@ from pmcluster.storm.codec import HBMessage, HBMessageData, HBNodes, HBPulse, HB
 from pmcluster.storm.codec import HBServerMessageType as T
 from pmcluster.storm.metrics import StormMetrics
 
-__all__ = ["READ_TYPES", "REQUEST_TYPES", "WRITE_TYPES", "StormHandler"]
+__all__ = [
+    "READ_TYPES",
+    "REQUEST_TYPES",
+    "WRITE_TYPES",
+    "BackendResolver",
+    "PulseSizes",
+    "StormHandler",
+]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +46,18 @@ REQUEST_TYPES = READ_TYPES | WRITE_TYPES
 
 _LOG_FIRST = 10  # invalid-path warnings logged in full; after that one in _LOG_EVERY
 _LOG_EVERY = 1000
+
+
+BackendResolver = Callable[[bool], Backend]
+"""`resolve(is_read)` -> the backend that answers this request, looked up per request."""
+
+
+class PulseSizes(Protocol):
+    """Where pulse sizes are reported (the node's `Metrics`: Storm's `pacemaker_*` metrics)."""
+
+    def received(self, size: int) -> None: ...
+
+    def sent(self, size: int) -> None: ...
 
 
 def _type_name(mtype: int) -> str:
@@ -49,18 +70,30 @@ class StormHandler:
     `handle(request, authorized_reader=...)`: reads on a connection that is not an authorized
     reader get NOT_AUTHORIZED; with `writes_need_auth` (pmcluster.auth.writes) writes and
     deletes do too (Storm leaves them open).
+
+    The backend is either fixed (`backend`) or looked up for every request by `resolve`
+    (a node's coordinating backend only exists once it has joined the cluster, and reads may
+    be answered by another backend than writes: `pmcluster.storm.read.mode`).
     """
 
     def __init__(
         self,
-        backend: Backend,
+        backend: Backend | None = None,
         *,
+        resolve: BackendResolver | None = None,
         writes_need_auth: bool = False,
         metrics: StormMetrics | None = None,
+        pulse_sizes: PulseSizes | None = None,
     ) -> None:
-        self.backend = backend
+        if resolve is None:
+            if backend is None:
+                raise ValueError("StormHandler needs a backend or a resolver")
+            fixed = backend
+            resolve = lambda is_read: fixed  # noqa: E731
+        self._resolve = resolve
         self.writes_need_auth = writes_need_auth
         self.metrics = metrics if metrics is not None else StormMetrics()
+        self.pulse_sizes = pulse_sizes
 
     async def handle(self, request: HBMessage, *, authorized_reader: bool = True) -> HBMessage:
         """The reply to `request`; raises `ProtocolError` for a request that is not one."""
@@ -96,14 +129,21 @@ class StormHandler:
         return data.path
 
     async def _answer(self, mtype: T, raw: str, data: HBMessageData | None) -> HBMessageData | None:
-        backend = self.backend
+        backend = self._resolve(mtype in READ_TYPES)
+        sizes = self.pulse_sizes
         if mtype == T.SEND_PULSE:
             assert data is not None and data.pulse is not None and data.pulse.details is not None
             await backend.send_pulse(normalize_key(raw), data.pulse.details, None)
+            if sizes is not None:
+                sizes.received(len(data.pulse.details))
             return None
         if mtype == T.GET_PULSE:
             pulse, _ = await backend.get_pulse(normalize_key(raw))
-            return HBMessageData(pulse=HBPulse(raw, None if pulse is None else pulse.data))
+            if pulse is None:
+                return HBMessageData(pulse=HBPulse(raw))
+            if sizes is not None:
+                sizes.sent(len(pulse.data))
+            return HBMessageData(pulse=HBPulse(raw, pulse.data))
         if mtype == T.EXISTS:
             found, _ = await backend.exists(normalize_key(raw))
             return HBMessageData(boolval=found)
@@ -112,6 +152,8 @@ class StormHandler:
             return HBMessageData(nodes=HBNodes(tuple(names)))
         if mtype == T.GET_ALL_PULSE_FOR_PATH:
             pulses = await backend.get_all_pulse_for_path(normalize(raw))
+            if sizes is not None:
+                sizes.sent(sum(len(p.data) for p in pulses))
             records = HBRecords(tuple(HBPulse(p.path, p.data) for p in pulses))
             return HBMessageData(records=records)
         if mtype == T.DELETE_PATH:

@@ -1,0 +1,57 @@
+"""The Storm front end of a node: what `daemon.serve` hands to `SharedSite`.
+
+`storm_factory(app)` builds one `StormHandler` for the node's app and returns the factory of
+its per-connection protocol. Requests reach the same backends as the HTTP API's plain requests,
+looked up per request: the node's coordinating backend (`NodeState.coordinator`, installed when
+the node has joined the cluster) so a write on any node goes to the path's owners and a read
+answers for the whole cluster; before that, the app's backend (the local store).
+`pmcluster.storm.read.mode: local` answers reads from the local store only (for Storm clusters
+whose `pacemaker.servers` lists every node: Storm reads every server and keeps the newest).
+The front end's counters join the node's `/metrics`; pulse sizes feed Storm's `pacemaker_*`
+metrics like HTTP traffic does. Authentication per connection follows `pacemaker.auth.method`
+(`pmcluster.storm.auth`); with `pmcluster.auth.writes` unauthenticated writes are refused too.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from pmcluster.backend import Backend
+from pmcluster.node import BACKEND_KEY, CONFIG_KEY, LOCAL_BACKEND_KEY, METRICS_KEY, STATE_KEY
+from pmcluster.storm.auth import make_auth_factory
+from pmcluster.storm.handler import StormHandler
+from pmcluster.storm.metrics import StormMetrics
+from pmcluster.storm.server import StormConnection, StormFactory
+
+__all__ = ["storm_factory"]
+
+
+def storm_factory(app: web.Application) -> StormFactory:
+    """The per-connection Storm protocol factory of a node's app (raises `ConfigError` when
+    the authentication method cannot be set up)."""
+    config, state = app[CONFIG_KEY], app[STATE_KEY]
+    local, default = app[LOCAL_BACKEND_KEY], app[BACKEND_KEY]
+    reads_local = config.storm_read_mode == "local"
+
+    def resolve(is_read: bool) -> Backend:
+        if is_read and reads_local:
+            return local
+        coordinator = state.coordinator
+        return coordinator if coordinator is not None else default
+
+    metrics = StormMetrics()
+    node_metrics = app[METRICS_KEY]
+    node_metrics.add_collector(metrics.prometheus_lines)
+    handler = StormHandler(
+        resolve=resolve,
+        writes_need_auth=config.auth_writes,
+        metrics=metrics,
+        pulse_sizes=node_metrics,
+    )
+    make_auth = make_auth_factory(config, metrics)
+    max_frame = config.max_message_size
+
+    def make() -> StormConnection:
+        return StormConnection(handler, max_frame, auth=make_auth(), metrics=metrics)
+
+    return make
