@@ -16,6 +16,7 @@ import contextlib
 import random
 import shutil
 import signal
+import socket
 import struct
 import sys
 import tempfile
@@ -29,10 +30,11 @@ import aiohttp
 
 from pmcluster.client import ClusterClient
 from pmcluster.config import Config
-from pmcluster.testing import NodeProcess
+from pmcluster.testing import HarnessError, NodeProcess, free_port_on_all
 
 HEADER = struct.Struct(">QQ")
 WORKER_TIMEOUT_SECS = 30.0
+DEFAULT_PORT = 6699
 
 
 @dataclass
@@ -236,14 +238,43 @@ async def drive_load(
     return stats
 
 
-def node_configs(args: argparse.Namespace) -> list[dict[str, Any]]:
-    hosts = [f"127.0.0.{i + 1}" for i in range(args.nodes)]
-    members = [f"{h}:{args.port}" for h in hosts]
+def node_hosts(nodes: int) -> list[str]:
+    return [f"127.0.0.{i + 1}" for i in range(nodes)]
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def choose_port(choice: str | int, hosts: list[str]) -> int:
+    """`--port`: a number as given, or `auto`: 6699 when it is free on every node address,
+    else a port the kernel says is free on all of them (two `up`s side by side, CI)."""
+    if str(choice) != "auto":
+        try:
+            port = int(choice)
+        except ValueError:
+            raise ValueError(f"--port must be a number or auto, not {choice!r}") from None
+        if not 0 < port < 65536:
+            raise ValueError(f"--port must be in 1..65535, not {port}")
+        return port
+    if all(port_is_free(h, DEFAULT_PORT) for h in hosts):
+        return DEFAULT_PORT
+    return free_port_on_all(hosts)
+
+
+def node_configs(args: argparse.Namespace, port: int) -> list[dict[str, Any]]:
+    hosts = node_hosts(args.nodes)
+    members = [f"{h}:{port}" for h in hosts]
     configs = []
     for host in hosts:
         conf: dict[str, Any] = {
             "pacemaker.host": host,
-            "pacemaker.port": args.port,
+            "pacemaker.port": port,
             "task.heartbeat.frequency.secs": args.period,
         }
         if args.zookeeper:
@@ -259,18 +290,30 @@ def run_up(args: argparse.Namespace) -> int:
     if args.nodes < 1 or args.workers < 1 or args.topologies < 1:
         print("pmcluster up: --nodes, --workers and --topologies must be >= 1", file=sys.stderr)
         return 2
+    if args.nodes > 254:
+        print("pmcluster up: at most 254 nodes (127.0.0.1 .. 127.0.0.254)", file=sys.stderr)
+        return 2
+    try:
+        port = choose_port(args.port, node_hosts(args.nodes))
+    except (ValueError, HarnessError) as exc:
+        print(f"pmcluster up: {exc}", file=sys.stderr)
+        return 2
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="pmcluster-up-"))
     workdir.mkdir(parents=True, exist_ok=True)
     procs: list[NodeProcess] = []
     try:
-        for i, conf in enumerate(node_configs(args)):
+        for i, conf in enumerate(node_configs(args, port)):
             node_dir = workdir / f"node{i + 1}"
             node_dir.mkdir(exist_ok=True)
             procs.append(NodeProcess(conf, workdir=node_dir))
         for proc in procs:
             proc.start()
-        for proc in procs:
-            proc.wait_ready(timeout=20)
+        try:
+            for proc in procs:
+                proc.wait_ready(timeout=20)
+        except HarnessError as exc:
+            print(f"pmcluster up: a node did not start: {exc}", file=sys.stderr)
+            return 2
         print(
             f"pmcluster up: {len(procs)} nodes ({', '.join(p.node_id for p in procs)}); "
             f"{args.workers} workers x {args.payload} B every {args.period:g} s; "

@@ -3,7 +3,8 @@
 For each member it asks `GET /v1/members` (its epoch and member list) and samples `GET
 /metrics` twice a second apart (keys, bytes, write/read rates, errors). The verdict is for
 monitoring: OK (exit 0) when every member answers and all agree on the epoch, DEGRADED (exit 1)
-when some member does not answer or the views disagree, DOWN (exit 2) when none answers.
+when some member does not answer, the views disagree, or there are fewer members than the
+replication factor (or than `--expect-nodes`), DOWN (exit 2) when none answers.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import aiohttp
 from pmcluster.client import ClusterClient
 from pmcluster.config import Config
 from pmcluster.errors import PmclusterError
+from pmcluster.opshttp import OpsHttp
 
 OK, DEGRADED, DOWN = "OK", "DEGRADED", "DOWN"
 EXIT_CODES = {OK: 0, DEGRADED: 1, DOWN: 2}
@@ -57,24 +59,23 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
-async def _get(session: aiohttp.ClientSession, url: str, timeout: float) -> str:
-    async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-        resp.raise_for_status()
-        return await resp.text()
+async def _get(http: OpsHttp, url: str, timeout: float) -> str:
+    status, raw = await http.request("GET", url, timeout=timeout)
+    if not 200 <= status < 300:
+        raise ValueError(f"HTTP {status}")
+    return raw.decode(errors="replace")
 
 
-async def probe(
-    session: aiohttp.ClientSession, node_id: str, host: str, port: int, timeout: float
-) -> NodeStatus:
+async def probe(http: OpsHttp, node_id: str, host: str, port: int, timeout: float) -> NodeStatus:
     """Ask one node for its view and two metric samples."""
     status = NodeStatus(node_id)
     base = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     try:
-        view = json.loads(await _get(session, f"{base}/v1/members", timeout))
-        first = parse_metrics(await _get(session, f"{base}/metrics", timeout))
+        view = json.loads(await _get(http, f"{base}/v1/members", timeout))
+        first = parse_metrics(await _get(http, f"{base}/metrics", timeout))
         started = time.monotonic()
         await asyncio.sleep(SAMPLE_GAP_SECS)
-        second = parse_metrics(await _get(session, f"{base}/metrics", timeout))
+        second = parse_metrics(await _get(http, f"{base}/metrics", timeout))
         gap = max(time.monotonic() - started, 1e-6)
     except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as exc:
         status.problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -96,12 +97,20 @@ async def probe(
     return status
 
 
-def verdict(nodes: list[NodeStatus]) -> tuple[str, str]:
-    """(OK | DEGRADED | DOWN, reason)."""
+def verdict(
+    nodes: list[NodeStatus], *, replication: int = 1, expect: int | None = None
+) -> tuple[str, str]:
+    """(OK | DEGRADED | DOWN, reason). Fewer members than the replication factor (or than
+    `expect`, for monitoring a cluster of known size) is DEGRADED even when all agree: a
+    node that went away long enough to drop out of the membership is still a lost node."""
     up = [n for n in nodes if n.up]
     if not up:
         return DOWN, "no node answers"
     reasons = [f"{n.node_id} does not answer" for n in nodes if not n.up]
+    if len(nodes) < replication:
+        reasons.append(f"{len(nodes)} member(s), fewer than the replication factor {replication}")
+    if expect is not None and len(nodes) < expect:
+        reasons.append(f"{len(nodes)} member(s), {expect} expected")
     epochs = {n.epoch for n in up}
     if len(epochs) > 1:
         reasons.append(f"nodes disagree on the epoch: {', '.join(sorted(map(str, epochs)))}")
@@ -118,10 +127,10 @@ async def collect(config: Config) -> list[NodeStatus]:
     async with ClusterClient(config) as client:
         snapshot = await client.members()
     timeout = config.request_timeout_secs
-    async with aiohttp.ClientSession() as session:
+    async with OpsHttp(config) as http:
         return list(
             await asyncio.gather(
-                *(probe(session, m.node_id, m.host, m.port, timeout) for m in snapshot.members)
+                *(probe(http, m.node_id, m.host, m.port, timeout) for m in snapshot.members)
             )
         )
 
@@ -152,7 +161,8 @@ def run_status(args: argparse.Namespace) -> int:
     except PmclusterError as exc:
         nodes, state, reason = [], DOWN, str(exc)
     else:
-        state, reason = verdict(nodes)
+        expect = getattr(args, "expect_nodes", None)
+        state, reason = verdict(nodes, replication=config.replication, expect=expect)
     if args.json:
         doc: dict[str, Any] = {
             "verdict": state,
