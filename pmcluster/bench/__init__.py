@@ -1,0 +1,177 @@
+"""`pmcluster bench`: pmcluster against ZooKeeper (and a bare aiohttp server) in one run.
+
+Starts everything it measures on loopback, runs each system on the same workload, and prints
+a table, one JSON line per row (`{"bench_row": ...}`) and the issue's targets as ratios of
+figures measured in this run (`{"bench_target": ...}`). Progress goes to stderr. See
+`docs/benchmarks.md` for what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pmcluster.bench.rows import Plan
+
+__all__ = ["SMOKE", "machine_description", "plan_from_args", "run_bench"]
+
+# Row execution order: each server is stopped once its rows are done, so later rows run on a
+# quiet machine. The table shows the rows in the issue's order.
+_DISPLAY_ORDER = (
+    "zk-write",
+    "baseline",
+    "node-put",
+    "node-batch",
+    "storm-put",
+    "cluster3-put",
+    "read-zookeeper",
+    "read-pmcluster",
+    "read-storm",
+    "memory",
+)
+
+# --smoke: tiny sizes so CI checks that every row runs, in well under a minute.
+SMOKE = {
+    "workers": 200,
+    "payload": 256,
+    "read_payload": 512,
+    "duration": 0.5,
+    "warmup": 0.2,
+    "concurrency": 4,
+    "clients": 1,
+    "memory_keys": 2000,
+    "read_rounds": 1,
+}
+
+
+def plan_from_args(args: argparse.Namespace, workdir: Path) -> Plan:
+    """The `Plan` the command-line knobs ask for (`--smoke` replaces the sizes)."""
+    from pmcluster.bench.rows import ALL_ROWS, Plan
+
+    rows = tuple(r.strip() for r in args.rows.split(",") if r.strip()) if args.rows else ALL_ROWS
+    unknown = sorted(set(rows) - set(ALL_ROWS))
+    if unknown:
+        raise SystemExit(f"pmcluster bench: unknown rows {unknown}; choose from {ALL_ROWS}")
+    sizes = {
+        "workers": args.workers,
+        "payload": args.payload,
+        "read_payload": args.read_payload,
+        "duration": args.duration,
+        "warmup": args.warmup,
+        "concurrency": args.concurrency,
+        "clients": args.clients,
+        "memory_keys": args.memory_keys,
+        "read_rounds": args.read_rounds,
+    }
+    if args.smoke:
+        sizes.update(SMOKE)
+    return Plan(
+        topologies=args.topologies,
+        batch=args.batch,
+        zookeeper=not args.no_zookeeper,
+        rows=rows,
+        workdir=workdir,
+        **sizes,
+    )
+
+
+def machine_description() -> str:
+    """CPU model, core count, kernel, Python and aiohttp versions: the table's context."""
+    import aiohttp
+
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{model}, {os.cpu_count()} cores, Linux {platform.release()}, "
+        f"Python {platform.python_version()}, aiohttp {aiohttp.__version__}"
+    )
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Run the rows the arguments ask for; print the table, JSON lines and targets."""
+    from pmcluster.bench.report import Progress, format_table, targets
+    from pmcluster.bench.rows import Bench
+    from pmcluster.testing import missing_zookeeper_jar
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="pmcluster-bench-")).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    plan = plan_from_args(args, workdir)
+    if plan.zookeeper and ("zk" in plan.rows or "read" in plan.rows):
+        missing = missing_zookeeper_jar()
+        if missing is not None:
+            print(
+                f"pmcluster bench: ZooKeeper is not installed ({missing} is missing); install "
+                "it (apt-get install -y zookeeper) or pass --no-zookeeper",
+                file=sys.stderr,
+            )
+            return 2
+    progress = Progress()
+    progress.step(f"machine: {machine_description()}")
+    progress.step(
+        f"workload: {plan.workers:,} workers, {plan.payload} B heartbeats, {plan.duration:g}s "
+        f"windows after {plan.warmup:g}s warm-up, {plan.concurrency} in flight, "
+        f"{plan.clients} client processes; rows {','.join(plan.rows)}; work dir {workdir}"
+    )
+    bench = Bench(plan, progress)
+    rows = []
+    try:
+        if plan.zookeeper and "zk" in plan.rows:
+            rows.append(bench.row_zk())
+        if plan.zookeeper and "read" in plan.rows:
+            rows.append(bench.row_read_zookeeper())
+        bench.stop_zookeeper()
+        if "baseline" in plan.rows:
+            rows.append(bench.row_baseline())
+        if "put" in plan.rows:
+            rows.append(bench.row_put())
+        if "batch" in plan.rows:
+            rows.append(bench.row_batch())
+        if "storm" in plan.rows:
+            rows.append(bench.row_storm())
+            if "read" in plan.rows:
+                rows.append(bench.row_read_storm())
+        bench.stop_node()
+        if "cluster" in plan.rows:
+            rows.append(bench.row_cluster())
+        if "read" in plan.rows:
+            rows.append(bench.row_read_pmcluster())
+        bench.stop_cluster()
+        if "memory" in plan.rows:
+            rows.append(bench.row_memory())
+    finally:
+        bench.close()
+        if not args.workdir and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    rows.sort(key=lambda row: _DISPLAY_ORDER.index(row.name))
+    out = sys.stdout
+    out.write(f"pmcluster bench — {machine_description()}\n")
+    out.write(
+        f"workload: {plan.workers:,} workers over {plan.topologies} topologies, "
+        f"{plan.payload} B heartbeats ({plan.read_payload} B for reads), "
+        f"{plan.duration:g}s windows, {plan.concurrency} in flight, batch {plan.batch}, "
+        f"{plan.clients} client processes, memory at {plan.memory_keys:,} keys\n\n"
+    )
+    out.write(format_table(rows) + "\n\n")
+    for row in rows:
+        out.write(row.json_line() + "\n")
+    out.write("\ntargets (ratios of figures measured in this run):\n")
+    measured_targets = targets(rows, plan.payload, bench.node_lifetime_writes)
+    for target in measured_targets:
+        out.write(target.line() + "\n")
+    for target in measured_targets:
+        out.write(target.json_line() + "\n")
+    out.flush()
+    return 0

@@ -1,0 +1,90 @@
+"""`pmcluster bench --smoke` runs every row end to end and prints the table, rows and targets.
+
+The benchmark's figures are not asserted (they are measurements, not timed tests); what a user
+relies on is that the command completes, prints every row in the table and as a JSON line,
+prints every target, and finds that nodes wrote nothing to disk.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pmcluster.testing import missing_zookeeper_jar
+
+pytestmark = pytest.mark.integration
+
+ROWS = (
+    "zk-write",
+    "baseline",
+    "node-put",
+    "node-batch",
+    "storm-put",
+    "cluster3-put",
+    "read-zookeeper",
+    "read-pmcluster",
+    "read-storm",
+    "memory",
+)
+TARGETS = 8
+
+
+@pytest.mark.timeout(90)
+def test_bench_smoke_prints_every_row_and_target() -> None:
+    if missing_zookeeper_jar() is not None:
+        pytest.skip("ZooKeeper is not installed (the README's setup step installs it)")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pmcluster", "bench", "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    table = {line.split()[0] for line in lines if line and not line.startswith("{")}
+    assert set(ROWS) <= table, proc.stdout
+    rows = {}
+    targets = {}
+    for line in lines:
+        if line.startswith('{"bench_row"'):
+            row = json.loads(line)["bench_row"]
+            rows[row["name"]] = row
+        elif line.startswith('{"bench_target"'):
+            target = json.loads(line)["bench_target"]
+            targets[target["name"]] = target
+    assert sorted(rows) == sorted(ROWS)
+    for name in ("zk-write", "baseline", "node-put", "node-batch", "storm-put", "cluster3-put"):
+        assert rows[name]["heartbeats_per_sec"] > 0, rows[name]
+        assert rows[name]["errors"] == 0, rows[name]
+        assert rows[name]["cpu_us_per_hb"] > 0, rows[name]
+    assert rows["memory"]["extra"]["rss_bytes_per_key"] > 0
+    assert len(targets) == TARGETS
+    assert all(t["measured"] is not None for t in targets.values()), targets
+    disk = targets["bytes written to disk by nodes"]
+    assert disk["measured"] == 0 and disk["met"] is True
+    assert "[bench" in proc.stderr  # progress went to stderr
+
+
+@pytest.mark.timeout(90)
+def test_bench_smoke_without_zookeeper_skips_only_its_rows() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pmcluster", "bench", "--smoke", "--no-zookeeper",
+         "--rows", "baseline,put,batch,read"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = {
+        json.loads(line)["bench_row"]["name"]
+        for line in proc.stdout.splitlines()
+        if line.startswith('{"bench_row"')
+    }
+    assert names == {"baseline", "node-put", "node-batch", "read-pmcluster"}
+    assert "[n/a ] node CPU/hb vs ZooKeeper, one request per heartbeat" in proc.stdout
+    assert "[MET ] bytes written to disk by nodes: 0" in proc.stdout
