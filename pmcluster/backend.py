@@ -104,3 +104,9 @@ class LocalBackend:
 
     async def create_path(self, path: str) -> None:
         self.store.create_path(path)
+
+    def held_version(self, path: str) -> int:
+        """The newest version this store holds for key `path`: its value's or the covering
+        tombstone's, 0 when none (what an ignored write lost to)."""
+        pulse = self.store.get_pulse(path)
+        return max(0 if pulse is None else pulse.version, self.store.tombstone_version(path))

@@ -180,6 +180,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     return run_status(args)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pmcluster.bench import run_bench
+
+    return run_bench(args)
+
+
+def cmd_soak(args: argparse.Namespace) -> int:
+    from pmcluster.soak import run_command
+
+    return run_command(args)
+
+
+def cmd_fuzz(args: argparse.Namespace) -> int:
+    from pmcluster.fuzz import run_command
+
+    return run_command(args)
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 
@@ -241,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--payload", type=int, default=5 * 1024, help="heartbeat bytes (5120)")
     p.add_argument("--period", type=float, default=3.0, help="heartbeat period, s (3)")
     p.add_argument("--read-period", type=float, default=10.0, help="reader round, s (10)")
-    p.add_argument("--port", type=int, default=6699, help="node port (6699)")
+    p.add_argument("--port", default="auto", help="node port, or auto (6699 if free, else any)")
     p.add_argument("--zookeeper", help="use this ZooKeeper (HOST:PORT) instead of static members")
     p.add_argument("--duration", type=float, help="run this many seconds, then exit")
     p.add_argument("--workdir", help="where node configs and logs go (a temp dir)")
@@ -249,6 +267,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("status", cmd_status, "cluster health: every node's view, figures and a verdict")
     _add_config_args(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--expect-nodes", type=int, help="DEGRADED when fewer members than this")
+
+    p = command("bench", cmd_bench, "benchmark nodes against ZooKeeper and a bare aiohttp server")
+    p.add_argument("--workers", type=int, default=10_000, help="heartbeat keys (10000)")
+    p.add_argument("--payload", type=int, default=1024, help="write heartbeat bytes (1024)")
+    p.add_argument("--read-payload", type=int, default=5120, help="read round bytes (5120)")
+    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per row (10)")
+    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first (2)")
+    p.add_argument("--concurrency", type=int, default=64, help="requests in flight (64)")
+    p.add_argument("--clients", type=int, default=2, help="load generator processes (2)")
+    p.add_argument("--topologies", type=int, default=10, help="topologies (10)")
+    p.add_argument("--batch", type=int, default=100, help="heartbeats per batch request (100)")
+    p.add_argument("--memory-keys", type=int, default=100_000, help="keys for memory (100000)")
+    p.add_argument("--read-rounds", type=int, default=3, help="measured read rounds (3)")
+    p.add_argument("--rows", help="comma list of zk,baseline,put,batch,storm,cluster,read,memory")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks every row runs")
+    p.add_argument("--no-zookeeper", action="store_true", help="skip the ZooKeeper rows")
+    p.add_argument("--workdir", help="keep configs and logs here (default: a temp dir)")
+    p.add_argument("--keep", action="store_true", help="keep the temp work dir")
+
+    from pmcluster.ops import add_subcommands  # add-node, remove-node
+
+    add_subcommands(sub)
+    from pmcluster.fuzz import add_arguments as add_fuzz_arguments
+
+    add_fuzz_arguments(command("fuzz", cmd_fuzz, "fuzz a running node, then check it is intact"))
+    from pmcluster.soak import add_arguments as add_soak_arguments
+
+    add_soak_arguments(command("soak", cmd_soak, "long run: 3 nodes, Storm-sized load, kill -9s"))
 
     return parser
 

@@ -29,6 +29,8 @@ from typing import Any, Self, TypeVar
 import aiohttp
 
 from pmcluster import readmerge
+from pmcluster.auth.client import make_request_auth
+from pmcluster.auth.tls import client_ssl_context
 from pmcluster.config import Config
 from pmcluster.errors import ClusterUnavailable
 from pmcluster.failures import FailureTracker
@@ -38,12 +40,15 @@ from pmcluster.paths import normalize, normalize_key
 from pmcluster.ring import Member, Ring
 from pmcluster.store import Pulse
 from pmcluster.transport import NodeTransport, Transport
+from pmcluster.versionclock import MAX_VERSION, VersionClock
 
 __all__ = ["ClusterClient", "SyncClusterClient"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 PulseInput = tuple[str, bytes] | tuple[str, bytes, int | None]
+# How often an unversioned write retries above a newer version an owner holds.
+MAX_VERSION_RETRIES = 3
 # Least time between two epoch-triggered membership refreshes.
 REFRESH_INTERVAL_SECS = 0.25
 
@@ -67,6 +72,7 @@ class ClusterClient:
         self.config = config
         self.stats: Counter[str] = Counter()
         self.failures = failures if failures is not None else FailureTracker()
+        self.clock = VersionClock()  # versions of writes that come without one
         self._membership = membership
         self._own_membership = membership is None
         self._seed_mode = membership is None and not config.zk_servers
@@ -76,6 +82,10 @@ class ClusterClient:
         self._previous: Ring | None = None
         self._previous_until = 0.0
         self._transports: dict[str, Transport] = {}
+        # Credentials (`pacemaker.auth.method`) and TLS (`pmcluster.tls.*`) of this client; a
+        # node's own client thereby authenticates to its peers with the node's credentials.
+        self._auth = make_request_auth(config)
+        self._ssl = client_ssl_context(config)
         if local is not None:
             self._transports[local.node_id] = local
         self._fanout = FanOut(
@@ -102,7 +112,10 @@ class ClusterClient:
                 raise ClusterUnavailable("client is closed")
             if self._session is None:
                 connector = aiohttp.TCPConnector(limit_per_host=32)
-                self._session = aiohttp.ClientSession(connector=connector)
+                # Auth cookies are handled by `self._auth` (cluster-wide, IP hosts too).
+                self._session = aiohttp.ClientSession(
+                    connector=connector, cookie_jar=aiohttp.DummyCookieJar()
+                )
             if self._membership is None:
                 self._membership = make_membership(self.config, None)
                 await self._membership.start()
@@ -249,6 +262,10 @@ class ClusterClient:
         self._set_ring(members, epoch, points, replication)
         return True
 
+    def transport(self, member: Member) -> Transport:
+        """The client's channel to one member (its pooled session and credentials)."""
+        return self._transport(member)
+
     def _transport(self, member: Member) -> Transport:
         transport = self._transports.get(member.node_id)
         if transport is None:
@@ -262,6 +279,8 @@ class ClusterClient:
                 request_timeout_secs=self.config.request_timeout_secs,
                 on_epoch=self._on_epoch,
                 forwarded=True,
+                auth=self._auth,
+                ssl_context=self._ssl,
             )
             self._transports[member.node_id] = transport
         return transport
@@ -294,15 +313,40 @@ class ClusterClient:
     # --- Storm's operations -------------------------------------------------------------------
 
     async def send_pulse(self, path: str, data: bytes, version: int | None = None) -> None:
-        """Store `data` at `path` on its owners; returns on the first ack."""
+        """Store `data` at `path` on its owners.
+
+        With the writer's `version`: returns on the first ack. Without one, this client's
+        `VersionClock` assigns it and every owner that answers within the timeout is heard:
+        an owner holding a newer version (or tombstone) makes the write retry above it, so
+        the write is newer than every write acknowledged before it began, whatever the
+        clocks of the nodes that coordinated those (docs/reliability.md, clock skew).
+        """
         path = normalize_key(path)
-        v = time.time_ns() if version is None else version
         owners = await self._write_owners(path)
-        await self._fanout.first_acks(owners, lambda t: t.put_pulse(path, data, v), "write")
+        if version is not None:
+            await self._fanout.first_acks(
+                owners, lambda t: t.put_pulse(path, data, version), "write"
+            )
+            return
+
+        async def put_all(v: int) -> int:
+            """Write at `v` to every owner; the newest version an owner kept instead (0: none)."""
+            return max(
+                await self._fanout.gather(owners, lambda t: t.put_pulse(path, data, v), "write")
+            )
+
+        v = self.clock.now()
+        for _ in range(MAX_VERSION_RETRIES):
+            held = await put_all(v)
+            if held < v or v >= MAX_VERSION:
+                return
+            self.stats["version_retries"] += 1
+            v = self.clock.above(held)
+        log.warning("write to %s still behind its owners after %d tries", path, MAX_VERSION_RETRIES)
 
     async def send_pulses(self, pulses: Sequence[PulseInput]) -> None:
         """Store many pulses: one batch request per owner; each pulse needs one owner's ack."""
-        now = time.time_ns()
+        now = self.clock.now()
         entries: list[tuple[str, bytes, int]] = []
         for item in pulses:
             version = item[2] if len(item) == 3 else None
@@ -330,7 +374,10 @@ class ClusterClient:
         answers = await self._fanout.gather(
             await self._read_owners(path), lambda t: t.get_pulse(path), "read"
         )
-        return readmerge.merge_pulse(answers)
+        pulse = readmerge.merge_pulse(answers)
+        if pulse is not None:
+            self.clock.observe(pulse.version)
+        return pulse
 
     async def exists(self, path: str) -> bool:
         """Whether the exact key holds a value on its owners (newest of values/tombstones)."""
@@ -379,7 +426,7 @@ class ClusterClient:
     async def delete_path(self, path: str, version: int | None = None) -> None:
         """Recursive delete on every member, one version so the tombstones agree."""
         path = normalize(path)
-        version = time.time_ns() if version is None else version
+        version = self.clock.now() if version is None else version
         await self._fanout.gather(
             await self._all_members(), lambda t: t.delete_path(path, version), "delete"
         )
@@ -387,7 +434,7 @@ class ClusterClient:
     async def delete_pulse_id(self, path: str, version: int | None = None) -> None:
         """Delete the exact key on its owners (and the grace ring's); first ack returns."""
         path = normalize_key(path)
-        version = time.time_ns() if version is None else version
+        version = self.clock.now() if version is None else version
         owners = await self._read_owners(path)
         await self._fanout.first_acks(owners, lambda t: t.delete_pulse_id(path, version), "delete")
 

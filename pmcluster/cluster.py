@@ -6,8 +6,9 @@ the node's epoch and member list (headers, `GET /v1/members`) in step with every
 and installs a `CoordinatingBackend` so a plain request for any path is answered for the
 whole cluster. A new ZooKeeper session (after expiry) wipes the store before the node
 re-registers: a node that was away may have missed deletes, and an empty replica is always
-safe because readers merge the owners' answers. On shutdown the node leaves the membership
-before it drains (`NodeState.leave`).
+safe because readers merge the owners' answers. A grace window after each ring change the
+node hands off the keys it no longer owns (`handoff.HandOff`). On shutdown the node leaves
+the membership before it drains (`NodeState.leave`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from aiohttp import web
 
 from pmcluster.client import ClusterClient
 from pmcluster.coordinator import CoordinatingBackend, LocalTransport
+from pmcluster.handoff import HandOff
 from pmcluster.membership import MembershipSnapshot, make_membership
 from pmcluster.node import CONFIG_KEY, LOCAL_BACKEND_KEY, STATE_KEY, STORE_KEY, members_doc
 from pmcluster.ring import Member
@@ -36,10 +38,13 @@ async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
         store.clear()
 
     membership = make_membership(config, self_member, on_new_session=wipe)
+    handoff: HandOff | None = None
 
     def on_snapshot(snapshot: MembershipSnapshot) -> None:
         if snapshot.epoch != state.epoch:
             log.info("membership epoch %s: %s", snapshot.epoch, ", ".join(snapshot.node_ids))
+            if handoff is not None:
+                handoff.ring_changed()
         state.epoch = snapshot.epoch
         state.members = snapshot.node_ids
         state.member_docs = [m.describe() for m in snapshot.members]
@@ -52,6 +57,7 @@ async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
     local = LocalTransport(config.node_id, app[LOCAL_BACKEND_KEY], lambda: members_doc(app))
     client = ClusterClient(config, membership=membership, local=local)
     await client.start()
+    handoff = HandOff(store, client, config.node_id, config.grace_window_secs)
     state.coordinator = CoordinatingBackend(app[LOCAL_BACKEND_KEY], client)
     leave = getattr(membership, "leave", None)
     state.leave = leave
@@ -59,5 +65,6 @@ async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         state.coordinator = None
+        await handoff.close()
         await client.close()
         await membership.stop()

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 AUTH_METHODS = ("NONE", "DIGEST", "KERBEROS")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+STORM_READ_MODES = ("cluster", "local")
 DEFAULT_STATE_STORE = "pmcluster.state.zookeeper_state_factory"
 
 
@@ -55,9 +56,20 @@ class Config:
     grace_secs: float | None = None
     ttl_secs: float | None = None
     tombstone_secs: float = 600.0
+    memory_max_bytes: int | None = None
+    max_connections: int = 10_000
     dns_nameservers: tuple[str, ...] = ()
     dns_refresh_secs: float = 30.0
     log_level: str = "INFO"
+    storm_read_mode: str = "cluster"
+    auth_writes: bool = False
+    auth_nonce_secs: float = 300.0
+    auth_cookie_secs: float = 3600.0
+    auth_secret_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    tls_verify: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -146,6 +158,17 @@ def _str_list(key: str, raw: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _bool(key: str, raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower() if isinstance(raw, str | int) else None
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise ConfigError(key, f"expected true or false, got {raw!r}")
+
+
 def _choice(choices: tuple[str, ...]) -> Parser:
     def parse(key: str, raw: Any) -> str:
         value = _str(key, raw).strip().upper()
@@ -154,6 +177,11 @@ def _choice(choices: tuple[str, ...]) -> Parser:
         return value
 
     return parse
+
+
+def _storm_read_mode(key: str, raw: Any) -> str:
+    value: str = _choice(tuple(m.upper() for m in STORM_READ_MODES))(key, raw)
+    return value.lower()
 
 
 def _zk_root(key: str, raw: Any) -> str:
@@ -194,9 +222,20 @@ KEYS: dict[str, tuple[str, Parser]] = {
     "pmcluster.grace.secs": ("grace_secs", _optional(_float(0.0, _MAX_SECS))),
     "pmcluster.ttl.secs": ("ttl_secs", _optional(_float(0.001, _MAX_SECS))),
     "pmcluster.tombstone.secs": ("tombstone_secs", _float(0.001, _MAX_SECS)),
+    "pmcluster.memory.max.bytes": ("memory_max_bytes", _optional(_int(1024, 1 << 50))),
+    "pmcluster.max.connections": ("max_connections", _int(1, 1_000_000)),
     "pmcluster.dns.nameservers": ("dns_nameservers", _str_list),
     "pmcluster.dns.refresh.secs": ("dns_refresh_secs", _float(0.05, _MAX_SECS)),
     "pmcluster.log.level": ("log_level", _choice(LOG_LEVELS)),
+    "pmcluster.auth.writes": ("auth_writes", _bool),
+    "pmcluster.auth.nonce.secs": ("auth_nonce_secs", _float(1.0, _MAX_SECS)),
+    "pmcluster.auth.cookie.secs": ("auth_cookie_secs", _float(1.0, _MAX_SECS)),
+    "pmcluster.auth.secret.file": ("auth_secret_file", _optional(_nonempty_str)),
+    "pmcluster.tls.cert": ("tls_cert", _optional(_nonempty_str)),
+    "pmcluster.tls.key": ("tls_key", _optional(_nonempty_str)),
+    "pmcluster.tls.ca": ("tls_ca", _optional(_nonempty_str)),
+    "pmcluster.tls.verify": ("tls_verify", _bool),
+    "pmcluster.storm.read.mode": ("storm_read_mode", _storm_read_mode),
 }
 
 # Keys that a shared storm.yaml carries for other daemons: accepted silently.
@@ -253,6 +292,11 @@ def _check_consistency(config: Config) -> None:
         raise ConfigError(
             "java.security.auth.login.config",
             "KERBEROS authentication needs a JAAS file with PacemakerServer/PacemakerClient",
+        )
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ConfigError(
+            "pmcluster.tls.key" if config.tls_key is None else "pmcluster.tls.cert",
+            "pmcluster.tls.cert and pmcluster.tls.key go together",
         )
 
 

@@ -34,8 +34,10 @@ class LocalTransport:
     def __repr__(self) -> str:
         return f"LocalTransport({self.node_id!r})"
 
-    async def put_pulse(self, path: str, data: bytes, version: int) -> None:
-        await self._local.send_pulse(path, data, version)
+    async def put_pulse(self, path: str, data: bytes, version: int) -> int:
+        if await self._local.send_pulse(path, data, version):
+            return 0
+        return self._local.held_version(path)
 
     async def get_pulse(self, path: str) -> tuple[Pulse | None, int]:
         return await self._local.get_pulse(path)

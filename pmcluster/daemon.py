@@ -20,28 +20,35 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from pmcluster import API_VERSION, __version__
+from pmcluster.admin import install_admin
+from pmcluster.auth.tls import server_ssl_context
 from pmcluster.cluster import cluster_ctx
 from pmcluster.config import Config
-from pmcluster.node import BODY_TIMEOUT_FACTOR, STATE_KEY, make_app
+from pmcluster.limits import ConnectionCap, raise_open_file_limit
+from pmcluster.node import BODY_TIMEOUT_FACTOR, METRICS_KEY, STATE_KEY, make_app
+from pmcluster.storm.frontend import storm_factory
+from pmcluster.storm.server import SharedSite
 
 log = logging.getLogger("pmcluster.node")
 
 
 class QuietBadRequests(logging.Filter):
     """aiohttp logs every request it cannot parse at ERROR with a traceback; garbage from a
-    port scanner or a broken client is not a server fault, so it becomes one DEBUG line."""
+    port scanner or a broken client is not a server fault, so it becomes one DEBUG line. So
+    does a client that went away before aiohttp could answer (e.g. its `100 Continue`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if not isinstance(exc, HttpProcessingError):
+        if isinstance(exc, HttpProcessingError):
+            reason = str(exc.message).splitlines()[0] if exc.message else type(exc).__name__
+        elif isinstance(exc, ConnectionResetError):
+            reason = f"client went away ({exc})"
+        else:
             return True
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         record.msg, record.args = (
             "unparsable request from %s: %s",
-            (
-                *(record.args if isinstance(record.args, tuple) else ()),
-                str(exc.message).splitlines()[0] if exc.message else type(exc).__name__,
-            ),
+            (*(record.args if isinstance(record.args, tuple) else ()), reason),
         )
         record.exc_info, record.exc_text = None, None
         return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
@@ -59,17 +66,30 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
         ThreadPoolExecutor(max_workers=max(1, config.max_threads), thread_name_prefix="pmcluster")
     )
     stop = stop if stop is not None else asyncio.Event()
+    raise_open_file_limit()  # as servers do: one fd per client connection (logged)
     app = make_app(config)
+    install_admin(app, stop.set)  # POST /v1/admin/drain ends with stop.set()
     app.cleanup_ctx.append(cluster_ctx)
+    storm = storm_factory(app)  # Storm's Pacemaker protocol on the same port (first byte)
     access_log = logging.getLogger("aiohttp.access") if log.isEnabledFor(logging.DEBUG) else None
     # The runner's own shutdown only waits for responses still being written (see below).
     runner = web.AppRunner(app, access_log=access_log, shutdown_timeout=config.request_timeout_secs)
     await runner.setup()
+    assert runner.server is not None
+    ConnectionCap.for_config(config, app[METRICS_KEY]).install(runner.server)
     signals = (signal.SIGTERM, signal.SIGINT)
     quiet = QuietBadRequests()
     logging.getLogger("aiohttp.server").addFilter(quiet)
     try:
-        site = web.TCPSite(runner, config.host, config.port)
+        ssl_context = server_ssl_context(config)  # pmcluster.tls.cert/key: HTTPS
+        site: web.BaseSite
+        if ssl_context is not None:
+            # Storm's own protocol has no TLS: a TLS port serves HTTPS only.
+            site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context)
+        else:
+            site = SharedSite(
+                runner, config.host, config.port, storm, drain_timeout=drain_timeout(config)
+            )
         await site.start()
         for sig in signals:
             loop.add_signal_handler(sig, stop.set)

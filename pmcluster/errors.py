@@ -31,6 +31,10 @@ class PayloadTooLarge(PmclusterError):
     """A body exceeds `pacemaker.thrift.message.size.max` (HTTP 413)."""
 
 
+class InsufficientStorage(PmclusterError):
+    """A write would take the node's store past `pmcluster.memory.max.bytes` (HTTP 507)."""
+
+
 class AuthError(PmclusterError):
     """Authentication failed or is missing (HTTP 401)."""
 

@@ -27,6 +27,11 @@ T = TypeVar("T")
 Call = Callable[[Transport], Awaitable[T]]
 # Failures of one node (it is skipped, others may answer); anything else is the caller's error.
 NODE_ERRORS = (NodeUnavailable, ProtocolError)
+# A request that "took" this many timeouts did not time out because of the node: this process
+# was paused (SIGSTOP, a VM freeze, a starved loop) and every timer fired late at once. Such
+# failures are not recorded, or a node resuming from SIGSTOP would skip every peer as failing
+# and answer reads from its own (stale) store alone.
+PAUSE_FACTOR = 2.0
 
 
 def _failed(task: asyncio.Task[Any]) -> bool:
@@ -70,10 +75,12 @@ class FanOut:
 
     async def _attempt(self, member: Member, call: Call[T]) -> T:
         """One request to one node, recorded with the failure tracker."""
+        started = asyncio.get_running_loop().time()
         try:
             result = await call(self._transport_for(member))
         except NODE_ERRORS as exc:
-            if asyncio.current_task() not in self._abandoned:  # else counted as timed out
+            # An abandoned request is counted as timed out by `_give_up`.
+            if asyncio.current_task() not in self._abandoned and not self._overslept(started):
                 self.failures.record_failure(member.node_id)
                 self.stats["node_failures"] += 1
                 log.debug("node %s failed: %s", member.node_id, exc)
@@ -84,12 +91,21 @@ class FanOut:
     def _start(self, members: Sequence[Member], call: Call[T]) -> dict[asyncio.Task[T], str]:
         return {asyncio.ensure_future(self._attempt(m, call)): m.node_id for m in members}
 
-    def _give_up(self, tasks: Iterable[asyncio.Task[Any]], names: dict[Any, str]) -> None:
+    def _overslept(self, started: float) -> bool:
+        """True when far more than a timeout passed since `started`: we were paused."""
+        return asyncio.get_running_loop().time() - started > self.timeout_secs * PAUSE_FACTOR
+
+    def _give_up(
+        self, tasks: Iterable[asyncio.Task[Any]], names: dict[Any, str], started: float
+    ) -> None:
         """The requests in `tasks` took too long: count them failed and cancel them."""
+        paused = self._overslept(started)
         for task in tasks:
             self._abandoned.add(task)
             task.add_done_callback(self._abandoned_done)
             task.cancel()
+            if paused:
+                continue
             self.failures.record_failure(names[task])
             self.stats["node_failures"] += 1
             log.debug("node %s timed out", names[task])
@@ -125,6 +141,7 @@ class FanOut:
         """
         planned = self._plan(members)
         suspects = {m.node_id for m in planned if self.failures.looks_down(m.node_id)}
+        started = asyncio.get_running_loop().time()
         names = self._start(planned, call)
         if not names:
             raise ClusterUnavailable(f"{what}: no members to ask")
@@ -143,7 +160,7 @@ class FanOut:
                     task.add_done_callback(self._probe_done)
         else:
             done, pending = await asyncio.wait(names, timeout=self.timeout_secs)
-        self._give_up(pending, names)
+        self._give_up(pending, names, started)
         error = self._caller_error(done)
         if error is not None:
             raise error
@@ -183,11 +200,11 @@ class FanOut:
                 break
             error = self._caller_error(done)
             if error is not None:
-                self._give_up(pending, names)
+                self._give_up(pending, names, deadline - self.timeout_secs)
                 raise error
             acked.update(i for task in done if not _failed(task) for i in covers(names[task]))
         if len(acked) < needed:
-            self._give_up(pending, names)
+            self._give_up(pending, names, deadline - self.timeout_secs)
             self.stats[f"{what}_unavailable"] += 1
             raise ClusterUnavailable(
                 f"{what}: {needed - len(acked)} item(s) unacknowledged by {sorted(names.values())}"

@@ -321,6 +321,12 @@ class Metrics:
         ).labels()
         self._requests = {op: requests.labels(op) for op in OPS}
         self._durations = {op: duration.labels(op) for op in OPS}
+        self._collectors: list[Callable[[], Iterable[str]]] = []
+
+    def add_collector(self, collector: Callable[[], Iterable[str]]) -> None:
+        """Append `collector()`'s lines (whole families in text format) to every render: how
+        front ends with counters of their own (the Storm protocol) join `/metrics`."""
+        self._collectors.append(collector)
 
     def record(self, op: str, seconds: float, status: int) -> None:
         """Count one request of `op` taking `seconds` and answered with `status`."""
@@ -347,4 +353,6 @@ class Metrics:
         self.stored_bytes.set_function(stored_bytes)
 
     def render(self) -> str:
-        return self.registry.render()
+        text = self.registry.render()
+        extra = [line for collector in self._collectors for line in collector()]
+        return text + "\n".join(extra) + "\n" if extra else text

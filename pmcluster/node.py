@@ -35,11 +35,13 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from pmcluster import __version__, paths, pulsecodec
+from pmcluster.auth.middleware import make_auth_middleware
 from pmcluster.backend import Backend, LocalBackend, PulseEntry
 from pmcluster.config import Config
 from pmcluster.errors import (
     AuthError,
     ClusterUnavailable,
+    InsufficientStorage,
     InvalidPath,
     InvalidRequest,
     NodeUnavailable,
@@ -48,6 +50,7 @@ from pmcluster.errors import (
     PmclusterError,
     ProtocolError,
 )
+from pmcluster.limits import bind_store_metrics, memory_limit
 from pmcluster.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from pmcluster.metrics import Metrics
 from pmcluster.store import Pulse, PulseStore
@@ -56,6 +59,7 @@ log = logging.getLogger(__name__)
 
 HDR_VERSION = "X-Pulse-Version"
 HDR_TOMBSTONE = "X-Pulse-Tombstone"
+HDR_HELD = "X-Pulse-Held"  # on a PUT the store ignored: the newer version (or tombstone) held
 HDR_NODE = "X-Pmcluster-Node"
 HDR_EPOCH = "X-Pmcluster-Epoch"
 HDR_FORWARDED = "X-Pmcluster-Forwarded"
@@ -70,6 +74,7 @@ ERROR_STATUS: tuple[tuple[type[PmclusterError], int, str], ...] = (
     (InvalidPath, 400, "invalid_path"),
     (InvalidRequest, 400, "invalid_request"),
     (PayloadTooLarge, 413, "payload_too_large"),
+    (InsufficientStorage, 507, "insufficient_storage"),
     (AuthError, 401, "unauthorized"),
     (NotAuthorized, 403, "forbidden"),
     (ClusterUnavailable, 503, "cluster_unavailable"),
@@ -181,6 +186,14 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge(f"body of {length} bytes exceeds the limit of {limit} bytes")
+    content = request.content
+    if content.is_eof() and content.exception() is None:
+        # Fast path (the usual heartbeat): the whole body arrived with the headers, so take it
+        # without a timeout context and a read loop (measured: ~4% of a PUT's CPU).
+        body = content.read_nowait()
+        if len(body) > limit:
+            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+        return body
     chunks: list[bytes] = []
     size = 0
     try:
@@ -236,8 +249,12 @@ async def put_pulse(request: web.Request) -> web.StreamResponse:
     path = _key_path(request, "/v1/pulse/")
     version = _version(request)
     data = request[BODY_KEY]
-    await _backend(request).send_pulse(path, data, version)
+    backend = _backend(request)
+    stored = await backend.send_pulse(path, data, version)
     request.app[METRICS_KEY].received(len(data))
+    if not stored and isinstance(backend, LocalBackend):
+        # Tell the coordinator what won, so it can retry above it (pmcluster.versionclock).
+        return web.Response(status=204, headers={HDR_HELD: str(backend.held_version(path))})
     return web.Response(status=204)
 
 
@@ -459,12 +476,29 @@ def make_app(
 ) -> web.Application:
     """Build the node's application: routes, middleware and shared state under AppKeys."""
     if store is None:
-        store = PulseStore(tombstone_ttl_secs=config.tombstone_secs, ttl_secs=config.ttl_secs)
+        store = PulseStore(
+            tombstone_ttl_secs=config.tombstone_secs,
+            ttl_secs=config.ttl_secs,
+            max_bytes=memory_limit(config),
+        )
     local = LocalBackend(store)
     if metrics is None:
         metrics = Metrics()
     metrics.bind_store(lambda: store.key_count, lambda: store.total_bytes)
-    app = web.Application(middlewares=[_node_middleware], client_max_size=config.max_message_size)
+    if store.max_bytes is not None:
+        bind_store_metrics(metrics, lambda: store.footprint_bytes, store.max_bytes)
+    # Auth runs inside the node middleware: rejections are counted, JSON, with node headers.
+    middlewares: list[Any] = [_node_middleware]
+    auth = make_auth_middleware(config)
+    if auth is not None:
+        middlewares.append(auth)
+    # Kerberos tokens (Active Directory PACs) exceed aiohttp's default 8190-byte header field.
+    handler_args = {"max_field_size": 65536} if config.auth_method == "KERBEROS" else None
+    app = web.Application(
+        middlewares=middlewares,
+        client_max_size=config.max_message_size,
+        handler_args=handler_args,
+    )
     app[CONFIG_KEY] = config
     app[STATE_KEY] = NodeState(config.node_id)
     app[STORE_KEY] = store

@@ -19,6 +19,13 @@ clock: an older version never replaces a newer one, equal versions keep the larg
 every replica converges), and a delete leaves a tombstone so a replica that missed it cannot
 resurrect the value.
 
+Memory cap (`max_bytes`): the store keeps a *footprint* estimate of what its keys cost, payload
+plus path plus `KEY_OVERHEAD_BYTES` per key (the measured trie and object overhead, rounded
+up). A write that would grow the footprint past the cap raises `InsufficientStorage` and
+changes nothing; a batch is refused whole, judged before anything is stored. Rewriting a key
+with a value no larger than the stored one never grows the footprint, so steady heartbeat
+traffic keeps working at the cap. Tombstones are not counted (deletes free memory).
+
 Not thread-safe, by design: the node calls it from its event loop only.
 """
 
@@ -30,10 +37,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from pmcluster.errors import InvalidPath, InvalidRequest
+from pmcluster.errors import InsufficientStorage, InvalidPath, InvalidRequest
 from pmcluster.paths import normalize, normalize_key
 
-__all__ = ["Pulse", "PulseStore"]
+__all__ = ["KEY_OVERHEAD_BYTES", "Pulse", "PulseStore"]
+
+# Bytes a key costs beyond its payload and path (trie node, dict slot, bytes object header),
+# from scripts/bench_store.py (about 215-300 B measured), rounded up.
+KEY_OVERHEAD_BYTES = 320
 
 _KEY = 0  # tombstone kinds in the expiry heap
 _TREE = 1
@@ -97,8 +108,12 @@ class PulseStore:
         clock: Callable[[], int] = time.time_ns,
         tombstone_ttl_secs: float = 600.0,
         ttl_secs: float | None = None,
+        max_bytes: int | None = None,
     ) -> None:
         self._clock = clock
+        self.max_bytes = max_bytes
+        self.refused_writes = 0  # writes refused by the memory cap (a batch counts once)
+        self._path_bytes = 0  # sum of the stored keys' path lengths
         self._tomb_ttl = int(tombstone_ttl_secs * 1e9)
         self._ttl = None if ttl_secs is None else int(ttl_secs * 1e9)
         self._root = _Node()
@@ -122,6 +137,11 @@ class PulseStore:
         """Sum of the payload sizes of all stored keys."""
         return self._total_bytes
 
+    @property
+    def footprint_bytes(self) -> int:
+        """Estimated memory held by stored keys: payloads, paths and per-key overhead."""
+        return self._total_bytes + self._path_bytes + self._key_count * KEY_OVERHEAD_BYTES
+
     # ---------------------------------------------------------------- writes
 
     def send_pulse(self, path: str, data: bytes, version: int | None = None) -> bool:
@@ -137,7 +157,7 @@ class PulseStore:
             data = bytes(data)
         now = self._clock()
         self._sweep(now)
-        return self._put(key, data, now if version is None else version, now)
+        return self._put(key, data, now if version is None else version, now, check=True)
 
     def send_pulses(self, pulses: Sequence[tuple[str, bytes, int | None]]) -> int:
         """Store many pulses, validating every entry before storing any; returns stored count."""
@@ -153,6 +173,8 @@ class PulseStore:
             checked.append((key, data if isinstance(data, bytes) else bytes(data), checked_version))
         now = self._clock()
         self._sweep(now)
+        if self.max_bytes is not None:
+            self._check_room(sum(max(0, self._growth(key, data)) for key, data, _ in checked))
         stored = 0
         for key, data, checked_version in checked:
             stored += self._put(key, data, now if checked_version is None else checked_version, now)
@@ -187,6 +209,21 @@ class PulseStore:
             tomb.key_expiry = expiry
             self._push_tomb(expiry, key, _KEY)
         return removed
+
+    def discard(self, path: str, version: int) -> bool:
+        """Forget the exact key if it still holds `version`, leaving no tombstone.
+
+        For hand-off after a ring change: a node drops a copy it no longer owns once the new
+        owners hold it. This is not a delete: nothing stops or hides the owners' copies.
+        """
+        key = normalize_key(path)
+        self._sweep(self._clock())
+        nodes, names = self._walk(key, create=False)
+        node = nodes[-1] if len(nodes) == len(names) + 1 else None
+        if node is None or node.data is None or node.version != version:
+            return False
+        self._drop_key(nodes, key)
+        return True
 
     def delete_path(self, path: str, version: int | None = None) -> int:
         """Delete the key `path` and every key under `path/`; returns the number removed.
@@ -232,6 +269,7 @@ class PulseStore:
         self._root = _Node()
         self._key_count = 0
         self._total_bytes = 0
+        self._path_bytes = 0
         self._tomb_heap.clear()
         self._written.clear()
 
@@ -376,7 +414,26 @@ class PulseStore:
                 newest = node.tomb.tree_version
         return newest, node
 
-    def _put(self, key: str, data: bytes, version: int, now: int) -> bool:
+    def _growth(self, key: str, data: bytes) -> int:
+        """How much storing `data` at `key` would change the footprint (ignoring versions)."""
+        node = self._find(key)
+        if node is not None and node.data is not None:
+            return len(data) - len(node.data)
+        return len(data) + len(key) + KEY_OVERHEAD_BYTES
+
+    def _check_room(self, growth: int) -> None:
+        """Raise `InsufficientStorage` when growing the footprint by `growth` passes the cap."""
+        if self.max_bytes is None or growth <= 0:
+            return
+        if self.footprint_bytes + growth > self.max_bytes:
+            self.refused_writes += 1
+            raise InsufficientStorage(
+                f"write of {growth} more bytes refused: the store holds "
+                f"{self.footprint_bytes} of its {self.max_bytes}-byte limit "
+                "(pmcluster.memory.max.bytes)"
+            )
+
+    def _put(self, key: str, data: bytes, version: int, now: int, *, check: bool = False) -> bool:
         names = key[1:].split("/")
         node = self._root
         nodes = [node]
@@ -395,6 +452,12 @@ class PulseStore:
             tomb = max(tomb, node.tomb.tree_version, node.tomb.key_version)
         if version <= tomb:
             return False
+        if check and self.max_bytes is not None:
+            old_data = node.data if missing < 0 else None
+            if old_data is None:
+                self._check_room(len(data) + len(key) + KEY_OVERHEAD_BYTES)
+            elif version > node.version or (version == node.version and data > old_data):
+                self._check_room(len(data) - len(old_data))
         if missing >= 0:
             for name in names[missing:]:
                 nxt = _Node()
@@ -416,6 +479,7 @@ class PulseStore:
         else:
             self._key_count += 1
             self._total_bytes += len(data)
+            self._path_bytes += len(key)
             for each in nodes:
                 each.n += 1
         node.data = data
@@ -434,6 +498,7 @@ class PulseStore:
         assert node.data is not None
         self._key_count -= 1
         self._total_bytes -= len(node.data)
+        self._path_bytes -= len(key)
         node.data = None
         node.version = 0
         for each in nodes:
@@ -491,6 +556,7 @@ class PulseStore:
             if node.data is not None and node.version <= version:
                 self._key_count -= 1
                 self._total_bytes -= len(node.data)
+                self._path_bytes -= len(path)
                 node.data = None
                 node.version = 0
                 if track:

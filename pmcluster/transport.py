@@ -12,8 +12,9 @@ server named (`InvalidPath`, `InvalidRequest`, `PayloadTooLarge`, `AuthError`, `
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 from yarl import URL
@@ -21,6 +22,7 @@ from yarl import URL
 from pmcluster import pulsecodec
 from pmcluster.errors import (
     AuthError,
+    InsufficientStorage,
     InvalidPath,
     InvalidRequest,
     NodeUnavailable,
@@ -32,6 +34,9 @@ from pmcluster.errors import (
 from pmcluster.paths import to_url
 from pmcluster.store import Pulse
 
+if TYPE_CHECKING:
+    from pmcluster.auth.client import RequestAuth
+
 __all__ = ["EPOCH_HEADER", "FORWARDED_HEADER", "PULSES_MEDIA_TYPE", "NodeTransport", "Transport"]
 
 EPOCH_HEADER = "X-Pmcluster-Epoch"
@@ -39,6 +44,7 @@ NODE_HEADER = "X-Pmcluster-Node"
 FORWARDED_HEADER = "X-Pmcluster-Forwarded"
 VERSION_HEADER = "X-Pulse-Version"
 TOMBSTONE_HEADER = "X-Pulse-Tombstone"
+HELD_HEADER = "X-Pulse-Held"
 PULSES_MEDIA_TYPE = "application/x-pmcluster-pulses"
 
 EpochCallback = Callable[[str, str], None]
@@ -49,7 +55,8 @@ class Transport(Protocol):
 
     node_id: str
 
-    async def put_pulse(self, path: str, data: bytes, version: int) -> None: ...
+    # put_pulse: 0 when stored, else the newer version the node holds (which won).
+    async def put_pulse(self, path: str, data: bytes, version: int) -> int: ...
     async def get_pulse(self, path: str) -> tuple[Pulse | None, int]: ...
     async def exists(self, path: str) -> tuple[bool, int]: ...
     async def children(self, path: str) -> list[str]: ...
@@ -103,9 +110,16 @@ class NodeTransport:
         request_timeout_secs: float,
         on_epoch: EpochCallback | None = None,
         forwarded: bool = False,
+        auth: RequestAuth | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """`auth` adds credentials and answers challenges (`pmcluster.auth.client`);
+        `ssl_context` switches to https with that context (`pmcluster.auth.tls`)."""
         self.node_id = node_id
-        self._base = str(URL.build(scheme="http", host=host, port=port))
+        scheme = "http" if ssl_context is None else "https"
+        self._base = str(URL.build(scheme=scheme, host=host, port=port))
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
+        self._auth = auth
         self._session = session
         self._timeout = aiohttp.ClientTimeout(
             total=request_timeout_secs, sock_connect=connect_timeout_secs
@@ -135,14 +149,25 @@ class NodeTransport:
         send_headers = dict(headers or {})
         if self._forwarded:
             send_headers[FORWARDED_HEADER] = "1"
-        try:
-            async with self._session.request(
-                method, url, data=data, headers=send_headers, timeout=self._timeout
-            ) as resp:
-                body = await resp.read()
-                answer = _Answer(resp.status, resp.headers, body)
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise NodeUnavailable(self.node_id, f"{type(exc).__name__}: {exc}") from exc
+        pending = None if self._auth is None else await self._auth.begin(method, url)
+        while True:
+            sent = send_headers if pending is None else {**send_headers, **pending.headers}
+            try:
+                async with self._session.request(
+                    method,
+                    url,
+                    data=data,
+                    headers=sent,
+                    timeout=self._timeout,
+                    ssl=self._ssl,
+                ) as resp:
+                    body = await resp.read()
+                    answer = _Answer(resp.status, resp.headers, body)
+                    # A challenge answered: send once more with credentials (bounded by auth).
+                    if pending is None or not await pending.finish(resp.status, resp.headers):
+                        break
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                raise NodeUnavailable(self.node_id, f"{type(exc).__name__}: {exc}") from exc
         epoch = answer.headers.get(EPOCH_HEADER)
         if epoch is not None and self._on_epoch is not None:
             self._on_epoch(self.node_id, epoch)
@@ -161,6 +186,8 @@ class NodeTransport:
         except ValueError:
             pass
         status = answer.status
+        if status == 507:  # the node is at its memory cap: the caller's problem, not a failure
+            return InsufficientStorage(detail)
         if status >= 500:
             return NodeUnavailable(self.node_id, f"HTTP {status}: {detail}")
         if status == 400:
@@ -180,12 +207,13 @@ class NodeTransport:
 
     # --- the routes --------------------------------------------------------------------------
 
-    async def put_pulse(self, path: str, data: bytes, version: int) -> None:
-        """PUT /v1/pulse/{path} with the writer's version."""
+    async def put_pulse(self, path: str, data: bytes, version: int) -> int:
+        """PUT /v1/pulse/{path} with the writer's version; 0 when stored, else the newer
+        version the node holds (its `X-Pulse-Held`), which won over this write."""
         answer = await self._request(
             "PUT", self._url("pulse/", path), data=data, headers={VERSION_HEADER: str(version)}
         )
-        self._not_404(answer, "put_pulse")
+        return _int_header(self._not_404(answer, "put_pulse").headers, HELD_HEADER)
 
     async def get_pulse(self, path: str) -> tuple[Pulse | None, int]:
         """GET /v1/pulse/{path} -> (value or None, newest tombstone version or 0)."""

@@ -621,3 +621,16 @@ def test_randomized_against_model() -> None:
         store.expire()
         assert _trie_nodes(store) == 0
         assert store._tomb_heap == []
+
+
+def test_discard_forgets_only_the_same_version_and_leaves_no_tombstone() -> None:
+    store = PulseStore()
+    store.send_pulse("/w/t/a", b"1", 10)
+    assert not store.discard("/w/t/a", 9)  # rewritten since: keep it
+    assert store.discard("/w/t/a", 10)
+    assert store.get_pulse("/w/t/a") is None
+    assert store.tombstone_version("/w/t/a") == 0
+    assert store.get_all_nodes_for_path("/w") == []
+    assert store.key_count == 0 and store.total_bytes == 0
+    assert store.send_pulse("/w/t/a", b"0", 5)  # an older write is welcome again
+    assert not store.discard("/w/t/missing", 1)

@@ -1,0 +1,248 @@
+"""Limits that protect a node: the store's memory cap (507), the connection cap (503), and
+the open-file limit raised at start."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
+
+from pmcluster import pulsecodec
+from pmcluster.backend import LocalBackend
+from pmcluster.config import Config, config_from_mapping
+from pmcluster.errors import ConfigError, InsufficientStorage
+from pmcluster.limits import (
+    ConnectionCap,
+    default_memory_limit,
+    memory_limit,
+    raise_open_file_limit,
+)
+from pmcluster.metrics import Metrics
+from pmcluster.node import STORE_KEY, make_app
+from pmcluster.store import KEY_OVERHEAD_BYTES, Pulse, PulseStore
+
+Client = TestClient[web.Request, web.Application]
+
+
+def key_cost(path: str, data: bytes) -> int:
+    return len(path) + len(data) + KEY_OVERHEAD_BYTES
+
+
+# --- the store's cap ---------------------------------------------------------------------
+
+
+def test_footprint_follows_writes_deletes_and_clear() -> None:
+    store = PulseStore()
+    store.send_pulse("/wb/a", b"x" * 100)
+    store.send_pulse("/wb/b/c", b"y" * 10)
+    assert store.footprint_bytes == key_cost("/wb/a", b"x" * 100) + key_cost("/wb/b/c", b"y" * 10)
+    store.send_pulse("/wb/a", b"x" * 40)
+    assert store.footprint_bytes == key_cost("/wb/a", b"x" * 40) + key_cost("/wb/b/c", b"y" * 10)
+    store.delete_pulse_id("/wb/a")
+    assert store.footprint_bytes == key_cost("/wb/b/c", b"y" * 10)
+    store.delete_path("/wb")
+    assert store.footprint_bytes == 0
+    store.send_pulse("/wb/z", b"z")
+    store.clear()
+    assert store.footprint_bytes == 0
+
+
+def test_ttl_expiry_frees_footprint() -> None:
+    now = [1_000_000_000_000]
+    store = PulseStore(clock=lambda: now[0], ttl_secs=1.0)
+    store.send_pulse("/wb/a", b"x" * 100)
+    now[0] += 2_000_000_000
+    store.expire()
+    assert store.footprint_bytes == 0 and store.key_count == 0
+
+
+def test_write_past_the_cap_is_refused_and_changes_nothing() -> None:
+    cap = key_cost("/wb/a", b"a" * 100) + key_cost("/wb/b", b"b" * 100)
+    store = PulseStore(max_bytes=cap)
+    assert store.send_pulse("/wb/a", b"a" * 100)
+    assert store.send_pulse("/wb/b", b"b" * 100)
+    with pytest.raises(InsufficientStorage, match=r"pmcluster\.memory\.max\.bytes"):
+        store.send_pulse("/wb/c", b"c")
+    with pytest.raises(InsufficientStorage):
+        store.send_pulse("/wb/a", b"a" * 101, 10**19)  # a larger value for an existing key
+    assert store.refused_writes == 2
+    assert store.get_pulse("/wb/c") is None
+    held = store.get_pulse("/wb/a")
+    assert held is not None and held.data == b"a" * 100
+    assert store.footprint_bytes == cap
+
+
+def test_at_the_cap_rewrites_of_the_same_size_and_deletes_still_work() -> None:
+    cap = key_cost("/wb/a", b"a" * 100)
+    store = PulseStore(max_bytes=cap)
+    store.send_pulse("/wb/a", b"a" * 100, 1)
+    assert store.send_pulse("/wb/a", b"b" * 100, 2)  # heartbeats keep flowing at the cap
+    assert store.send_pulse("/wb/a", b"c" * 10, 3)  # smaller is always fine
+    assert not store.send_pulse("/wb/a", b"d" * 200, 2)  # older: ignored, not refused
+    assert store.refused_writes == 0
+    store.delete_pulse_id("/wb/a")
+    assert store.send_pulse("/wb/x", b"x" * 100)  # room again after the delete
+
+
+def test_batch_past_the_cap_is_refused_whole() -> None:
+    cap = key_cost("/wb/a", b"a" * 100) * 2
+    store = PulseStore(max_bytes=cap)
+    store.send_pulse("/wb/a", b"a" * 100)
+    batch: list[tuple[str, bytes, int | None]] = [
+        ("/wb/b", b"b" * 100, None),
+        ("/wb/c", b"c" * 100, None),
+    ]
+    with pytest.raises(InsufficientStorage):
+        store.send_pulses(batch)
+    assert store.key_count == 1 and store.get_pulse("/wb/b") is None
+    assert store.send_pulses(batch[:1]) == 1
+
+
+def test_default_memory_limit_is_half_of_memtotal(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       2048 kB\nMemFree:        1024 kB\n")
+    assert default_memory_limit(meminfo) == 1024 * 1024
+    assert default_memory_limit(tmp_path / "missing") == 1 << 30
+    assert memory_limit(Config()) == default_memory_limit()
+    assert memory_limit(Config(memory_max_bytes=4096)) == 4096
+
+
+def test_limit_keys_are_validated() -> None:
+    config = config_from_mapping(
+        {"pmcluster.memory.max.bytes": 1 << 20, "pmcluster.max.connections": 50}
+    )
+    assert (config.memory_max_bytes, config.max_connections) == (1 << 20, 50)
+    with pytest.raises(ConfigError, match=r"pmcluster\.max\.connections"):
+        config_from_mapping({"pmcluster.max.connections": 0})
+    with pytest.raises(ConfigError, match=r"pmcluster\.memory\.max\.bytes"):
+        config_from_mapping({"pmcluster.memory.max.bytes": "lots"})
+
+
+# --- the HTTP side -----------------------------------------------------------------------
+
+
+async def test_node_answers_507_with_a_reason_and_counts_it(aiohttp_client: AiohttpClient) -> None:
+    cap = key_cost("/wb/a", b"a" * 200)
+    client: Client = await aiohttp_client(make_app(Config(memory_max_bytes=cap)))
+    assert (await client.put("/v1/pulse/wb/a", data=b"a" * 200)).status == 204
+    resp = await client.put("/v1/pulse/wb/b", data=b"b" * 10)
+    assert resp.status == 507
+    doc = await resp.json()
+    assert doc["error"] == "insufficient_storage" and "memory.max.bytes" in doc["detail"]
+    body = pulsecodec.encode([Pulse("/wb/c", b"c", 0), Pulse("/wb/d", b"d", 0)])
+    resp = await client.post(
+        "/v1/batch", data=body, headers={"Content-Type": pulsecodec.MEDIA_TYPE}
+    )
+    assert resp.status == 507
+    get = await client.get("/v1/pulse/wb/a")
+    assert get.status == 200 and await get.read() == b"a" * 200
+    assert (await client.get("/v1/pulse/wb/c")).status == 404
+    metrics = await (await client.get("/metrics")).text()
+    assert 'pmcluster_errors_total{op="send_pulse",status="507"} 1' in metrics
+    assert 'pmcluster_errors_total{op="batch",status="507"} 1' in metrics
+    assert f"pmcluster_memory_limit_bytes {cap}" in metrics
+    assert f"pmcluster_memory_used_bytes {cap}" in metrics
+    assert client.app is not None and client.app[STORE_KEY].refused_writes == 2
+
+
+Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+GET = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+async def exchange(conn: Conn, request: bytes = GET) -> bytes:
+    """Send one request on `conn` and read one whole response (Content-Length framed)."""
+    reader, writer = conn
+    writer.write(request)
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length")
+    )
+    return head + await asyncio.wait_for(reader.readexactly(length), 5)
+
+
+async def test_connection_past_the_cap_gets_503_and_others_keep_working() -> None:
+    metrics = Metrics()
+    runner = web.AppRunner(make_app(Config(), metrics=metrics))
+    await runner.setup()
+    assert runner.server is not None
+    cap = ConnectionCap(2, metrics)
+    cap.install(runner.server)
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    try:
+        first = await asyncio.open_connection("127.0.0.1", port)
+        second = await asyncio.open_connection("127.0.0.1", port)
+        assert (await exchange(first)).startswith(b"HTTP/1.1 200")
+        assert (await exchange(second)).startswith(b"HTTP/1.1 200")
+        third = await asyncio.open_connection("127.0.0.1", port)
+        answer = await exchange(third)
+        assert answer.startswith(b"HTTP/1.1 503")
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"] == "service_unavailable"
+        assert await third[0].read() == b""  # and closed
+        assert cap.refused == 1
+        assert "pmcluster_connections_refused_total 1" in metrics.render()
+        # The admitted keep-alive connections are still served.
+        assert (await exchange(first)).startswith(b"HTTP/1.1 200")
+        for _, writer in (first, second, third):
+            writer.close()
+        for _ in range(200):  # the server sees the closes
+            if cap.open == 0:
+                break
+            await asyncio.sleep(0.01)
+        fourth = await asyncio.open_connection("127.0.0.1", port)
+        assert (await exchange(fourth)).startswith(b"HTTP/1.1 200")
+        fourth[1].close()
+    finally:
+        await runner.cleanup()
+
+
+def test_open_file_limit_is_raised_to_the_hard_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowered = min(soft, 256) if hard == resource.RLIM_INFINITY else min(soft, hard, 256)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowered, hard))
+    try:
+        before, after = raise_open_file_limit()
+        assert before == lowered
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == after
+        assert after == hard or hard == resource.RLIM_INFINITY
+        assert ConnectionCap.for_config(Config(max_connections=10**6)).limit <= after
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+class SlowBackend(LocalBackend):
+    """Reads take a while; records how many run at once."""
+
+    def __init__(self, store: PulseStore) -> None:
+        super().__init__(store)
+        self.running = 0
+        self.most = 0
+
+    async def get_pulse(self, path: str) -> tuple[Pulse | None, int]:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            await asyncio.sleep(0.05)
+            return await super().get_pulse(path)
+        finally:
+            self.running -= 1
+
+
+async def test_requests_beyond_max_threads_wait_their_turn(aiohttp_client: AiohttpClient) -> None:
+    store = PulseStore()
+    backend = SlowBackend(store)
+    client: Client = await aiohttp_client(
+        make_app(Config(max_threads=2), store=store, backend=backend)
+    )
+    statuses = await asyncio.gather(*(client.get(f"/v1/pulse/wb/{i}") for i in range(8)))
+    assert [r.status for r in statuses] == [404] * 8  # all served, none refused
+    assert backend.most == 2
