@@ -95,6 +95,22 @@ class FanOut:
         """True when far more than a timeout passed since `started`: we were paused."""
         return asyncio.get_running_loop().time() - started > self.timeout_secs * PAUSE_FACTOR
 
+    def spawn(self, request: Awaitable[Any]) -> None:
+        """Run a request nobody waits for (read repair), tracked so `close()` awaits it."""
+        task = asyncio.ensure_future(request)
+        self._background.add(task)
+        task.add_done_callback(self._probe_done)
+
+    def _drop(self, tasks: Iterable[asyncio.Task[Any]]) -> None:
+        """The caller went away: cancel its unfinished requests (not the nodes' fault)."""
+        for task in tasks:
+            if not task.done():
+                self._abandoned.add(task)
+                task.add_done_callback(self._abandoned_done)
+                task.cancel()
+            elif not task.cancelled():
+                task.exception()  # consumed: nobody else will look at it
+
     def _give_up(
         self, tasks: Iterable[asyncio.Task[Any]], names: dict[Any, str], started: float
     ) -> None:
@@ -133,41 +149,66 @@ class FanOut:
 
     # --- many nodes -------------------------------------------------------------------------
 
-    async def gather(self, members: Sequence[Member], call: Call[T], what: str) -> list[T]:
-        """Ask every planned member, wait at most one timeout, return the answers that came.
+    async def gather(
+        self,
+        members: Sequence[Member],
+        call: Call[T],
+        what: str,
+        *,
+        skip_failing: bool = True,
+        required: int = 1,
+    ) -> list[T]:
+        """Ask the members, wait at most one timeout, return the answers that came.
 
-        Raises a caller error (bad path, auth) a node reported, or `ClusterUnavailable` when
-        no member answered.
+        `skip_failing=False` asks even nodes in back-off (deletes must reach every replica
+        that can hear them). Raises a caller error (bad path, auth) a node reported, or
+        `ClusterUnavailable` when fewer than `required` members answered.
         """
-        planned = self._plan(members)
+        planned = self._plan(members) if skip_failing else list(members)
         suspects = {m.node_id for m in planned if self.failures.looks_down(m.node_id)}
-        started = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         names = self._start(planned, call)
         if not names:
             raise ClusterUnavailable(f"{what}: no members to ask")
         healthy = {task for task, node in names.items() if node not in suspects}
-        if healthy:
-            # A node that has been failing is only probed: the answer waits for the healthy
-            # nodes, not for the probe, which finishes in the background and tells the
-            # failure tracker whether the node is back. A hung node then costs one read one
-            # timeout, not one timeout per probe.
-            done, pending = await asyncio.wait(healthy, timeout=self.timeout_secs)
-            for task in set(names) - healthy:
-                if task.done():
-                    done.add(task)
+        probes = set(names) - healthy
+        try:
+            if healthy:
+                # A node that has been failing is only probed: the answer waits for the
+                # healthy nodes, not for the probe, which finishes in the background and
+                # tells the failure tracker whether the node is back. A hung node then costs
+                # one read one timeout, not one timeout per probe - unless the healthy nodes
+                # gave too few answers, in which case the probes get the rest of the time.
+                done, pending = await asyncio.wait(healthy, timeout=self.timeout_secs)
+                done |= {task for task in probes if task.done()}
+                probes -= done
+                answered = sum(1 for task in done if not _failed(task))
+                if probes and answered < required:
+                    left = max(self.timeout_secs - (loop.time() - started), 0.0)
+                    more, probes = await asyncio.wait(probes, timeout=left)
+                    done |= more
+                    pending |= probes
                 else:
-                    self._background.add(task)
-                    task.add_done_callback(self._probe_done)
-        else:
-            done, pending = await asyncio.wait(names, timeout=self.timeout_secs)
+                    for task in probes:
+                        self._background.add(task)
+                        task.add_done_callback(self._probe_done)
+            else:
+                done, pending = await asyncio.wait(names, timeout=self.timeout_secs)
+        except BaseException:  # the caller was cancelled: no request outlives it untracked
+            self._drop(names)
+            raise
         self._give_up(pending, names, started)
         error = self._caller_error(done)
         if error is not None:
             raise error
         answers = [task.result() for task in done if not _failed(task)]
-        if not answers:
+        if len(answers) < required or not answers:
             self.stats[f"{what}_unavailable"] += 1
-            raise ClusterUnavailable(f"{what}: none of {sorted(names.values())} answered")
+            raise ClusterUnavailable(
+                f"{what}: {len(answers)} of {sorted(names.values())} answered, "
+                f"{max(required, 1)} needed"
+            )
         if len(answers) < len(members):
             self.stats[f"{what}_partial"] += 1
         return answers
@@ -191,11 +232,15 @@ class FanOut:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_secs
         while pending and len(acked) < needed:
-            done, pending = await asyncio.wait(
-                pending,
-                timeout=max(deadline - loop.time(), 0),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            try:
+                done, pending = await asyncio.wait(
+                    pending,
+                    timeout=max(deadline - loop.time(), 0),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            except BaseException:  # the caller was cancelled
+                self._drop(names)
+                raise
             if not done:
                 break
             error = self._caller_error(done)

@@ -43,7 +43,9 @@ def merge_children(answers: Sequence[tuple[Mapping[str, int], Mapping[str, int]]
     """Merge `({child: newest version under it}, {child: tombstone version})` answers.
 
     A child is listed when its newest value version across answers is newer than its newest
-    tombstone across answers. Sorted, like a single store's listing.
+    tombstone across answers, including a tombstone that covers every child (name `""`: a
+    recursive delete of the listed path or an ancestor, as one replica saw it — another
+    replica that missed it may still hold the children). Sorted, like a single store's.
     """
     versions: dict[str, int] = {}
     tombstones: dict[str, int] = {}
@@ -52,7 +54,8 @@ def merge_children(answers: Sequence[tuple[Mapping[str, int], Mapping[str, int]]
             versions[name] = max(version, versions.get(name, 0))
         for name, version in tombs.items():
             tombstones[name] = max(version, tombstones.get(name, 0))
-    return sorted(name for name, v in versions.items() if v > tombstones.get(name, 0))
+    every = tombstones.get("", 0)
+    return sorted(name for name, v in versions.items() if v > max(tombstones.get(name, 0), every))
 
 
 def covering_tombstone(path: str, tombstones: Mapping[str, int]) -> int:

@@ -236,11 +236,13 @@ def test_delete_missed_by_a_replica_stays_deleted(tmp_path: Path) -> None:
                 assert client.get_pulse(path) is None
                 assert not client.exists(path)
             assert "doomed-1" not in client.get_all_nodes_for_path("/workerbeats")
+            assert client.get_all_nodes_for_path(topo) == []  # Storm lists exactly this
             assert client.get_all_pulse_for_path(topo) == []
         for node in cluster.nodes:  # any node, as a plain HTTP client sees it
             for path in paths[:5]:
                 assert http_status(f"{node.url}/v1/pulse/{to_url(path)}") == 404
             assert "doomed-1" not in http_json(f"{node.url}/v1/children/workerbeats")
+            assert http_json(f"{node.url}/v1/children/{to_url(topo)}") == []
 
 
 def test_client_with_only_a_dns_name_finds_every_node(tmp_path: Path) -> None:

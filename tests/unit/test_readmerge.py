@@ -101,3 +101,12 @@ def test_covering_tombstone_walks_ancestors_component_wise() -> None:
     assert covering_tombstone("/w/t10/m", tombs) == 10
     assert covering_tombstone("/x", {"/x/y": 9}) == 0
     assert covering_tombstone("/x", tombs) == 5
+
+
+def test_a_recursive_delete_seen_by_one_replica_hides_the_others_children() -> None:
+    # Y saw delete_path(/wb/topo) at 30 (its children are pruned); X missed it.
+    fresh: tuple[dict[str, int], dict[str, int]] = ({}, {"": 30})
+    stale = ({"n-1": 10, "n-2": 10}, {})
+    assert merge_children([fresh, stale]) == []
+    rewritten = ({"n-1": 40}, {})
+    assert merge_children([fresh, stale, rewritten]) == ["n-1"]
