@@ -4,7 +4,9 @@ When the ring changes, some of a node's keys get new owners. Writers move to the
 once, and for the grace window readers still ask the old ones. After the grace window the old
 owner sends each key it no longer owns to the key's owners with its version (an owner ignores
 a copy older than its own or than a tombstone it holds) and then forgets its copy without a
-tombstone (`PulseStore.discard`, only if the copy was not rewritten meanwhile). So memory
+tombstone (`PulseStore.discard`, only if the copy was not rewritten meanwhile). It also passes
+on its tombstones, so a new owner knows of a delete before some replica that missed the
+delete hands it a stale copy. So memory
 follows ownership, adding a node takes load off the others, and a key that is not rewritten
 (a path a tool created, a worker that stopped) survives any number of ring changes.
 
@@ -85,10 +87,27 @@ class HandOff:
                 continue
             moved += sum(self.store.discard(p.path, p.version) for p in chunk)
             await asyncio.sleep(0)
+        failed += await self._pass_on_deletes()
         if moved or failed:
             log.info("hand-off after epoch %s: %d keys moved, %d failed", ring.epoch, moved, failed)
         self.total_moved += moved
         return HandOffResult(moved, failed)
+
+    async def _pass_on_deletes(self) -> int:
+        """Send this node's tombstones to where they now belong (a recursive delete to every
+        member, an exact delete to the key's owners): a new owner must know of a delete
+        before a replica that missed it hands it a stale copy. Returns the failures."""
+        failed = 0
+        for path, tree_version, key_version in self.store.tombstones():
+            try:
+                if tree_version:
+                    await self.client.delete_path(path, tree_version)
+                if key_version > tree_version and path != "/":
+                    await self.client.delete_pulse_id(path, key_version)
+            except PmclusterError as exc:
+                failed += 1
+                log.debug("hand-off of the delete of %s failed: %s", path, exc)
+        return failed
 
     async def close(self) -> None:
         if self._task is not None:

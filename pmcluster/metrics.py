@@ -125,6 +125,14 @@ class HistogramChild:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
 
+    def observe_many(self, values: Iterable[float]) -> None:
+        """`observe` each of `values`, in one call (a batch's pulse sizes)."""
+        counts, bounds, total = self.counts, self.bounds, 0.0
+        for value in values:
+            counts[bisect_left(bounds, value)] += 1
+            total += value
+        self.sum += total
+
     @property
     def count(self) -> int:
         return sum(self.counts)
@@ -342,6 +350,12 @@ class Metrics:
         self.send_pulse_count.value += 1
         self.total_receive_size.value += size
         self.heartbeat_size.observe(size)
+
+    def received_many(self, sizes: Sequence[int]) -> None:
+        """Pulses of these `sizes` arrived together (one batch): one call, not one per pulse."""
+        self.send_pulse_count.value += len(sizes)
+        self.total_receive_size.value += sum(sizes)
+        self.heartbeat_size.observe_many(sizes)
 
     def sent(self, size: int) -> None:
         """`size` bytes of pulse data went out in a reply."""

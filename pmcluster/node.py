@@ -132,6 +132,7 @@ BACKEND_KEY: web.AppKey[Backend] = web.AppKey("backend")
 LOCAL_BACKEND_KEY = web.AppKey("local_backend", LocalBackend)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 LIMITER_KEY = web.AppKey("limiter", asyncio.Semaphore)
+FORWARD_LIMITER_KEY = web.AppKey("forward_limiter", asyncio.Semaphore)
 BODY_KEY = web.RequestKey("body", bytes)
 
 
@@ -206,6 +207,12 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     except TimeoutError:
         raise web.HTTPRequestTimeout(text=f"body not received within {timeout:g}s") from None
     except ConnectionError:
+        raise InvalidRequest("connection lost before the body was complete") from None
+    except RuntimeError as exc:
+        # aiohttp raises a bare RuntimeError("Connection closed.") when the peer left while
+        # the body was awaited (seen by the fuzzer): the same as a lost connection.
+        if "closed" not in str(exc).lower():
+            raise
         raise InvalidRequest("connection lost before the body was complete") from None
     except HttpProcessingError as exc:  # e.g. a malformed chunked encoding
         raise InvalidRequest(f"malformed body: {exc.message}") from None
@@ -331,10 +338,12 @@ async def post_batch(request: web.Request) -> web.StreamResponse:
         (path, data, version or None)
         for path, data, version in pulsecodec.decode(request[BODY_KEY])
     ]
-    stored, ignored = await _backend(request).send_pulses(entries)
-    metrics = request.app[METRICS_KEY]
-    for _, data, _ in entries:
-        metrics.received(len(data))
+    backend = _backend(request)
+    if isinstance(backend, LocalBackend):  # the decoder validated them: not again
+        stored, ignored = await backend.send_pulses(entries, trusted=True)
+    else:
+        stored, ignored = await backend.send_pulses(entries)
+    request.app[METRICS_KEY].received_many([len(data) for _, data, _ in entries])
     return _json({"stored": stored, "ignored": ignored})
 
 
@@ -427,7 +436,11 @@ async def _answer(
             config = app[CONFIG_KEY]
             timeout = config.request_timeout_secs * BODY_TIMEOUT_FACTOR
             request[BODY_KEY] = await read_body(request, config.max_message_size, timeout)
-        async with app[LIMITER_KEY]:
+        # Forwarded requests only touch the local store and never wait on peers; they get a
+        # limiter of their own, or coordinated requests holding every slot while they wait
+        # for their peers' forwarded answers would deadlock the cluster.
+        forwarded = request.headers.get(HDR_FORWARDED) == "1"
+        async with app[FORWARD_LIMITER_KEY] if forwarded else app[LIMITER_KEY]:
             response = await handler(request)
     except web.HTTPException as exc:
         name = exc.reason.lower().replace(" ", "_")
@@ -506,6 +519,7 @@ def make_app(
     app[BACKEND_KEY] = backend if backend is not None else local
     app[METRICS_KEY] = metrics
     app[LIMITER_KEY] = asyncio.Semaphore(max(1, config.max_threads))
+    app[FORWARD_LIMITER_KEY] = asyncio.Semaphore(max(1, config.max_threads))
     for route in ROUTES:
         app.router.add_route(route.method, route.pattern, route.handler)
     app.cleanup_ctx.append(_housekeeping)

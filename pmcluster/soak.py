@@ -295,7 +295,10 @@ def _print_summary(
     report: Report, history: History, nodes: list[NodeProcess], samples: list[NodeSamples]
 ) -> None:
     reads = [o.end - o.start for o in history.ops if o.op == "read" and o.outcome != "error"]
+    writes = [o for o in history.ops if o.op == "write"]
+    failed = sum(1 for o in writes if o.outcome in ("error", "timeout"))
     print(report.verdict_line())
+    print(f"writes {len(writes)} ({failed} failed or timed out)")
     print(f"reads {len(reads)}, p99 read latency {_p99(reads) * 1000:.1f} ms")
     for node, sample in zip(nodes, samples, strict=True):
         growth = sample.growth_after_warmup()

@@ -159,25 +159,39 @@ class PulseStore:
         self._sweep(now)
         return self._put(key, data, now if version is None else version, now, check=True)
 
-    def send_pulses(self, pulses: Sequence[tuple[str, bytes, int | None]]) -> int:
-        """Store many pulses, validating every entry before storing any; returns stored count."""
-        checked: list[tuple[str, bytes, int | None]] = []
-        for index, (path, data, version) in enumerate(pulses):
-            try:
-                key = normalize_key(path)
-                checked_version = self._check_version(version)
-            except InvalidPath as exc:
-                raise InvalidPath(f"entry {index}: {exc}") from None
-            except InvalidRequest as exc:
-                raise InvalidRequest(f"entry {index}: {exc}") from None
-            checked.append((key, data if isinstance(data, bytes) else bytes(data), checked_version))
+    def send_pulses(
+        self, pulses: Sequence[tuple[str, bytes, int | None]], *, trusted: bool = False
+    ) -> int:
+        """Store many pulses, validating every entry before storing any; returns stored count.
+
+        `trusted`: the entries come straight from `pulsecodec.decode` (normalised key paths,
+        `bytes` payloads, versions >= 0 with 0 or None meaning "now"), so they are not
+        validated again. Only for callers that hand over the decoder's output unchanged.
+        """
+        checked: Sequence[tuple[str, bytes, int | None]]
+        if trusted:
+            checked = pulses
+        else:
+            checked = []
+            for index, (path, data, version) in enumerate(pulses):
+                try:
+                    key = normalize_key(path)
+                    checked_version = self._check_version(version)
+                except InvalidPath as exc:
+                    raise InvalidPath(f"entry {index}: {exc}") from None
+                except InvalidRequest as exc:
+                    raise InvalidRequest(f"entry {index}: {exc}") from None
+                checked.append(
+                    (key, data if isinstance(data, bytes) else bytes(data), checked_version)
+                )
         now = self._clock()
         self._sweep(now)
         if self.max_bytes is not None:
-            self._check_room(sum(max(0, self._growth(key, data)) for key, data, _ in checked))
+            self._check_batch_room(checked)
+        put = self._put
         stored = 0
-        for key, data, checked_version in checked:
-            stored += self._put(key, data, now if checked_version is None else checked_version, now)
+        for key, data, version in checked:
+            stored += put(key, data, version or now, now)
         return stored
 
     def delete_pulse_id(self, path: str, version: int | None = None) -> bool:
@@ -209,6 +223,19 @@ class PulseStore:
             tomb.key_expiry = expiry
             self._push_tomb(expiry, key, _KEY)
         return removed
+
+    def tombstones(self) -> list[tuple[str, int, int]]:
+        """Every live tombstone as (path, subtree version, exact-key version); 0 = none.
+
+        For hand-off: a node passes its deletes on along with its values, so a new owner
+        never takes a replica's stale copy for the newest. O(trie nodes).
+        """
+        self._sweep(self._clock())
+        return [
+            (path, node.tomb.tree_version, node.tomb.key_version)
+            for path, node in self._iter_subtree(self._root, "/", sort=False)
+            if node.tomb is not None and (node.tomb.tree_version or node.tomb.key_version)
+        ]
 
     def discard(self, path: str, version: int) -> bool:
         """Forget the exact key if it still holds `version`, leaving no tombstone.
@@ -331,15 +358,15 @@ class PulseStore:
         A child is in the first map if it has a key at or below it. The second map covers
         every child the store knows of (with keys or tombstones) and counts subtree
         tombstones on `path` and its ancestors, on the child, and the child's exact-key
-        tombstone, like `tombstone_version(child)`. Children this store has never seen are
-        absent from both maps: callers merging replicas should also use
-        `tombstone_version(path)`.
+        tombstone, like `tombstone_version(child)`. A subtree tombstone on `path` or an
+        ancestor also covers children this store has never seen (another replica may hold
+        them): it is given under the name `""`, which no child can have.
         """
         norm = normalize(path)
         self._sweep(self._clock())
         inherited, node = self._covering_tree_tomb(norm)
         values: dict[str, int] = {}
-        tombs: dict[str, int] = {}
+        tombs: dict[str, int] = {"": inherited} if inherited else {}
         if node is None or not node.children:
             return values, tombs
         for name, child in node.children.items():
@@ -421,6 +448,21 @@ class PulseStore:
             return len(data) - len(node.data)
         return len(data) + len(key) + KEY_OVERHEAD_BYTES
 
+    def _check_batch_room(self, entries: Sequence[tuple[str, bytes, int | None]]) -> None:
+        """`_check_room` for a whole batch, judged before anything is stored.
+
+        First from sizes alone: every entry stored as a new key is the most a batch can grow
+        the footprint, so when even that fits no trie walk is needed (the usual case, far
+        below the cap). Only near the cap is each entry's exact growth looked up.
+        """
+        assert self.max_bytes is not None
+        bound = len(entries) * KEY_OVERHEAD_BYTES
+        for key, data, _ in entries:
+            bound += len(key) + len(data)
+        if self.footprint_bytes + bound <= self.max_bytes:
+            return
+        self._check_room(sum(max(0, self._growth(key, data)) for key, data, _ in entries))
+
     def _check_room(self, growth: int) -> None:
         """Raise `InsufficientStorage` when growing the footprint by `growth` passes the cap."""
         if self.max_bytes is None or growth <= 0:
@@ -439,15 +481,17 @@ class PulseStore:
         nodes = [node]
         tomb = 0
         missing = -1
+        append = nodes.append
         for depth, name in enumerate(names):
             if node.tomb is not None and node.tomb.tree_version > tomb:
                 tomb = node.tomb.tree_version
-            nxt = node.child(name)
+            children = node.children
+            nxt = None if children is None else children.get(name)
             if nxt is None:
                 missing = depth
                 break
             node = nxt
-            nodes.append(node)
+            append(node)
         if missing < 0 and node.tomb is not None:
             tomb = max(tomb, node.tomb.tree_version, node.tomb.key_version)
         if version <= tomb:

@@ -21,10 +21,16 @@ from aiohttp import web
 
 from pmcluster.client import ClusterClient, SyncClusterClient
 from pmcluster.config import Config
-from pmcluster.errors import ClusterUnavailable, InvalidPath, NodeUnavailable, PayloadTooLarge
+from pmcluster.errors import (
+    ClusterUnavailable,
+    InsufficientStorage,
+    InvalidPath,
+    NodeUnavailable,
+    PayloadTooLarge,
+)
 from pmcluster.failures import FailureTracker
 from pmcluster.membership import FixedMembership
-from pmcluster.node import STATE_KEY, make_app
+from pmcluster.node import METRICS_KEY, STATE_KEY, make_app
 from pmcluster.ring import Member
 from pmcluster.store import Pulse, PulseStore
 from pmcluster.testing import free_port_on_all
@@ -217,6 +223,28 @@ async def test_delete_is_not_undone_by_a_stale_replica(
     # A later write is visible again.
     await client.send_pulse(P, b"back")
     assert (await client.get_pulse(P)).data == b"back"  # type: ignore[union-attr]
+
+
+async def test_reads_repair_replicas_that_are_behind(
+    cluster: Cluster, client: ClusterClient
+) -> None:
+    await client.send_pulse(P, b"v1", version=1_000)
+    owners = cluster.owners(client, P)
+    await poll(lambda: all(o.store.exists(P) for o in owners))
+    # An owner that lost its copy (restarted empty) gets it back from a read.
+    owners[0].store.clear()
+    assert await client.get_pulse(P) == Pulse(P, b"v1", 1_000)
+    await poll(lambda: owners[0].store.get_pulse(P) == Pulse(P, b"v1", 1_000))
+    # A replica that missed a delete gets the tombstone from a read, so its stale copy is
+    # gone for good even after the other owner forgets the tombstone.
+    await client.delete_pulse_id(P, version=2_000)
+    await poll(lambda: all(o.store.tombstone_version(P) == 2_000 for o in owners))
+    owners[1].store.clear()
+    owners[1].store.send_pulse(P, b"v1", 1_000)
+    assert await client.get_pulse(P) is None
+    await poll(lambda: owners[1].store.get_pulse(P) is None)
+    assert owners[1].store.tombstone_version(P) == 2_000
+    assert client.stats["read_repairs"] == 2
 
 
 async def test_recursive_delete_is_not_undone_by_a_stale_node(
@@ -484,3 +512,106 @@ async def test_node_errors_map_to_the_error_tree() -> None:
         )
         with pytest.raises(NodeUnavailable):
             await dead.get_pulse("/a/b")
+
+
+# --- write coalescing (pmcluster.coalesce) -------------------------------------------------------
+
+
+@pytest.fixture
+async def coalescing(cluster: Cluster) -> AsyncIterator[ClusterClient]:
+    async with ClusterClient(cluster.client_config, coalesce=True) as c:
+        yield c
+
+
+def op_count(node: Node, op: str) -> float:
+    """Requests of `op` a node has handled, from its own metrics."""
+    samples = node.app[METRICS_KEY].render().splitlines()
+    line = f'pmcluster_requests_total{{op="{op}"}} '
+    return sum(float(s[len(line) :]) for s in samples if s.startswith(line))
+
+
+async def test_concurrent_writes_share_few_batch_requests(
+    cluster: Cluster, coalescing: ClusterClient
+) -> None:
+    client = coalescing
+    paths = [f"/workerbeats/c/n{i}" for i in range(200)]
+    await asyncio.gather(*(client.send_pulse(p, p.encode()) for p in paths))
+    await asyncio.gather(*(client.send_pulse(p, b"v" + p.encode(), 3 * 10**18) for p in paths))
+    for path in paths:
+        owners = cluster.owners(client, path)
+        await poll(functools.partial(on_all, owners, path))
+        assert {o.store.get_pulse(path) for o in owners} == {
+            Pulse(path, b"v" + path.encode(), 3 * 10**18)
+        }
+        assert not cluster.non_owner(client, path).store.exists(path)
+    for node in cluster.nodes:
+        assert op_count(node, "send_pulse") == 0
+        assert 1 <= op_count(node, "batch") <= 4  # 2 rounds of 200 writes, 500 per batch max
+    assert client.stats["coalesced_writes"] == 400
+
+
+async def test_a_lone_write_travels_alone(cluster: Cluster, coalescing: ClusterClient) -> None:
+    client = coalescing
+    await client.send_pulse(P, b"x")
+    owners = cluster.owners(client, P)
+    await poll(functools.partial(on_all, owners, P))
+    assert sum(op_count(n, "send_pulse") for n in cluster.nodes) == 2
+    assert sum(op_count(n, "batch") for n in cluster.nodes) == 0
+
+
+async def test_coalesced_unversioned_write_still_lands_above_a_newer_owner_version(
+    cluster: Cluster, coalescing: ClusterClient
+) -> None:
+    client = coalescing
+    # Both owners hold a version from the future: the batch reports the write ignored, so its
+    # caller asks again alone and retries above the held version (the version clock).
+    future = time.time_ns() + 10**12
+    for owner in cluster.owners(client, P):
+        owner.store.send_pulse(P, b"from the future", future)
+    others = [f"/workerbeats/d/n{i}" for i in range(20)]
+    await asyncio.gather(
+        client.send_pulse(P, b"now"), *(client.send_pulse(p, b"o") for p in others)
+    )
+    assert client.stats["coalesced_writes"] == 21
+    got = await client.get_pulse(P)
+    assert got is not None and got.data == b"now" and got.version > future
+    assert all([await client.get_pulse(p) for p in others])
+
+
+async def test_each_coalesced_caller_gets_its_own_outcome(
+    cluster: Cluster, coalescing: ClusterClient
+) -> None:
+    client = coalescing
+    full = cluster.nodes[0]
+    full.store.max_bytes = 1  # this node refuses every new key (507)
+    paths = [f"/workerbeats/e/n{i}" for i in range(40)]
+    results = await asyncio.gather(
+        *(client.send_pulse(p, b"x") for p in paths), return_exceptions=True
+    )
+    assert client.stats["coalesced_batches"] >= 1
+    for path, result in zip(paths, results, strict=True):
+        if full in cluster.owners(client, path):
+            assert isinstance(result, InsufficientStorage), (path, result)
+        else:
+            assert result is None, (path, result)
+            assert on_all(cluster.owners(client, path), path)
+    assert any(isinstance(r, InsufficientStorage) for r in results)
+    assert any(r is None for r in results)
+
+
+async def test_a_hung_owner_costs_coalesced_writes_at_most_one_timeout(cluster: Cluster) -> None:
+    failures = FailureTracker(base_delay=5.0, max_delay=10.0)
+    async with ClusterClient(cluster.client_config, failures=failures, coalesce=True) as client:
+        hung = cluster.nodes[0]
+        await hung.hang()
+        paths = [f"/workerbeats/f/n{i}" for i in range(100)]
+        _, first_ack = await timed(asyncio.gather(*(client.send_pulse(p, b"x", 5) for p in paths)))
+        assert first_ack < TIMEOUT / 2  # versioned: the live owner's ack is enough
+        _, unversioned = await timed(asyncio.gather(*(client.send_pulse(p, b"y") for p in paths)))
+        assert unversioned <= TIMEOUT + MARGIN  # at most one timeout for all 100, not one each
+        _, after = await timed(asyncio.gather(*(client.send_pulse(p, b"z") for p in paths)))
+        assert after < TIMEOUT / 2  # the hung node is skipped while it backs off
+        live = [n for n in cluster.nodes if n is not hung]
+        for path in paths:
+            stored = [n.store.get_pulse(path) for n in live if n in cluster.owners(client, path)]
+            assert stored and all(s is not None and s.data == b"z" for s in stored)

@@ -104,6 +104,25 @@ def test_batch_past_the_cap_is_refused_whole() -> None:
     assert store.send_pulses(batch[:1]) == 1
 
 
+def test_batch_of_rewrites_at_the_cap_is_judged_exactly() -> None:
+    # Sizes alone say the batch might not fit (as new keys it would not); rewrites of keys
+    # the store holds, no larger than before, must still be accepted at the cap.
+    cap = key_cost("/wb/a", b"a" * 100) + key_cost("/wb/b", b"b" * 100)
+    store = PulseStore(max_bytes=cap)
+    store.send_pulses([("/wb/a", b"a" * 100, 1), ("/wb/b", b"b" * 100, 1)])
+    rewrite: list[tuple[str, bytes, int | None]] = [
+        ("/wb/a", b"A" * 100, 2),
+        ("/wb/b", b"B" * 90, 2),
+    ]
+    assert store.send_pulses(rewrite) == 2
+    assert store.send_pulses([("/wb/a", b"z" * 100, 3)], trusted=True) == 1
+    with pytest.raises(InsufficientStorage):
+        store.send_pulses([("/wb/a", b"a" * 100, 4), ("/wb/b", b"b" * 111, 4)], trusted=True)
+    assert store.refused_writes == 1
+    held = store.get_pulse("/wb/a")
+    assert held is not None and held.data == b"z" * 100
+
+
 def test_default_memory_limit_is_half_of_memtotal(tmp_path: Path) -> None:
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       2048 kB\nMemFree:        1024 kB\n")

@@ -71,6 +71,25 @@ def test_histogram_buckets_are_cumulative_and_le_inclusive() -> None:
     assert child.count == 6
 
 
+def test_observe_many_counts_like_observe_one_by_one() -> None:
+    registry = Registry()
+    family = registry.histogram("app_size", "Sizes.", ["op"], buckets=(1, 10, 100))
+    one, many = family.labels("one"), family.labels("many")
+    values = (0.5, 1, 5, 10, 11, 1000)
+    for value in values:
+        one.observe(value)
+    many.observe_many(values)
+    assert (many.counts, many.sum) == (one.counts, one.sum)
+
+
+def test_received_many_is_a_batch_of_received() -> None:
+    single, batched = Metrics(), Metrics()
+    for size in (10, 2000, 70000):
+        single.received(size)
+    batched.received_many([10, 2000, 70000])
+    assert batched.render() == single.render()
+
+
 def test_histogram_rejects_unsorted_buckets_and_le_label() -> None:
     with pytest.raises(ValueError):
         Histogram("h", "h", buckets=(2, 1))

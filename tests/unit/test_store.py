@@ -290,6 +290,21 @@ def test_send_pulses_validates_all_before_storing_any(store: PulseStore, clock: 
     assert store.get_pulse("/b") == Pulse("/b", b"2", clock.now)
 
 
+def test_trusted_send_pulses_stores_decoded_entries_like_checked_ones(
+    store: PulseStore, clock: FakeClock
+) -> None:
+    # The node's batch route hands over pulsecodec.decode's output (versions 0 = now).
+    store.send_pulse("/old", b"x", 100)
+    entries: list[tuple[str, bytes, int | None]] = [("/a", b"1", 5), ("/old", b"x", 50)]
+    entries += [("/b", b"2", 0), ("/c", b"3", None)]
+    assert store.send_pulses(entries, trusted=True) == 3
+    assert store.get_pulse("/a") == Pulse("/a", b"1", 5)
+    assert store.get_pulse("/old") == Pulse("/old", b"x", 100)
+    assert store.get_pulse("/b") == Pulse("/b", b"2", clock.now)
+    assert store.get_pulse("/c") == Pulse("/c", b"3", clock.now)
+    assert store.key_count == 4
+
+
 # ------------------------------------------------------------- tombstones
 
 
@@ -406,8 +421,13 @@ def test_children_versions(store: PulseStore) -> None:
     store.delete_path("/", 15)
     values, tombs = store.children_versions("/w")
     assert values == {"t2": 20}
-    assert tombs == {"t1": 15, "t2": 15, "t3": 30, "t4": 35}
-    assert store.children_versions("/nothing") == ({}, {})
+    assert tombs == {"": 15, "t1": 15, "t2": 15, "t3": 30, "t4": 35}
+    assert store.children_versions("/nothing") == ({}, {"": 15})
+    # After a recursive delete of the listed path itself, the covering tombstone is all a
+    # replica knows: the children it had are pruned, another replica may still hold them.
+    store.send_pulse("/z/topo/n-1", b"x", 50)
+    store.delete_path("/z/topo", 60)
+    assert store.children_versions("/z/topo") == ({}, {"": 60})
     assert store.children_versions("/")[0] == {"w": 20}
 
 
@@ -571,6 +591,8 @@ class Model:
         known = self.children(top, [*self.values, *self.key_tombs, *self.tree_tombs])
         prefix = "" if top == "/" else top
         tombs = {name: self.tomb(f"{prefix}/{name}") for name in known}
+        # A subtree tombstone on `top` or above covers children never seen, too: name "".
+        tombs[""] = max([v for p, v in self.tree_tombs.items() if self.under(top, p)], default=0)
         return {name: version for name, version in tombs.items() if version}
 
 
@@ -634,3 +656,13 @@ def test_discard_forgets_only_the_same_version_and_leaves_no_tombstone() -> None
     assert store.key_count == 0 and store.total_bytes == 0
     assert store.send_pulse("/w/t/a", b"0", 5)  # an older write is welcome again
     assert not store.discard("/w/t/missing", 1)
+
+
+def test_tombstones_lists_every_live_delete(clock: FakeClock) -> None:
+    store = PulseStore(clock=clock, tombstone_ttl_secs=60)
+    store.send_pulse("/w/t/a", b"x", 10)
+    store.delete_pulse_id("/w/t/a", 20)
+    store.delete_path("/w/u", 30)
+    assert sorted(store.tombstones()) == [("/w/t/a", 0, 20), ("/w/u", 30, 0)]
+    clock.advance(61)
+    assert store.tombstones() == []
