@@ -34,7 +34,7 @@ from aiohttp import web
 from pmcluster.client import ClusterClient
 from pmcluster.coordinator import CoordinatingBackend
 from pmcluster.errors import InvalidRequest, PmclusterError
-from pmcluster.node import CONFIG_KEY, STATE_KEY, STORE_KEY
+from pmcluster.node import CONFIG_KEY, STATE_KEY, STORE_KEY, json_response
 from pmcluster.ring import Member
 from pmcluster.store import Pulse, PulseStore
 
@@ -104,14 +104,8 @@ async def _cancel_drain(app: web.Application) -> None:
             await task
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        status=status, body=json.dumps(data).encode(), content_type="application/json"
-    )
-
-
 def _refuse(detail: str) -> web.Response:
-    return _json({"error": "conflict", "detail": detail}, 409)
+    return json_response({"error": "conflict", "detail": detail}, 409)
 
 
 async def _options(request: web.Request) -> dict[str, Any]:
@@ -134,7 +128,7 @@ async def post_drain(request: web.Request) -> web.StreamResponse:
     options = await _options(request)
     force = options.get("force", False) is True or request.query.get("force") in ("1", "true")
     if admin.task is not None:
-        return _json(admin.progress.doc(), 202)
+        return json_response(admin.progress.doc(), 202)
     if state.leave is None or not isinstance(state.coordinator, CoordinatingBackend):
         return _refuse(
             "this node's membership is a static or DNS list, which it cannot leave by itself: "
@@ -156,7 +150,7 @@ async def post_drain(request: web.Request) -> web.StreamResponse:
     progress.grace_secs = config.grace_window_secs
     admin.finished = asyncio.Event()
     admin.task = asyncio.create_task(_drain(app), name="pmcluster-drain")
-    return _json(progress.doc(), 202)
+    return json_response(progress.doc(), 202)
 
 
 async def get_drain(request: web.Request) -> web.StreamResponse:
@@ -169,7 +163,7 @@ async def get_drain(request: web.Request) -> web.StreamResponse:
     if wait > 0 and admin.task is not None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(admin.finished.wait(), wait)
-    return _json(admin.progress.doc())
+    return json_response(admin.progress.doc())
 
 
 async def _drain(app: web.Application) -> None:

@@ -39,48 +39,31 @@ from pmcluster.auth.middleware import make_auth_middleware
 from pmcluster.backend import Backend, LocalBackend, PulseEntry
 from pmcluster.config import Config
 from pmcluster.errors import (
-    AuthError,
-    ClusterUnavailable,
-    InsufficientStorage,
     InvalidPath,
     InvalidRequest,
-    NodeUnavailable,
-    NotAuthorized,
     PayloadTooLarge,
     PmclusterError,
-    ProtocolError,
 )
 from pmcluster.limits import bind_store_metrics, memory_limit
 from pmcluster.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from pmcluster.metrics import Metrics
+from pmcluster.protocol import (
+    EPOCH_HEADER,
+    FORWARDED_HEADER,
+    HELD_HEADER,
+    MAX_VERSION,
+    NODE_HEADER,
+    PULSES_MEDIA_TYPE,
+    TOMBSTONE_HEADER,
+    VERSION_HEADER,
+    status_for,
+)
 from pmcluster.store import Pulse, PulseStore
 
 log = logging.getLogger(__name__)
 
-HDR_VERSION = "X-Pulse-Version"
-HDR_TOMBSTONE = "X-Pulse-Tombstone"
-HDR_HELD = "X-Pulse-Held"  # on a PUT the store ignored: the newer version (or tombstone) held
-HDR_NODE = "X-Pmcluster-Node"
-HDR_EPOCH = "X-Pmcluster-Epoch"
-HDR_FORWARDED = "X-Pmcluster-Forwarded"
-PULSES_MEDIA_TYPE = pulsecodec.MEDIA_TYPE
-
-MAX_VERSION = 2**63 - 1  # versions travel as i64 in the pulse-list encoding
 BODY_TIMEOUT_FACTOR = 5.0  # a body must arrive within request_timeout_secs * this
 EXPIRE_INTERVAL_SECS = 5.0  # how often the store drops expired tombstones / TTL'd keys
-
-# One table from the exception tree to HTTP: (class, status, short error name); first match.
-ERROR_STATUS: tuple[tuple[type[PmclusterError], int, str], ...] = (
-    (InvalidPath, 400, "invalid_path"),
-    (InvalidRequest, 400, "invalid_request"),
-    (PayloadTooLarge, 413, "payload_too_large"),
-    (InsufficientStorage, 507, "insufficient_storage"),
-    (AuthError, 401, "unauthorized"),
-    (NotAuthorized, 403, "forbidden"),
-    (ClusterUnavailable, 503, "cluster_unavailable"),
-    (NodeUnavailable, 503, "node_unavailable"),
-    (ProtocolError, 502, "bad_gateway"),
-)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -166,17 +149,17 @@ def _tree_path(request: web.Request, prefix: str) -> str:
 
 def _version(request: web.Request) -> int | None:
     """`X-Pulse-Version` as a non-negative i64; absent or 0 means "now" (store's clock)."""
-    raw = request.headers.get(HDR_VERSION)
+    raw = request.headers.get(VERSION_HEADER)
     if raw is None:
         return None
     text = raw.strip()
     if not (text.isascii() and text.isdigit()) or len(text) > 19 or int(text) > MAX_VERSION:
-        raise InvalidRequest(f"{HDR_VERSION} must be an integer in [0, 2^63): {raw[:40]!r}")
+        raise InvalidRequest(f"{VERSION_HEADER} must be an integer in [0, 2^63): {raw[:40]!r}")
     return int(text) or None
 
 
 def _backend(request: web.Request) -> Backend:
-    if request.headers.get(HDR_FORWARDED) == "1":
+    if request.headers.get(FORWARDED_HEADER) == "1":
         return request.app[LOCAL_BACKEND_KEY]
     coordinator = request.app[STATE_KEY].coordinator
     return coordinator if coordinator is not None else request.app[BACKEND_KEY]
@@ -222,7 +205,8 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
 # --- responses ---------------------------------------------------------------------------------
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
+def json_response(data: Any, status: int = 200) -> web.Response:
+    """A JSON answer (every route of the API, admin routes included)."""
     return web.Response(
         status=status, body=json.dumps(data).encode(), content_type="application/json"
     )
@@ -230,23 +214,16 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 def error_response(status: int, error: str, detail: str) -> web.Response:
     """The one error body shape: `{"error": short name, "detail": reason}`."""
-    return _json({"error": error, "detail": detail}, status)
+    return json_response({"error": error, "detail": detail}, status)
 
 
 def _absent(request: web.Request, path: str, tombstone: int) -> web.Response:
-    headers = {HDR_TOMBSTONE: str(tombstone)} if tombstone > 0 else {}
+    headers = {TOMBSTONE_HEADER: str(tombstone)} if tombstone > 0 else {}
     if request.method == "HEAD":
         return web.Response(status=404, headers=headers)
     response = error_response(404, "not_found", f"no pulse at {path}")
     response.headers.update(headers)
     return response
-
-
-def _status_for(exc: PmclusterError) -> tuple[int, str]:
-    for cls, status, name in ERROR_STATUS:
-        if isinstance(exc, cls):
-            return status, name
-    return 500, "internal_error"
 
 
 # --- handlers ----------------------------------------------------------------------------------
@@ -261,7 +238,7 @@ async def put_pulse(request: web.Request) -> web.StreamResponse:
     request.app[METRICS_KEY].received(len(data))
     if not stored and isinstance(backend, LocalBackend):
         # Tell the coordinator what won, so it can retry above it (pmcluster.versionclock).
-        return web.Response(status=204, headers={HDR_HELD: str(backend.held_version(path))})
+        return web.Response(status=204, headers={HELD_HEADER: str(backend.held_version(path))})
     return web.Response(status=204)
 
 
@@ -276,7 +253,7 @@ async def get_pulse(request: web.Request) -> web.StreamResponse:
     return web.Response(
         body=pulse.data,
         content_type="application/octet-stream",
-        headers={HDR_VERSION: str(pulse.version)},
+        headers={VERSION_HEADER: str(pulse.version)},
     )
 
 
@@ -287,7 +264,7 @@ async def head_pulse(request: web.Request) -> web.StreamResponse:
     pulse, tombstone = await _backend(request).get_pulse(path)
     if pulse is None:
         return _absent(request, path, tombstone)
-    return web.Response(status=200, headers={HDR_VERSION: str(pulse.version)})
+    return web.Response(status=200, headers={VERSION_HEADER: str(pulse.version)})
 
 
 async def delete_pulse(request: web.Request) -> web.StreamResponse:
@@ -301,8 +278,8 @@ async def get_children(request: web.Request) -> web.StreamResponse:
     backend = _backend(request)
     if request.query.get("versions") in ("1", "true"):
         children, tombstones = await backend.children_versions(path)
-        return _json({"children": children, "tombstones": tombstones})
-    return _json(await backend.get_all_nodes_for_path(path))
+        return json_response({"children": children, "tombstones": tombstones})
+    return json_response(await backend.get_all_nodes_for_path(path))
 
 
 async def get_pulses(request: web.Request) -> web.StreamResponse:
@@ -310,7 +287,7 @@ async def get_pulses(request: web.Request) -> web.StreamResponse:
     pulses = await _backend(request).get_all_pulse_for_path(path)
     request.app[METRICS_KEY].sent(sum(len(p.data) for p in pulses))
     if "application/json" in request.headers.get("Accept", ""):
-        return _json({"pulses": [_pulse_json(p) for p in pulses]})
+        return json_response({"pulses": [_pulse_json(p) for p in pulses]})
     return web.Response(body=pulsecodec.encode(pulses), content_type=PULSES_MEDIA_TYPE)
 
 
@@ -344,7 +321,7 @@ async def post_batch(request: web.Request) -> web.StreamResponse:
     else:
         stored, ignored = await backend.send_pulses(entries)
     request.app[METRICS_KEY].received_many([len(data) for _, data, _ in entries])
-    return _json({"stored": stored, "ignored": ignored})
+    return json_response({"stored": stored, "ignored": ignored})
 
 
 def members_doc(app: web.Application) -> dict[str, Any]:
@@ -363,13 +340,15 @@ def members_doc(app: web.Application) -> dict[str, Any]:
 
 
 async def get_members(request: web.Request) -> web.StreamResponse:
-    return _json(members_doc(request.app))
+    return json_response(members_doc(request.app))
 
 
 async def get_health(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     keys = request.app[STORE_KEY].key_count
-    return _json({"status": "ok", "node": state.node_id, "keys": keys, "version": __version__})
+    return json_response(
+        {"status": "ok", "node": state.node_id, "keys": keys, "version": __version__}
+    )
 
 
 async def get_metrics(request: web.Request) -> web.StreamResponse:
@@ -418,8 +397,8 @@ async def _node_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = await _answer(request, handler, route)
     finally:
         state.request_done()
-    response.headers[HDR_NODE] = state.node_id
-    response.headers[HDR_EPOCH] = state.epoch
+    response.headers[NODE_HEADER] = state.node_id
+    response.headers[EPOCH_HEADER] = state.epoch
     if state.draining:
         response.force_close()
     app[METRICS_KEY].record(op, time.perf_counter() - start, response.status)
@@ -439,7 +418,7 @@ async def _answer(
         # Forwarded requests only touch the local store and never wait on peers; they get a
         # limiter of their own, or coordinated requests holding every slot while they wait
         # for their peers' forwarded answers would deadlock the cluster.
-        forwarded = request.headers.get(HDR_FORWARDED) == "1"
+        forwarded = request.headers.get(FORWARDED_HEADER) == "1"
         async with app[FORWARD_LIMITER_KEY] if forwarded else app[LIMITER_KEY]:
             response = await handler(request)
     except web.HTTPException as exc:
@@ -451,7 +430,7 @@ async def _answer(
         if exc.status in (408, 413):
             response.force_close()
     except PmclusterError as exc:
-        status, name = _status_for(exc)
+        status, name = status_for(exc)
         response = error_response(status, name, str(exc))
         if status == 413:
             response.force_close()  # the rest of the body was never read

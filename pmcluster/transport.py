@@ -21,31 +21,27 @@ from yarl import URL
 
 from pmcluster import pulsecodec
 from pmcluster.errors import (
-    AuthError,
-    InsufficientStorage,
-    InvalidPath,
     InvalidRequest,
     NodeUnavailable,
-    NotAuthorized,
-    PayloadTooLarge,
     PmclusterError,
     ProtocolError,
 )
 from pmcluster.paths import to_url
+from pmcluster.protocol import (
+    EPOCH_HEADER,
+    FORWARDED_HEADER,
+    HELD_HEADER,
+    PULSES_MEDIA_TYPE,
+    TOMBSTONE_HEADER,
+    VERSION_HEADER,
+    caller_error,
+)
 from pmcluster.store import Pulse
 
 if TYPE_CHECKING:
     from pmcluster.auth.client import RequestAuth
 
-__all__ = ["EPOCH_HEADER", "FORWARDED_HEADER", "PULSES_MEDIA_TYPE", "NodeTransport", "Transport"]
-
-EPOCH_HEADER = "X-Pmcluster-Epoch"
-NODE_HEADER = "X-Pmcluster-Node"
-FORWARDED_HEADER = "X-Pmcluster-Forwarded"
-VERSION_HEADER = "X-Pulse-Version"
-TOMBSTONE_HEADER = "X-Pulse-Tombstone"
-HELD_HEADER = "X-Pulse-Held"
-PULSES_MEDIA_TYPE = "application/x-pmcluster-pulses"
+__all__ = ["NodeTransport", "Transport"]
 
 EpochCallback = Callable[[str, str], None]
 
@@ -186,18 +182,11 @@ class NodeTransport:
         except ValueError:
             pass
         status = answer.status
-        if status == 507:  # the node is at its memory cap: the caller's problem, not a failure
-            return InsufficientStorage(detail)
+        error = caller_error(status, short)
+        if error is not None:
+            return error(detail)
         if status >= 500:
             return NodeUnavailable(self.node_id, f"HTTP {status}: {detail}")
-        if status == 400:
-            return InvalidPath(detail) if "path" in short.lower() else InvalidRequest(detail)
-        if status == 401:
-            return AuthError(detail)
-        if status == 403:
-            return NotAuthorized(detail)
-        if status == 413:
-            return PayloadTooLarge(detail)
         return ProtocolError(f"node {self.node_id}: HTTP {status}: {detail}")
 
     def _not_404(self, answer: _Answer, what: str) -> _Answer:

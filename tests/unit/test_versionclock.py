@@ -11,7 +11,8 @@ from aiohttp import web
 
 from pmcluster.client import ClusterClient
 from pmcluster.config import Config
-from pmcluster.node import HDR_HELD, STATE_KEY, make_app
+from pmcluster.node import STATE_KEY, make_app
+from pmcluster.protocol import HELD_HEADER
 from pmcluster.store import PulseStore
 from pmcluster.testing import free_port_on_all
 from pmcluster.versionclock import MAX_OBSERVED_AHEAD_NS, MAX_VERSION, VersionClock
@@ -122,7 +123,7 @@ async def test_put_answers_carry_the_held_version_header_only_when_ignored(
         base = f"http://{config.servers[0]}/v1/pulse/wb/h"
         headers = {"X-Pmcluster-Forwarded": "1", "X-Pulse-Version": "10"}
         async with client._session.put(base, data=b"x", headers=headers) as resp:
-            assert resp.status == 204 and HDR_HELD not in resp.headers
+            assert resp.status == 204 and HELD_HEADER not in resp.headers
         headers["X-Pulse-Version"] = "5"
         async with client._session.put(base, data=b"y", headers=headers) as resp:
-            assert resp.status == 204 and resp.headers[HDR_HELD] == "10"
+            assert resp.status == 204 and resp.headers[HELD_HEADER] == "10"
