@@ -36,6 +36,7 @@ from pmcluster.admin import DRAIN_ROUTE, FINAL_STATES
 from pmcluster.client import ClusterClient
 from pmcluster.config import Config, load_config
 from pmcluster.errors import PmclusterError
+from pmcluster.launch import node_argv
 from pmcluster.opshttp import OpsHttp
 
 EXIT_DONE, EXIT_REFUSED, EXIT_FAILED = 0, 1, 2
@@ -183,19 +184,6 @@ async def answers(http: OpsHttp, url: str, timeout: float) -> bool:
 # --- add-node ---------------------------------------------------------------------------------
 
 
-def node_argv(config_path: Path, config: Config, python: str = sys.executable) -> list[str]:
-    """The node's command line: `pacemaker.childopts` are the interpreter's options."""
-    return [
-        python,
-        *shlex.split(config.childopts),
-        "-m",
-        "pmcluster",
-        "node",
-        "--config",
-        str(config_path),
-    ]
-
-
 def systemd_commands(config_path: Path, config: Config) -> list[str]:
     """What to run on the node's host to start it under ops/deploy/pmcluster@.service."""
     name = config_path.stem
@@ -247,7 +235,7 @@ async def add_node(args: argparse.Namespace, out: dict[str, Any]) -> None:
             if await answers(http, url, config.request_timeout_secs):
                 raise Refused(f"something already answers on {url}: is {node_id} running?")
             log_path = Path(args.log or f"pmcluster-node-{config.host}-{config.port}.log")
-            argv = node_argv(config_path, config, args.python)
+            argv = node_argv(config_path, config.childopts, args.python)
             proc = start_detached(argv, log_path.resolve())
             out.update(pid=proc.pid, log=str(log_path.resolve()), command=argv)
             if args.pidfile:
@@ -429,4 +417,4 @@ def add_subcommands(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-__all__ = ["add_subcommands", "node_argv", "run_add_node", "run_remove_node", "systemd_commands"]
+__all__ = ["add_subcommands", "run_add_node", "run_remove_node", "systemd_commands"]

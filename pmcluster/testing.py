@@ -30,6 +30,8 @@ from typing import Any, Self
 
 import yaml
 
+from pmcluster.launch import node_argv
+
 ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")
 SLF4J_SIMPLE_JAR = Path("/usr/share/java/slf4j-simple.jar")
 ZOOKEEPER_CLASSPATH: tuple[Path, ...] = (ZOOKEEPER_JAR, SLF4J_SIMPLE_JAR)
@@ -410,7 +412,8 @@ class NodeProcess:
             raise HarnessError(f"node {self.node_id} is already running (pid {self.pid})")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(self.config_yaml, sort_keys=True))
-        argv = [self.python, "-m", "pmcluster", "node", "--config", str(self.config_path)]
+        childopts = str(self.config_yaml.get("pacemaker.childopts") or "")
+        argv = node_argv(self.config_path, childopts, self.python)
         self._proc = _spawn(argv, self.log_path, self.env)
         return self
 

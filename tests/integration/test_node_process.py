@@ -138,3 +138,19 @@ def test_port_in_use_fails_fast_with_nonzero_exit(tmp_path: Path) -> None:
         finally:
             node.stop()
     assert "cannot serve" in node.log.read_text()
+
+
+def test_launchers_apply_childopts_as_interpreter_options(tmp_path: Path) -> None:
+    """`pacemaker.childopts` reach the node's Python interpreter (here: -X faulthandler)."""
+    from pmcluster.testing import NodeProcess
+
+    conf = {
+        "pacemaker.host": "127.0.0.2",
+        "pacemaker.port": free_port("127.0.0.2"),
+        "pacemaker.childopts": "-X faulthandler",
+    }
+    with NodeProcess(conf, workdir=tmp_path) as proc:
+        argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+        assert argv[1:4] == [b"-X", b"faulthandler", b"-m"]
+        assert proc.health_status() == 200
+    assert not process_alive(proc.pid)

@@ -15,8 +15,9 @@ from pmcluster.client import ClusterClient
 from pmcluster.config import Config
 from pmcluster.coordinator import CoordinatingBackend
 from pmcluster.demo import choose_port
+from pmcluster.launch import node_argv
 from pmcluster.node import LOCAL_BACKEND_KEY, STATE_KEY, make_app
-from pmcluster.ops import NodeView, agreed_epoch, node_argv, systemd_commands
+from pmcluster.ops import NodeView, agreed_epoch, systemd_commands
 from pmcluster.status import NodeStatus, verdict
 
 
@@ -71,7 +72,7 @@ def test_up_port_choice() -> None:
 
 def test_node_command_applies_childopts(tmp_path: Path) -> None:
     config = Config(childopts="-X faulthandler -O")
-    argv = node_argv(tmp_path / "n.yaml", config, "/usr/bin/python3")
+    argv = node_argv(tmp_path / "n.yaml", config.childopts, "/usr/bin/python3")
     head = ["/usr/bin/python3", "-X", "faulthandler", "-O", "-m", "pmcluster", "node"]
     assert argv == [*head, "--config", str(tmp_path / "n.yaml")]
     commands = systemd_commands(Path("/srv/pm4.yaml"), config)
