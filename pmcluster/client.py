@@ -52,6 +52,7 @@ T = TypeVar("T")
 PulseInput = tuple[str, bytes] | tuple[str, bytes, int | None]
 # How often an unversioned write retries above a newer version an owner holds.
 MAX_VERSION_RETRIES = 3
+LIFECYCLE_SLACK_SECS = 20.0  # ZooKeeper membership: start waits up to 15 s, a close up to 10 s
 # Least time between two epoch-triggered membership refreshes.
 REFRESH_INTERVAL_SECS = 0.25
 
@@ -576,10 +577,18 @@ class SyncClusterClient:
             target=self._loop.run_forever, name="pmcluster-client", daemon=True
         )
         self._thread.start()
-        self._timeout = 2 * config.request_timeout_secs + config.connect_timeout_secs + 1.0
+        # One call may take a first try plus MAX_VERSION_RETRIES (an unversioned write whose
+        # owners hold newer versions), each bounded by the request timeout.
+        self._timeout = (
+            (MAX_VERSION_RETRIES + 1) * config.request_timeout_secs
+            + config.connect_timeout_secs
+            + 1.0
+        )
+        # Starting and stopping may wait for ZooKeeper (session set-up, a clean close).
+        self._lifecycle_timeout = self._timeout + LIFECYCLE_SLACK_SECS
         self._closed = False
         try:
-            self._client = self._run(self._make(membership))
+            self._client = self._run(self._make(membership), self._lifecycle_timeout)
         except BaseException:
             self._stop_loop()
             raise
@@ -593,13 +602,14 @@ class SyncClusterClient:
             raise
         return client
 
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+    def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        limit = self._timeout if timeout is None else timeout
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
-            return future.result(self._timeout)
+            return future.result(limit)
         except FutureTimeout:
             future.cancel()
-            raise ClusterUnavailable(f"no answer within {self._timeout:.1f}s") from None
+            raise ClusterUnavailable(f"no answer within {limit:.1f}s") from None
 
     @property
     def stats(self) -> Counter[str]:
@@ -644,7 +654,7 @@ class SyncClusterClient:
             return
         self._closed = True
         try:
-            self._run(self._client.close())
+            self._run(self._client.close(), self._lifecycle_timeout)
         finally:
             self._stop_loop()
 
