@@ -8,19 +8,24 @@ keeps the replay cache on. The KDC is stopped by PID (k5test's own process handl
 
 `env` is what a process needs to use the realm (`KRB5_CONFIG`, a private `KRB5CCNAME`, ...);
 `apply_env()` installs it in this process for in-process clients and servers.
+`pacemaker_realm()` sets up what pmcluster's Kerberos tests share: server keytab and JAAS,
+user keytabs, a cluster secret, and the realm's environment for the block.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 from pmcluster.testing import HarnessError, free_port
 
-__all__ = ["KDC_TOOLS", "KerberosRealm", "missing_kdc_tools"]
+__all__ = ["KDC_TOOLS", "KerberosRealm", "PacemakerRealm", "missing_kdc_tools", "pacemaker_realm"]
 
 KDC_TOOLS = ("/usr/sbin/krb5kdc", "/usr/sbin/kdb5_util", "/usr/sbin/kadmin.local", "/usr/bin/kinit")
 
@@ -150,3 +155,73 @@ class KerberosRealm:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+@dataclass(frozen=True)
+class PacemakerRealm:
+    """A realm set up for pmcluster: `server_jaas` holds PacemakerServer (and, if asked,
+    PacemakerClient); every user has `<dir>/<user>.keytab`; `secret` signs cookies."""
+
+    kdc: KerberosRealm
+    dir: Path
+    server_jaas: Path
+    secret: Path
+
+    def keytab(self, who: str) -> str:
+        return str(self.dir / f"{who}.keytab")
+
+    def principal(self, who: str) -> str:
+        return f"{who}@{self.kdc.realm}"
+
+    def client_jaas(self, who: str) -> Path:
+        """Storm's client side: section PacemakerClient, a keytab login, service `pacemaker`."""
+        jaas = self.dir / f"{who}.jaas"
+        jaas.write_text(_client_section(self.keytab(who), self.principal(who)))
+        return jaas
+
+
+def _client_section(keytab: str, principal: str) -> str:
+    return (
+        "PacemakerClient {\n  com.sun.security.auth.module.Krb5LoginModule required\n"
+        f'  useKeyTab=true keyTab="{keytab}" storeKey=true doNotPrompt=true\n'
+        f'  principal="{principal}" serviceName="pacemaker";\n}};\n'
+    )
+
+
+@contextlib.contextmanager
+def pacemaker_realm(
+    workdir: Path,
+    hosts: Sequence[str],
+    users: Sequence[str],
+    *,
+    ccache: str,
+    server_client_user: str | None = None,
+) -> Iterator[PacemakerRealm]:
+    """A running realm with `pacemaker/<host>` for every host in one server keytab, a keytab
+    per user, and the realm's environment (credential cache `ccache`, never the user's own
+    tickets) installed in this process until the block ends. With `server_client_user`, the
+    server JAAS also has a PacemakerClient section logging in as that user."""
+    with KerberosRealm() as kdc:
+        server_keytab = workdir / "server.keytab"
+        for host in hosts:
+            kdc.add_principal(f"pacemaker/{host}", server_keytab)
+        for who in users:
+            kdc.add_principal(who, workdir / f"{who}.keytab")
+        realm = PacemakerRealm(kdc, workdir, workdir / "server.jaas", workdir / "cluster.secret")
+        server = (
+            "PacemakerServer {\n  com.sun.security.auth.module.Krb5LoginModule required\n"
+            f'  useKeyTab=true keyTab="{server_keytab}" storeKey=true\n'
+            f'  principal="pacemaker/_HOST@{kdc.realm}";\n}};\n'
+        )
+        if server_client_user is not None:
+            user = server_client_user
+            server += _client_section(realm.keytab(user), realm.principal(user))
+        realm.server_jaas.write_text(server)
+        realm.secret.write_bytes(os.urandom(32))
+        previous = kdc.apply_env()
+        previous.setdefault("KRB5CCNAME", os.environ.get("KRB5CCNAME"))
+        os.environ["KRB5CCNAME"] = ccache
+        try:
+            yield realm
+        finally:
+            KerberosRealm.restore_env(previous)

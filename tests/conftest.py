@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pmcluster.testing import ManagedZooKeeper, missing_zookeeper_jar
+from pmcluster.testing_kdc import missing_kdc_tools
 
 
 def require_zookeeper() -> None:
@@ -42,3 +43,14 @@ def private_zookeeper(tmp_path: Path) -> Iterator[ManagedZooKeeper]:
     require_zookeeper()
     with ManagedZooKeeper(tmp_path / "zk", tick_ms=200) as zk:
         yield zk
+
+
+@pytest.fixture(scope="session")
+def kdc_tools() -> None:
+    """Skip when the KDC tools or gssapi are missing, except in CI (CI=set): there, fail."""
+    missing = missing_kdc_tools()
+    if missing is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"Kerberos tests need {missing}")
+    pytest.skip(f"Kerberos tests need {missing}")

@@ -28,7 +28,7 @@ from pmcluster.config import Config, config_from_mapping
 from pmcluster.errors import NotAuthorized
 from pmcluster.node import make_app
 from pmcluster.testing import NodeCluster
-from pmcluster.testing_kdc import KerberosRealm, missing_kdc_tools
+from pmcluster.testing_kdc import PacemakerRealm, pacemaker_realm
 from pmcluster.transport import NodeTransport
 
 pytestmark = pytest.mark.integration
@@ -38,57 +38,18 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 HOSTS = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
 
 
-@dataclasses.dataclass
-class Realm:
-    kdc: KerberosRealm
-    dir: Path
-    server_jaas: Path  # PacemakerServer (+ PacemakerClient as nimbus): what a node uses
-    secret: Path
-
-    def client_jaas(self, who: str) -> Path:
-        path = self.dir / f"{who}.jaas"
-        path.write_text(
-            "PacemakerClient {\n  com.sun.security.auth.module.Krb5LoginModule required\n"
-            f'  useKeyTab=true keyTab="{self.dir / who}.keytab"\n'
-            f'  principal="{who}@{self.kdc.realm}" serviceName="pacemaker";\n}};\n'
-        )
-        return path
-
-
 @pytest.fixture(scope="module")
-def realm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Realm]:
-    missing = missing_kdc_tools()
-    if missing is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"Kerberos tests need {missing}")
-        pytest.skip(f"Kerberos tests need {missing}")
+def realm(kdc_tools: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PacemakerRealm]:
+    users = ("nimbus", "alice", "bob")
     workdir = tmp_path_factory.mktemp("krb")
-    with KerberosRealm() as kdc:
-        server_keytab = workdir / "server.keytab"
-        for host in HOSTS:
-            kdc.add_principal(f"pacemaker/{host}", server_keytab)
-        for who in ("nimbus", "alice", "bob"):
-            kdc.add_principal(who, workdir / f"{who}.keytab")
-        jaas = workdir / "server.jaas"
-        jaas.write_text(
-            "PacemakerServer {\n  com.sun.security.auth.module.Krb5LoginModule required\n"
-            f'  useKeyTab=true keyTab="{server_keytab}" storeKey=true\n'
-            f'  principal="pacemaker/_HOST@{kdc.realm}";\n}};\n'
-            "PacemakerClient {\n  com.sun.security.auth.module.Krb5LoginModule required\n"
-            f'  useKeyTab=true keyTab="{workdir}/nimbus.keytab"\n'
-            f'  principal="nimbus@{kdc.realm}" serviceName="pacemaker";\n}};\n'
-        )
-        secret = workdir / "cluster.secret"
-        secret.write_bytes(os.urandom(32))
-        previous = kdc.apply_env()
-        os.environ["KRB5CCNAME"] = "MEMORY:pmcluster-tests"  # never the user's own tickets
-        try:
-            yield Realm(kdc, workdir, jaas, secret)
-        finally:
-            KerberosRealm.restore_env(previous)
+    # The nodes' JAAS also logs in as nimbus (PacemakerClient): what a node uses to read.
+    with pacemaker_realm(
+        workdir, HOSTS, users, ccache="MEMORY:pmcluster-tests", server_client_user="nimbus"
+    ) as realm:
+        yield realm
 
 
-def node_config(realm: Realm, port: int = 6699, **changes: object) -> Config:
+def node_config(realm: PacemakerRealm, port: int = 6699, **changes: object) -> Config:
     config = Config(
         port=port,
         auth_method="KERBEROS",
@@ -100,7 +61,7 @@ def node_config(realm: Realm, port: int = 6699, **changes: object) -> Config:
     return dataclasses.replace(config, **changes)  # type: ignore[arg-type]
 
 
-def negotiate(realm: Realm, who: str, host: str = "127.0.0.1") -> str:
+def negotiate(realm: PacemakerRealm, who: str, host: str = "127.0.0.1") -> str:
     from pmcluster.auth.kerberos import KerberosInitiator
 
     initiator = KerberosInitiator(
@@ -111,7 +72,7 @@ def negotiate(realm: Realm, who: str, host: str = "127.0.0.1") -> str:
     return "Negotiate " + base64.b64encode(initiator.start(host).token).decode()
 
 
-async def test_spnego_matrix(aiohttp_client: AiohttpClient, realm: Realm) -> None:
+async def test_spnego_matrix(aiohttp_client: AiohttpClient, realm: PacemakerRealm) -> None:
     client = await aiohttp_client(make_app(node_config(realm)), cookie_jar=aiohttp.DummyCookieJar())
     assert (await client.put("/v1/pulse/wb/a", data=b"beat")).status == 204  # writes open
     # No credentials, or a forged forward: a Negotiate challenge.
@@ -154,7 +115,7 @@ async def test_spnego_matrix(aiohttp_client: AiohttpClient, realm: Realm) -> Non
 
 
 async def test_cookie_from_one_node_is_accepted_by_another(
-    aiohttp_client: AiohttpClient, realm: Realm
+    aiohttp_client: AiohttpClient, realm: PacemakerRealm
 ) -> None:
     node_a = await aiohttp_client(make_app(node_config(realm)), cookie_jar=aiohttp.DummyCookieJar())
     node_b = await aiohttp_client(
@@ -166,7 +127,9 @@ async def test_cookie_from_one_node_is_accepted_by_another(
     assert (await node_b.get("/v1/members", headers=cookie)).status == 200
 
 
-async def test_auth_writes_gates_writes(aiohttp_client: AiohttpClient, realm: Realm) -> None:
+async def test_auth_writes_gates_writes(
+    aiohttp_client: AiohttpClient, realm: PacemakerRealm
+) -> None:
     client = await aiohttp_client(
         make_app(node_config(realm, auth_writes=True)), cookie_jar=aiohttp.DummyCookieJar()
     )
@@ -178,7 +141,7 @@ async def test_auth_writes_gates_writes(aiohttp_client: AiohttpClient, realm: Re
 
 
 async def test_pmcluster_client_negotiates_once_then_uses_the_cookie(
-    aiohttp_client: AiohttpClient, realm: Realm
+    aiohttp_client: AiohttpClient, realm: PacemakerRealm
 ) -> None:
     statuses: Counter[int] = Counter()
     app = make_app(node_config(realm))
@@ -226,7 +189,7 @@ async def test_pmcluster_client_negotiates_once_then_uses_the_cookie(
 
 
 async def test_curl_negotiate_with_a_kinit_ticket(
-    aiohttp_client: AiohttpClient, realm: Realm, tmp_path: Path
+    aiohttp_client: AiohttpClient, realm: PacemakerRealm, tmp_path: Path
 ) -> None:
     if shutil.which("curl") is None:
         pytest.skip("curl not installed")
@@ -273,7 +236,9 @@ async def test_curl_negotiate_with_a_kinit_ticket(
     assert done.stdout == "401"
 
 
-def test_kerberos_cluster_nodes_authenticate_to_each_other(realm: Realm, tmp_path: Path) -> None:
+def test_kerberos_cluster_nodes_authenticate_to_each_other(
+    realm: PacemakerRealm, tmp_path: Path
+) -> None:
     # Nodes with PacemakerServer only: towards peers they use their own service key, and
     # peers authorize them by the service's short name ("pacemaker").
     server_only = tmp_path / "server-only.jaas"

@@ -11,7 +11,6 @@ import dataclasses
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -33,7 +32,7 @@ from pmcluster.storm.codec import HBServerMessageType as T
 from pmcluster.storm.frontend import storm_factory
 from pmcluster.storm.metrics import StormMetrics
 from pmcluster.storm.server import SharedSite
-from pmcluster.testing_kdc import KerberosRealm, missing_kdc_tools
+from pmcluster.testing_kdc import PacemakerRealm, pacemaker_realm
 
 pytestmark = pytest.mark.integration
 
@@ -41,47 +40,12 @@ HOST = "127.0.0.1"
 WAIT = 5.0
 
 
-@dataclasses.dataclass
-class Realm:
-    kdc: KerberosRealm
-    dir: Path
-    server_jaas: Path
-    secret: Path
-
-    def keytab(self, who: str) -> str:
-        return str(self.dir / f"{who}.keytab")
-
-    def principal(self, who: str) -> str:
-        return f"{who}@{self.kdc.realm}"
-
-
 @pytest.fixture(scope="module")
-def realm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Realm]:
-    missing = missing_kdc_tools()
-    if missing is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"Kerberos tests need {missing}")
-        pytest.skip(f"Kerberos tests need {missing}")
+def realm(kdc_tools: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PacemakerRealm]:
     workdir = tmp_path_factory.mktemp("storm-krb")
-    with KerberosRealm() as kdc:
-        server_keytab = workdir / "server.keytab"
-        kdc.add_principal(f"pacemaker/{HOST}", server_keytab)
-        for who in ("nimbus", "alice", "bob"):
-            kdc.add_principal(who, workdir / f"{who}.keytab")
-        jaas = workdir / "server.jaas"
-        jaas.write_text(
-            "PacemakerServer {\n  com.sun.security.auth.module.Krb5LoginModule required\n"
-            f'  useKeyTab=true keyTab="{server_keytab}" storeKey=true\n'
-            f'  principal="pacemaker/_HOST@{kdc.realm}";\n}};\n'
-        )
-        secret = workdir / "cluster.secret"
-        secret.write_bytes(os.urandom(32))
-        previous = kdc.apply_env()
-        os.environ["KRB5CCNAME"] = "MEMORY:pmcluster-storm-tests"  # never the user's tickets
-        try:
-            yield Realm(kdc, workdir, jaas, secret)
-        finally:
-            KerberosRealm.restore_env(previous)
+    users = ("nimbus", "alice", "bob")
+    with pacemaker_realm(workdir, [HOST], users, ccache="MEMORY:pmcluster-storm-tests") as realm:
+        yield realm
 
 
 @dataclasses.dataclass
@@ -92,7 +56,7 @@ class Node:
     def client(self) -> StormClient:
         return StormClient(HOST, self.port, timeout=WAIT)
 
-    async def authenticated(self, realm: Realm, who: str, **kwargs: str) -> StormClient:
+    async def authenticated(self, realm: PacemakerRealm, who: str, **kwargs: str) -> StormClient:
         client = self.client()
         await client.connect()
         try:
@@ -105,7 +69,7 @@ class Node:
         return client
 
 
-async def start_node(realm: Realm, **changes: object) -> AsyncIterator[Node]:
+async def start_node(realm: PacemakerRealm, **changes: object) -> AsyncIterator[Node]:
     config = Config(
         port=0,
         host=HOST,
@@ -130,7 +94,7 @@ async def start_node(realm: Realm, **changes: object) -> AsyncIterator[Node]:
 
 
 @pytest.fixture
-async def node(realm: Realm) -> AsyncIterator[Node]:
+async def node(realm: PacemakerRealm) -> AsyncIterator[Node]:
     async for started in start_node(realm):
         yield started
 
@@ -155,7 +119,9 @@ async def raw_exchange(port: int, frames: list[HBMessage]) -> list[HBMessage] | 
         writer.close()
 
 
-async def test_nimbus_and_kerberos_users_read_over_sasl_gssapi(realm: Realm, node: Node) -> None:
+async def test_nimbus_and_kerberos_users_read_over_sasl_gssapi(
+    realm: PacemakerRealm, node: Node
+) -> None:
     async with node.client() as worker:  # Storm's workers: no authentication, writes open
         await worker.send_pulse("/workerbeats/t1/w1", b"beat")
         with pytest.raises(NotAuthorized):
@@ -188,7 +154,7 @@ async def test_nimbus_and_kerberos_users_read_over_sasl_gssapi(realm: Realm, nod
     ids=["unauthorized-principal", "impersonation-unauthorized", "impersonation-authorized"],
 )
 async def test_other_principals_are_refused_and_read_nothing(
-    realm: Realm, node: Node, who: str, authzid: str
+    realm: PacemakerRealm, node: Node, who: str, authzid: str
 ) -> None:
     async with node.client() as worker:
         await worker.send_pulse("/workerbeats/t1/w1", b"beat")
@@ -209,7 +175,7 @@ async def test_other_principals_are_refused_and_read_nothing(
     assert node.metrics.auth_failed == 1 and node.metrics.auth_ok == 0
 
 
-async def test_auth_writes_refuses_unauthenticated_writes(realm: Realm) -> None:
+async def test_auth_writes_refuses_unauthenticated_writes(realm: PacemakerRealm) -> None:
     async for node in start_node(realm, auth_writes=True):
         async with node.client() as worker:
             with pytest.raises(NotAuthorized):
@@ -224,7 +190,7 @@ async def test_auth_writes_refuses_unauthenticated_writes(realm: Realm) -> None:
             await nimbus.close()
 
 
-async def test_bad_tokens_close_only_their_connection(realm: Realm, node: Node) -> None:
+async def test_bad_tokens_close_only_their_connection(realm: PacemakerRealm, node: Node) -> None:
     from pmcluster.auth.kerberos import KerberosInitiator
 
     async with node.client() as bystander:  # an open connection, untouched by the others
@@ -270,7 +236,7 @@ async def test_bad_tokens_close_only_their_connection(realm: Realm, node: Node) 
             await nimbus.close()
 
 
-async def test_server_frames_follow_rfc_4752(realm: Realm, node: Node) -> None:
+async def test_server_frames_follow_rfc_4752(realm: PacemakerRealm, node: Node) -> None:
     """The wire, by hand: AP-REP token, then the wrapped layer offer (none, size 0), then one
     CONTROL(-203) after the client's choice, and the connection reads."""
     from pmcluster.auth.kerberos import KerberosInitiator

@@ -25,7 +25,7 @@ from pmcluster.storm.client import StormClient
 from pmcluster.storm.frontend import storm_factory
 from pmcluster.storm.metrics import StormMetrics
 from pmcluster.storm.server import SharedSite
-from pmcluster.testing_kdc import KerberosRealm, missing_kdc_tools
+from pmcluster.testing_kdc import PacemakerRealm, pacemaker_realm
 
 pytestmark = pytest.mark.integration
 
@@ -52,30 +52,6 @@ def tool(name: str) -> str:
     return found
 
 
-@dataclasses.dataclass
-class Realm:
-    kdc: KerberosRealm
-    dir: Path
-    server_jaas: Path
-    secret: Path
-
-    def keytab(self, who: str) -> str:
-        return str(self.dir / f"{who}.keytab")
-
-    def principal(self, who: str) -> str:
-        return f"{who}@{self.kdc.realm}"
-
-    def client_jaas(self, who: str) -> Path:
-        """Storm's client side: section PacemakerClient, a keytab login, service `pacemaker`."""
-        jaas = self.dir / f"{who}.jaas"
-        jaas.write_text(
-            "PacemakerClient {\n  com.sun.security.auth.module.Krb5LoginModule required\n"
-            f'  useKeyTab=true keyTab="{self.keytab(who)}" storeKey=true doNotPrompt=true\n'
-            f'  principal="{self.principal(who)}" serviceName="pacemaker";\n}};\n'
-        )
-        return jaas
-
-
 @pytest.fixture
 def classes(tmp_path: Path) -> Path:
     """javac once: each `java File.java` run would compile the client again."""
@@ -90,29 +66,12 @@ def classes(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def realm(tmp_path: Path) -> Iterator[Realm]:
-    require(missing_kdc_tools())
+def realm(kdc_tools: None, tmp_path: Path) -> Iterator[PacemakerRealm]:
     workdir = tmp_path / "krb"
     workdir.mkdir()
-    with KerberosRealm() as kdc:
-        kdc.add_principal(f"pacemaker/{HOST}", workdir / "server.keytab")
-        for who in ("nimbus", "alice"):
-            kdc.add_principal(who, workdir / f"{who}.keytab")
-        jaas = workdir / "server.jaas"
-        jaas.write_text(
-            "PacemakerServer {\n  com.sun.security.auth.module.Krb5LoginModule required\n"
-            f'  useKeyTab=true keyTab="{workdir / "server.keytab"}" storeKey=true\n'
-            f'  principal="pacemaker/_HOST@{kdc.realm}";\n}};\n'
-        )
-        secret = workdir / "cluster.secret"
-        secret.write_bytes(os.urandom(32))
-        previous = kdc.apply_env()
-        previous.setdefault("KRB5CCNAME", os.environ.get("KRB5CCNAME"))
-        os.environ["KRB5CCNAME"] = "MEMORY:pmcluster-java-gssapi"  # never the user's tickets
-        try:
-            yield Realm(kdc, workdir, jaas, secret)
-        finally:
-            KerberosRealm.restore_env(previous)
+    users = ("nimbus", "alice")
+    with pacemaker_realm(workdir, [HOST], users, ccache="MEMORY:pmcluster-java-gssapi") as realm:
+        yield realm
 
 
 @dataclasses.dataclass
@@ -125,7 +84,7 @@ class Node:
 
 
 @pytest.fixture
-async def node(realm: Realm) -> AsyncIterator[Node]:
+async def node(realm: PacemakerRealm) -> AsyncIterator[Node]:
     """A node in this process serving the Storm protocol on its shared port."""
     app = make_app(
         Config(
@@ -151,7 +110,7 @@ async def node(realm: Realm) -> AsyncIterator[Node]:
 
 
 async def run_clients(
-    classes: Path, realm: Realm, port: int, runs: list[tuple[str, bool]]
+    classes: Path, realm: PacemakerRealm, port: int, runs: list[tuple[str, bool]]
 ) -> list[list[str]]:
     """Run one Java client per (principal, server_auth) at once; each one's output lines."""
     java = tool("java")
@@ -190,7 +149,7 @@ async def run_clients(
     return outputs
 
 
-async def test_jdk_gssapi_client(classes: Path, realm: Realm, node: Node) -> None:
+async def test_jdk_gssapi_client(classes: Path, realm: PacemakerRealm, node: Node) -> None:
     async with node.client() as worker:  # Storm's workers: no authentication, writes open
         await worker.send_pulse(PATH, BEAT)
         with pytest.raises(NotAuthorized):
