@@ -16,7 +16,6 @@ import contextlib
 import random
 import shutil
 import signal
-import socket
 import struct
 import sys
 import tempfile
@@ -30,7 +29,7 @@ import aiohttp
 
 from pmcluster.client import ClusterClient
 from pmcluster.config import Config
-from pmcluster.testing import HarnessError, NodeProcess, free_port_on_all
+from pmcluster.testing import HarnessError, NodeProcess, free_port_on_all, port_is_free
 
 HEADER = struct.Struct(">QQ")
 WORKER_TIMEOUT_SECS = 30.0
@@ -240,15 +239,6 @@ async def drive_load(
 
 def node_hosts(nodes: int) -> list[str]:
     return [f"127.0.0.{i + 1}" for i in range(nodes)]
-
-
-def port_is_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def choose_port(choice: str | int, hosts: list[str]) -> int:

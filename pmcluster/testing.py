@@ -76,12 +76,13 @@ def free_port_on_all(hosts: Sequence[str]) -> int:
     """A TCP port free on every one of `hosts` (for several nodes on 127.0.0.x, one port)."""
     for _ in range(50):
         port = free_port(hosts[0])
-        if all(_port_is_free(host, port) for host in hosts[1:]):
+        if all(port_is_free(host, port) for host in hosts[1:]):
             return port
     raise HarnessError(f"no common free port on {list(hosts)}")
 
 
-def _port_is_free(host: str, port: int) -> bool:
+def port_is_free(host: str, port: int) -> bool:
+    """Whether `port` can be bound on `host` right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((host, port))
