@@ -26,8 +26,8 @@ from pmcluster.cluster import cluster_ctx
 from pmcluster.config import Config
 from pmcluster.limits import ConnectionCap, raise_open_file_limit
 from pmcluster.node import BODY_TIMEOUT_FACTOR, METRICS_KEY, STATE_KEY, make_app
+from pmcluster.sharedport import SharedSite
 from pmcluster.storm.frontend import storm_factory
-from pmcluster.storm.server import SharedSite
 
 log = logging.getLogger("pmcluster.node")
 

@@ -18,6 +18,7 @@ from aiohttp import web
 from pmcluster.config import Config
 from pmcluster.errors import AuthError, NodeUnavailable, NotAuthorized
 from pmcluster.node import make_app
+from pmcluster.sharedport import SharedSite
 from pmcluster.storm.auth import (
     SASL_COMPLETE_REQUEST,
     SASL_TOKEN_MESSAGE_REQUEST,
@@ -31,7 +32,6 @@ from pmcluster.storm.codec import FrameDecoder, HBMessage, HBMessageData, encode
 from pmcluster.storm.codec import HBServerMessageType as T
 from pmcluster.storm.frontend import storm_factory
 from pmcluster.storm.metrics import StormMetrics
-from pmcluster.storm.server import SharedSite
 from pmcluster.testing_kdc import PacemakerRealm, pacemaker_realm
 
 pytestmark = pytest.mark.integration

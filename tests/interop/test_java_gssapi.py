@@ -21,10 +21,10 @@ from aiohttp import web
 from pmcluster.config import Config
 from pmcluster.errors import NotAuthorized
 from pmcluster.node import make_app
+from pmcluster.sharedport import SharedSite
 from pmcluster.storm.client import StormClient
 from pmcluster.storm.frontend import storm_factory
 from pmcluster.storm.metrics import StormMetrics
-from pmcluster.storm.server import SharedSite
 from pmcluster.testing_kdc import PacemakerRealm, pacemaker_realm
 
 pytestmark = pytest.mark.integration

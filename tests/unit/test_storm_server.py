@@ -14,6 +14,7 @@ from aiohttp import web
 
 from pmcluster.backend import LocalBackend
 from pmcluster.errors import NodeUnavailable, NotAuthorized, ProtocolError
+from pmcluster.sharedport import SharedSite, start_shared_server
 from pmcluster.store import Pulse, PulseStore
 from pmcluster.storm.client import StormClient
 from pmcluster.storm.codec import (
@@ -25,11 +26,7 @@ from pmcluster.storm.codec import (
 )
 from pmcluster.storm.codec import HBServerMessageType as T
 from pmcluster.storm.handler import StormHandler
-from pmcluster.storm.server import (
-    SharedSite,
-    StormConnection,
-    start_shared_server,
-)
+from pmcluster.storm.server import StormConnection
 
 HOST = "127.0.0.1"
 MAX_FRAME = 1 << 20
