@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 AUTH_METHODS = ("NONE", "DIGEST", "KERBEROS")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 STORM_READ_MODES = ("cluster", "local")
+EVENT_LOOPS = ("uvloop", "asyncio")  # pmcluster.event.loop: the node's event loop
 DEFAULT_STATE_STORE = "pmcluster.state.zookeeper_state_factory"
 
 
@@ -62,6 +63,7 @@ class Config:
     dns_refresh_secs: float = 30.0
     log_level: str = "INFO"
     storm_read_mode: str = "cluster"
+    event_loop: str = "uvloop"
     auth_writes: bool = False
     auth_nonce_secs: float = 300.0
     auth_cookie_secs: float = 3600.0
@@ -184,6 +186,11 @@ def _storm_read_mode(key: str, raw: Any) -> str:
     return value.lower()
 
 
+def _event_loop(key: str, raw: Any) -> str:
+    value: str = _choice(tuple(m.upper() for m in EVENT_LOOPS))(key, raw)
+    return value.lower()
+
+
 def _zk_root(key: str, raw: Any) -> str:
     value = _nonempty_str(key, raw)
     if not value.startswith("/"):
@@ -236,6 +243,7 @@ KEYS: dict[str, tuple[str, Parser]] = {
     "pmcluster.tls.ca": ("tls_ca", _optional(_nonempty_str)),
     "pmcluster.tls.verify": ("tls_verify", _bool),
     "pmcluster.storm.read.mode": ("storm_read_mode", _storm_read_mode),
+    "pmcluster.event.loop": ("event_loop", _event_loop),
 }
 
 # Keys that a shared storm.yaml carries for other daemons: accepted silently.

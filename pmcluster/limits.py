@@ -19,6 +19,7 @@ import logging
 import resource
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from aiohttp import web
 
@@ -91,22 +92,25 @@ def bind_store_metrics(metrics: Metrics, footprint: Callable[[], float], limit: 
 
 
 class ConnectionCap:
-    """Caps the open HTTP connections of an aiohttp `web.Server`; counts refusals.
+    """Caps a node's open client connections; counts refusals.
 
-    `install(server)` wraps the server's `connection_made` hook, which aiohttp calls for every
-    accepted connection (whatever site accepted it). A connection past the cap is answered
-    with a 503 JSON body and closed at once, before any request byte is read.
+    Two ways in: `install(server)` wraps an aiohttp `web.Server`'s `connection_made` hook
+    (the HTTPS site: aiohttp owns every connection); the shared HTTP+Storm port
+    (`pmcluster.sharedport`) instead counts every connection it accepted (`count_with`) and asks
+    `over_limit()` / `refuse()` on each connection's first byte. A connection past the cap is
+    answered with a 503 JSON body (HTTP) or just closed (Storm), before any request is read.
     """
 
     def __init__(self, limit: int, metrics: Metrics | None = None) -> None:
         self.limit = limit
         self.refused = 0
         self._server: web.Server | None = None
+        self._count: Callable[[], int] | None = None
         self._counter: CounterChild | None = None
         if metrics is not None:
             registry = metrics.registry
             registry.gauge(
-                "pmcluster_connections_open", "Open HTTP connections."
+                "pmcluster_connections_open", "Open client connections (HTTP and Storm)."
             ).labels().set_function(lambda: float(self.open))
             self._counter = registry.counter(
                 "pmcluster_connections_refused_total",
@@ -131,8 +135,18 @@ class ConnectionCap:
 
     @property
     def open(self) -> int:
-        """HTTP connections open right now."""
+        """Connections open right now."""
+        if self._count is not None:
+            return self._count()
         return 0 if self._server is None else len(self._server.connections)
+
+    def count_with(self, count: Callable[[], int]) -> None:
+        """Take the open-connection count from `count` (the shared port's own tally)."""
+        self._count = count
+
+    def over_limit(self) -> bool:
+        """True when more connections are open than the cap allows (the newest included)."""
+        return self.open > self.limit
 
     def install(self, server: web.Server) -> None:
         """Start capping `server`'s connections (call once, after `runner.setup()`)."""
@@ -142,12 +156,13 @@ class ConnectionCap:
         def connection_made(handler: web.RequestHandler, transport: asyncio.Transport) -> None:
             admit(handler, transport)
             if len(server.connections) > self.limit:
-                self._refuse(transport)
+                self.refuse(transport)
 
         # An instance attribute shadows the method: aiohttp calls `self._manager.connection_made`.
         setattr(server, "connection_made", connection_made)  # noqa: B010
 
-    def _refuse(self, transport: asyncio.Transport) -> None:
+    def refuse(self, transport: asyncio.BaseTransport, *, http: bool = True) -> None:
+        """Turn this connection away: a 503 for HTTP, a plain close otherwise."""
         self.refused += 1
         if self._counter is not None:
             self._counter.inc()
@@ -173,6 +188,7 @@ class ConnectionCap:
             "Connection: close\r\n\r\n"
         ).encode()
         try:
-            transport.write(head + body)
+            if http:  # (uvloop's transports do not subclass asyncio.WriteTransport)
+                cast(asyncio.WriteTransport, transport).write(head + body)
         finally:
             transport.close()

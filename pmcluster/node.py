@@ -132,7 +132,11 @@ def _remainder(request: web.Request, prefix: str) -> str:
 
 def _key_path(request: web.Request, prefix: str) -> str:
     """A path naming one key: the root and the empty path are refused."""
-    raw = _remainder(request, prefix)
+    return key_path(_remainder(request, prefix), prefix)
+
+
+def key_path(raw: str, prefix: str) -> str:
+    """The key named by `raw`, the percent-encoded remainder of a target after `prefix`."""
     if not raw:
         raise InvalidPath("empty path: a key path is required after " + prefix)
     path = paths.from_url(raw)  # decoded and normalised
@@ -148,8 +152,11 @@ def _tree_path(request: web.Request, prefix: str) -> str:
 
 
 def _version(request: web.Request) -> int | None:
+    return parse_version(request.headers.get(VERSION_HEADER))
+
+
+def parse_version(raw: str | None) -> int | None:
     """`X-Pulse-Version` as a non-negative i64; absent or 0 means "now" (store's clock)."""
-    raw = request.headers.get(VERSION_HEADER)
     if raw is None:
         return None
     text = raw.strip()

@@ -5,6 +5,11 @@ frame starts with 0x00 (its length is < 16 MiB), an HTTP request never does. The
 protocol then hands the transport to the chosen protocol with `transport.set_protocol`, so
 every later callback (data, EOF, flow control, connection_lost) goes straight to it.
 `SharedSite` registers that listener with an aiohttp runner like any site.
+
+Every connection the listener accepts counts against `pmcluster.max.connections`, whichever
+protocol it speaks: past the cap, an HTTP connection is answered 503 and closed, a Storm one is
+closed (Storm's client then tries its next server). HTTP connections start on the fast path
+(`pmcluster.fasthttp`) when the site is given one, and move to aiohttp when a request needs it.
 """
 
 from __future__ import annotations
@@ -12,11 +17,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Callable
 from typing import cast
 
 from aiohttp import web
 
+from pmcluster.fasthttp import FastHttpConnection, FastPath, HttpFactory
+from pmcluster.limits import ConnectionCap
 from pmcluster.storm.server import StormConnection, StormFactory
 
 __all__ = [
@@ -32,8 +38,6 @@ log = logging.getLogger(__name__)
 
 SNIFF_TIMEOUT_SECS = 75.0  # a connection that sends nothing at all is closed (aiohttp's keep-alive)
 
-HttpFactory = Callable[[], asyncio.Protocol]
-
 
 class SniffingProtocol(asyncio.Protocol):
     """The first protocol of every connection on the shared port: picks HTTP or Storm by the
@@ -44,15 +48,22 @@ class SniffingProtocol(asyncio.Protocol):
         http_factory: HttpFactory,
         storm_factory: StormFactory,
         sniff_timeout: float | None = SNIFF_TIMEOUT_SECS,
+        *,
+        cap: ConnectionCap | None = None,
+        accepted: weakref.WeakSet[asyncio.BaseTransport] | None = None,
     ) -> None:
         self._http_factory = http_factory
         self._storm_factory = storm_factory
         self._sniff_timeout = sniff_timeout
+        self._cap = cap
+        self._accepted = accepted
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        if self._accepted is not None:
+            self._accepted.add(transport)
         if self._sniff_timeout is not None:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self._sniff_timeout, self._transport.close)
@@ -62,7 +73,11 @@ class SniffingProtocol(asyncio.Protocol):
         if not data or transport is None:
             return
         self._cancel_timer()
-        inner: asyncio.Protocol = self._storm_factory() if data[0] == 0 else self._http_factory()
+        storm = data[0] == 0
+        if self._cap is not None and self._cap.over_limit():
+            self._cap.refuse(transport, http=not storm)
+            return
+        inner: asyncio.Protocol = self._storm_factory() if storm else self._http_factory()
         transport.set_protocol(inner)
         inner.connection_made(transport)
         inner.data_received(data)
@@ -80,25 +95,43 @@ class SniffingProtocol(asyncio.Protocol):
 
 
 class SharedServer:
-    """The listening socket of `start_shared_server` and the Storm connections it accepted.
+    """The listening socket of `start_shared_server` and the connections it accepted.
 
-    HTTP connections belong to aiohttp: its runner's `cleanup()` shuts them down.
+    Storm connections and HTTP connections still on the fast path are this server's to close;
+    HTTP connections handed to aiohttp belong to aiohttp: its runner's `cleanup()` shuts them
+    down.
     """
 
-    def __init__(self, server: asyncio.Server, storm: weakref.WeakSet[StormConnection]) -> None:
+    def __init__(
+        self,
+        server: asyncio.Server,
+        storm: weakref.WeakSet[StormConnection],
+        fast: weakref.WeakSet[FastHttpConnection] | None = None,
+        accepted: weakref.WeakSet[asyncio.BaseTransport] | None = None,
+    ) -> None:
         self.server = server
         self._storm = storm
+        self._fast = fast if fast is not None else weakref.WeakSet()
+        self._accepted = accepted if accepted is not None else weakref.WeakSet()
         self.port = int(server.sockets[0].getsockname()[1])  # kept: readable after close()
 
     @property
     def storm_connections(self) -> list[StormConnection]:
         return [conn for conn in self._storm if not conn.is_closed]
 
+    @property
+    def open_connections(self) -> int:
+        """Connections accepted here and not closed yet, whatever their protocol."""
+        return sum(1 for transport in list(self._accepted) if not transport.is_closing())
+
     def close(self) -> None:
-        """Stop accepting; Storm connections finish what they received, then close."""
+        """Stop accepting; Storm connections finish what they received, then close; idle
+        fast-path HTTP connections close (a request still arriving goes to aiohttp)."""
         self.server.close()
         for conn in self.storm_connections:
             conn.shutdown()
+        for fast in list(self._fast):
+            fast.shutdown()
 
     def abort(self) -> None:
         """Drop every Storm connection at once (after `close`, when draining takes too long)."""
@@ -119,27 +152,49 @@ async def start_shared_server(
     *,
     backlog: int = 128,
     sniff_timeout: float | None = SNIFF_TIMEOUT_SECS,
+    fast_path: FastPath | None = None,
+    cap: ConnectionCap | None = None,
 ) -> SharedServer:
     """Listen on host:port for both HTTP and Storm frames.
 
     `aiohttp_app_handler_factory` is the runner's `web.Server` (`runner.server`): calling it
     makes aiohttp's per-connection `RequestHandler`. `storm_factory` makes a `StormConnection`.
+    With `fast_path`, HTTP connections start on it (`FastHttpConnection`) and reach aiohttp
+    only when a request needs it. With `cap`, every accepted connection counts against it.
     """
     storm: weakref.WeakSet[StormConnection] = weakref.WeakSet()
+    fast: weakref.WeakSet[FastHttpConnection] = weakref.WeakSet()
+    accepted: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
 
     def make_storm() -> StormConnection:
         conn = storm_factory()
         storm.add(conn)
         return conn
 
+    http_factory = aiohttp_app_handler_factory
+    if fast_path is not None:
+        path = fast_path
+
+        def make_fast() -> asyncio.Protocol:
+            conn = FastHttpConnection(path, aiohttp_app_handler_factory)
+            fast.add(conn)
+            return conn
+
+        http_factory = make_fast
+
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: SniffingProtocol(aiohttp_app_handler_factory, make_storm, sniff_timeout),
+        lambda: SniffingProtocol(
+            http_factory, make_storm, sniff_timeout, cap=cap, accepted=accepted
+        ),
         host,
         port,
         backlog=backlog,
     )
-    return SharedServer(server, storm)
+    shared = SharedServer(server, storm, fast, accepted)
+    if cap is not None:
+        cap.count_with(lambda: shared.open_connections)
+    return shared
 
 
 class SharedSite(web.BaseSite):
@@ -150,7 +205,15 @@ class SharedSite(web.BaseSite):
     `drain_timeout` seconds before dropping them.
     """
 
-    __slots__ = ("_drain_timeout", "_host", "_port", "_shared", "_storm_factory")
+    __slots__ = (
+        "_cap",
+        "_drain_timeout",
+        "_fast_path",
+        "_host",
+        "_port",
+        "_shared",
+        "_storm_factory",
+    )
 
     def __init__(
         self,
@@ -161,12 +224,16 @@ class SharedSite(web.BaseSite):
         *,
         backlog: int = 128,
         drain_timeout: float = 5.0,
+        fast_path: FastPath | None = None,
+        cap: ConnectionCap | None = None,
     ) -> None:
         super().__init__(runner, backlog=backlog)
         self._host = host
         self._port = port
         self._storm_factory = storm_factory
         self._drain_timeout = drain_timeout
+        self._fast_path = fast_path
+        self._cap = cap
         self._shared: SharedServer | None = None
 
     @property
@@ -183,7 +250,13 @@ class SharedSite(web.BaseSite):
         http = self._runner.server
         assert http is not None
         self._shared = await start_shared_server(
-            self._host, self._port, http, self._storm_factory, backlog=self._backlog
+            self._host,
+            self._port,
+            http,
+            self._storm_factory,
+            backlog=self._backlog,
+            fast_path=self._fast_path,
+            cap=self._cap,
         )
         self._server = self._shared.server
 

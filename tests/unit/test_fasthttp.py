@@ -1,0 +1,374 @@
+"""The HTTP fast path (`pmcluster.fasthttp`): forwarded heartbeat writes and reads answered
+without aiohttp, everything else handed to aiohttp on the same connection.
+
+A node's app is served twice, on the shared port with and without the fast path; the same
+requests must get the same answers (status, body, the headers clients read) and leave the same
+store. Raw sockets drive pipelining, split bodies, stalls and hand-over mid-connection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+from aiohttp import web
+
+from pmcluster import fasthttp, pulsecodec
+from pmcluster.config import Config
+from pmcluster.fasthttp import FastPath, parse_head
+from pmcluster.limits import ConnectionCap
+from pmcluster.metrics import Metrics
+from pmcluster.node import LOCAL_BACKEND_KEY, METRICS_KEY, STATE_KEY, STORE_KEY, make_app
+from pmcluster.sharedport import SharedServer, start_shared_server
+from pmcluster.store import PulseStore
+from pmcluster.storm.codec import HBMessage, HBMessageData, HBPulse, encode_frame
+from pmcluster.storm.codec import HBServerMessageType as T
+from pmcluster.storm.handler import StormHandler
+from pmcluster.storm.server import StormConnection
+
+HOST = "127.0.0.1"
+WAIT = 5.0
+FWD = b"X-Pmcluster-Forwarded: 1\r\n"
+
+
+@dataclass
+class Served:
+    app: web.Application
+    shared: SharedServer
+    runner: web.AppRunner
+
+    @property
+    def port(self) -> int:
+        return self.shared.port
+
+    @property
+    def store(self) -> PulseStore:
+        return self.app[STORE_KEY]
+
+
+async def serve(config: Config, *, fast: bool, cap: ConnectionCap | None = None) -> Served:
+    app = make_app(config)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    assert runner.server is not None
+    path = FastPath(config, app[STATE_KEY], app[LOCAL_BACKEND_KEY], app[METRICS_KEY])
+    handler = StormHandler(app[LOCAL_BACKEND_KEY])
+    shared = await start_shared_server(
+        HOST,
+        0,
+        runner.server,
+        lambda: StormConnection(handler),
+        fast_path=path if fast else None,
+        cap=cap,
+    )
+    return Served(app, shared, runner)
+
+
+async def stop(served: Served) -> None:
+    served.shared.close()
+    await asyncio.wait_for(served.shared.wait_closed(), WAIT)
+    await served.runner.cleanup()
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[Served, Served]]:
+    """The same node twice: with the fast path, and aiohttp alone."""
+    config = Config(max_message_size=4096)
+    fast, slow = await serve(config, fast=True), await serve(config, fast=False)
+    yield fast, slow
+    await stop(fast)
+    await stop(slow)
+
+
+@pytest.fixture
+async def node() -> AsyncIterator[Served]:
+    served = await serve(Config(max_message_size=4096), fast=True)
+    yield served
+    await stop(served)
+
+
+def put(path: str, body: bytes, extra: bytes = FWD) -> bytes:
+    return (
+        f"PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n".encode()
+        + extra
+        + b"\r\n"
+        + body
+    )
+
+
+def get(path: str, extra: bytes = FWD) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: x\r\n".encode() + extra + b"\r\n"
+
+
+def batch(entries: list[tuple[str, bytes, int]], extra: bytes = FWD) -> bytes:
+    body = pulsecodec.encode(entries)
+    return (
+        f"POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n".encode()
+        + extra
+        + b"\r\n"
+        + body
+    )
+
+
+Answer = tuple[int, dict[str, str], bytes]
+
+
+async def read_response(reader: asyncio.StreamReader) -> Answer:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
+    length = int(headers.get("content-length", "0"))
+    body = await asyncio.wait_for(reader.readexactly(length), WAIT) if length else b""
+    return status, headers, body
+
+
+async def exchange(
+    port: int, *requests: bytes, split: int | None = None
+) -> list[tuple[int, dict[str, str], bytes]]:
+    """Send `requests` pipelined on one connection (optionally in `split`-byte pieces)."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        data = b"".join(requests)
+        if split is None:
+            writer.write(data)
+        else:
+            for i in range(0, len(data), split):
+                writer.write(data[i : i + split])
+                await writer.drain()
+                await asyncio.sleep(0)
+        return [await read_response(reader) for _ in requests]
+    finally:
+        writer.close()
+
+
+def comparable(
+    answer: tuple[int, dict[str, str], bytes],
+) -> tuple[int, str | None, str | None, bool, bytes]:
+    """What a client relies on: status, content type, version/held headers, node header, body."""
+    status, headers, body = answer
+    version = headers.get("x-pulse-version")
+    held = headers.get("x-pulse-held")
+    return (
+        status,
+        headers.get("content-type"),
+        "version" if version else ("held" if held else None),
+        "x-pmcluster-node" in headers and "x-pmcluster-epoch" in headers,
+        body,  # (version numbers themselves differ between the two stores)
+    )
+
+
+# --- parsing -----------------------------------------------------------------------------
+
+
+def test_parse_head_accepts_plain_http11() -> None:
+    parsed = parse_head(b"PUT /v1/pulse/a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n" + FWD[:-2])
+    assert parsed is not None
+    method, target, headers = parsed
+    assert (method, target) == (b"PUT", b"/v1/pulse/a")
+    assert headers[b"content-length"] == b"3"
+    assert headers[b"x-pmcluster-forwarded"] == b"1"
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"PUT /v1/pulse/a HTTP/1.0\r\nHost: x",  # not HTTP/1.1
+        b"PUT  /v1/pulse/a HTTP/1.1\r\nHost: x",  # two spaces
+        b"PUT /v1/pulse/a?x=1 HTTP/1.1\r\nHost: x",  # query string
+        b"PUT http://h/v1/pulse/a HTTP/1.1\r\nHost: x",  # absolute form
+        b"PUT /v1/pulse/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked",
+        b"PUT /v1/pulse/a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue",
+        b"PUT /v1/pulse/a HTTP/1.1\r\nHost: x\r\nConnection: close",
+        b"PUT /v1/pulse/a HTTP/1.1\r\nHost: x\r\nAuthorization: Digest x",
+        b"PUT /v1/pulse/a HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2",  # duplicate
+        b"PUT /v1/pulse/a HTTP/1.1\r\nHost : x",  # space before the colon
+        b"PUT /v1/pulse/a HTTP/1.1\r\nHost x",  # no colon
+        b"PUT /v1/pulse/a HTTP/1.1\r\n folded: x",  # obsolete line folding
+        b"PUT /v1/pulse/a HTTP/1.1\r\nHost: x\x00y",  # a control byte
+        b"PUT /v1/pulse/\xc3\xa9 HTTP/1.1\r\nHost: x",  # a non-ASCII byte
+    ],
+)
+def test_parse_head_leaves_anything_unusual_to_aiohttp(head: bytes) -> None:
+    assert parse_head(head) is None
+
+
+# --- same answers as aiohttp ----------------------------------------------------------------
+
+
+async def test_fast_answers_match_aiohttp_and_store_the_same(pair: tuple[Served, Served]) -> None:
+    fast, slow = pair
+    requests = [
+        put("/v1/pulse/workerbeats/t1/n-1", b"one"),
+        put("/v1/pulse/workerbeats/t1/n-2", b""),  # empty value
+        put("/v1/pulse/workerbeats/t%2F2/n-3", b"enc"),  # an encoded slash inside a name
+        put("/v1/pulse/workerbeats/t1/n-1", b"old", FWD + b"X-Pulse-Version: 5\r\n"),  # loses
+        get("/v1/pulse/workerbeats/t1/n-1"),
+        get("/v1/pulse/workerbeats/t%2F2/n-3"),
+        get("/v1/pulse/workerbeats/none"),  # a miss: aiohttp's 404
+        batch([("/b/x", b"bx", 0), ("/b/y", b"by", 7)]),
+        get("/v1/pulse/b/y"),
+        put("/v1/pulse/", b"root"),  # no key: 400
+        put("/v1/pulse/a/../b", b"dots"),  # invalid path: 400
+        put("/v1/pulse/a", b"v", FWD + b"X-Pulse-Version: -3\r\n"),  # bad version: 400
+        batch([("relative", b"r", 0)]),  # invalid batch entry: 400
+        put("/v1/pulse/big", b"x" * 5000),  # over pacemaker.thrift.message.size.max: 413
+    ]
+    for request in requests:
+        (f_answer,) = await exchange(fast.port, request)
+        (s_answer,) = await exchange(slow.port, request)
+        assert comparable(f_answer) == comparable(s_answer), request[:60]
+
+    def contents(store: PulseStore) -> list[tuple[str, bytes]]:
+        return [(p.path, p.data) for p in store.get_all_pulse_for_path("/")]
+
+    assert contents(fast.store) == contents(slow.store)
+    for store in (fast.store, slow.store):
+        assert sorted(store.get_all_nodes_for_path("/workerbeats")) == ["t", "t1"]
+        assert store.get_pulse("/workerbeats/t1/n-1").data == b"one"  # type: ignore[union-attr]
+        assert store.get_pulse("/b/y").version == 7  # type: ignore[union-attr]
+        assert store.get_pulse("/big") is None and store.get_pulse("/a") is None
+    fast_metrics, slow_metrics = fast.app[METRICS_KEY].render(), slow.app[METRICS_KEY].render()
+    for line in slow_metrics.splitlines():  # Storm's pacemaker_* counters agree
+        if line.startswith("pacemaker_") and "_count" not in line and "bucket" not in line:
+            assert line in fast_metrics.splitlines()
+
+
+async def test_unforwarded_and_other_routes_go_to_aiohttp(node: Served) -> None:
+    answers = await exchange(
+        node.port,
+        put("/v1/pulse/p", b"plain", extra=b""),  # a plain client write: coordinated
+        get("/health", extra=b""),
+        put("/v1/pulse/q", b"fwd"),  # after the hand-over, aiohttp answers this one too
+    )
+    assert [a[0] for a in answers] == [204, 200, 204]
+    assert json.loads(answers[1][2])["status"] == "ok"
+    assert node.store.get_pulse("/p").data == b"plain"  # type: ignore[union-attr]
+    assert node.store.get_pulse("/q").data == b"fwd"  # type: ignore[union-attr]
+
+
+async def test_pipelined_and_split_requests_answer_in_order(node: Served) -> None:
+    rng = random.Random(7)
+    requests, expected = [], []
+    for i in range(60):
+        value = rng.randbytes(rng.randrange(0, 300))
+        requests.append(put(f"/v1/pulse/w/t/n-{i}", value))
+        expected.append(value)
+    requests.append(get("/v1/pulse/w/t/n-3"))
+    for split in (None, 1, 7, 1000):
+        answers = await exchange(node.port, *requests, split=split)
+        assert [a[0] for a in answers] == [204] * 60 + [200]
+        assert answers[-1][2] == expected[3]
+    for i, value in enumerate(expected):
+        assert node.store.get_pulse(f"/w/t/n-{i}").data == value  # type: ignore[union-attr]
+
+
+async def test_a_bad_request_mid_pipeline_gets_aiohttps_error_and_the_rest_are_served(
+    node: Served,
+) -> None:
+    answers = await exchange(
+        node.port,
+        put("/v1/pulse/ok/1", b"1"),
+        put("/v1/pulse/bad/../x", b"2"),
+        put("/v1/pulse/ok/3", b"3"),
+    )
+    assert [a[0] for a in answers] == [204, 400, 204]
+    assert json.loads(answers[1][2])["error"] == "invalid_path"
+    assert node.store.get_all_nodes_for_path("/ok") == ["1", "3"]
+    assert node.store.get_all_nodes_for_path("/bad") == []
+
+
+async def test_a_stalled_body_is_handed_to_aiohttp_and_completes(
+    node: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fasthttp, "STALL_SECS", 0.05)
+    request = put("/v1/pulse/slow/1", b"x" * 1000)
+    reader, writer = await asyncio.open_connection(HOST, node.port)
+    try:
+        writer.write(request[:-500])
+        await asyncio.sleep(0.2)  # past the stall: aiohttp owns the connection now
+        writer.write(request[-500:] + put("/v1/pulse/slow/2", b"y"))
+        assert (await read_response(reader))[0] == 204
+        assert (await read_response(reader))[0] == 204
+    finally:
+        writer.close()
+    assert node.store.get_pulse("/slow/1").data == b"x" * 1000  # type: ignore[union-attr]
+    assert node.store.get_pulse("/slow/2").data == b"y"  # type: ignore[union-attr]
+
+
+async def test_a_full_store_is_answered_507_by_aiohttp_and_keeps_its_data() -> None:
+    served = await serve(Config(memory_max_bytes=64 * 1024), fast=True)
+    try:
+        served.store.send_pulse("/keep", b"k" * 40000)
+        (answer,) = await exchange(served.port, put("/v1/pulse/huge", b"x" * 40000))
+        assert answer[0] == 507
+        assert json.loads(answer[2])["error"] == "insufficient_storage"
+        assert served.store.get_pulse("/huge") is None
+        assert served.store.get_pulse("/keep").data == b"k" * 40000  # type: ignore[union-attr]
+    finally:
+        await stop(served)
+
+
+async def test_draining_node_answers_through_aiohttp_with_connection_close(node: Served) -> None:
+    node.app[STATE_KEY].draining = True
+    (answer,) = await exchange(node.port, put("/v1/pulse/d", b"d"))
+    assert answer[0] == 204
+    assert answer[1].get("connection", "").lower() == "close"
+    assert node.store.get_pulse("/d").data == b"d"  # type: ignore[union-attr]
+
+
+async def test_close_shuts_idle_fast_connections(node: Served) -> None:
+    reader, writer = await asyncio.open_connection(HOST, node.port)
+    writer.write(put("/v1/pulse/i", b"i"))
+    assert (await read_response(reader))[0] == 204
+    node.shared.close()
+    assert await asyncio.wait_for(reader.read(), WAIT) == b""  # closed by the node
+    writer.close()
+
+
+async def test_idle_connections_are_closed_after_the_keep_alive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(fasthttp, "IDLE_SECS", 0.1)
+    served = await serve(Config(), fast=True)
+    try:
+        reader, writer = await asyncio.open_connection(HOST, served.port)
+        writer.write(put("/v1/pulse/k", b"k"))
+        assert (await read_response(reader))[0] == 204
+        assert await asyncio.wait_for(reader.read(), WAIT) == b""
+        writer.close()
+    finally:
+        await stop(served)
+
+
+async def test_connection_cap_counts_http_and_storm_connections() -> None:
+    metrics = Metrics()
+    cap = ConnectionCap(2, metrics)
+    served = await serve(Config(), fast=True, cap=cap)
+    try:
+        first = await asyncio.open_connection(HOST, served.port)
+        first[1].write(put("/v1/pulse/c", b"c"))
+        assert (await read_response(first[0]))[0] == 204
+        storm = await asyncio.open_connection(HOST, served.port)
+        frame = encode_frame(HBMessage(T.SEND_PULSE, HBMessageData(pulse=HBPulse("/s", b"s")), 1))
+        storm[1].write(frame)
+        assert len(await asyncio.wait_for(storm[0].read(4), WAIT)) == 4  # a reply frame
+        assert cap.open == 2
+        third = await asyncio.open_connection(HOST, served.port)
+        third[1].write(put("/v1/pulse/c3", b"c"))
+        status, _, body = await read_response(third[0])
+        assert status == 503 and json.loads(body)["error"] == "service_unavailable"
+        fourth = await asyncio.open_connection(HOST, served.port)
+        fourth[1].write(frame)  # a Storm client past the cap: closed, no reply
+        assert await asyncio.wait_for(fourth[0].read(), WAIT) == b""
+        assert cap.refused == 2
+        assert served.store.get_pulse("/c3") is None
+        first[1].write(put("/v1/pulse/c", b"again"))  # the admitted ones keep working
+        assert (await read_response(first[0]))[0] == 204
+        for _, writer in (first, storm, third, fourth):
+            writer.close()
+    finally:
+        await stop(served)
