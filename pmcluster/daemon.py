@@ -141,8 +141,8 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
 
 
 def event_loop_factory(config: Config) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """`pmcluster.event.loop`: uvloop (libuv; measured ≈ 10–25 % less CPU per request than
-    asyncio's own loop, docs/benchmarks.md) or asyncio's default loop (None)."""
+    """`pmcluster.event.loop`: uvloop (libuv) or asyncio's default loop (None); the measured
+    difference is in docs/benchmarks.md."""
     if config.event_loop == "uvloop":
         import uvloop
 
