@@ -112,11 +112,25 @@ def decode(
                 f"({end - path_end} of 12 bytes)"
             )
         try:
-            path = normalize_key(body[offset:path_end].decode("utf-8"))
+            path = body[offset:path_end].decode()
         except UnicodeDecodeError as exc:
             raise InvalidRequest(f"entry {index}: path is not valid UTF-8 ({exc.reason})") from None
-        except InvalidPath as exc:
-            raise InvalidRequest(f"entry {index}: {exc}") from None
+        # What `normalize_key` accepts unchanged, checked inline (the call costs more than the
+        # checks): starts with "/", no trailing "/" (so not the root), no empty, "." or ".."
+        # component, no NUL; decoded UTF-8 is always encodable. Anything else, such as a
+        # trailing "/" to strip or a component starting with ".", takes the full check.
+        if not (
+            path_len
+            and path[0] == "/"
+            and path[-1] != "/"
+            and "//" not in path
+            and "/." not in path
+            and "\x00" not in path
+        ):
+            try:
+                path = normalize_key(path)
+            except InvalidPath as exc:
+                raise InvalidRequest(f"entry {index}: {exc}") from None
         version, data_len = unpack_version_len(body, path_end)
         if version < 0:
             raise InvalidRequest(f"entry {index}: negative version {version}")

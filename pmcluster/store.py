@@ -1,15 +1,25 @@
 """The in-memory heartbeat store: Storm Pacemaker's eight operations, plus versions and tombstones.
 
-Layout: a trie of path components. Each `_Node` holds its children (a dict, `None` for a
-leaf), the key's value if the path is a key, the number of keys at or below it (`n`), the
-newest value version at or below it (`maxv`) and its tombstones, if any. Costs:
+Layout: a trie of path components (`pmcluster.storetrie.Node`: children, the key's value, the
+number of keys at or below it, the newest value version at or below it, tombstones), plus a
+*parents index*: the path of every trie node that has children -> its root-to-node chain. A
+key `/a/b/c` is then found without walking the trie: `rpartition("/")` gives `/a/b` and `c`,
+one lookup gives the chain, a second the leaf among its children. The index has one entry
+per interior node (about one per topology for Storm's paths), so it costs next to no memory,
+unlike a full-path index (measured: ~136 B per key more RSS). Costs:
 
-- point operations (`send_pulse`, `get_pulse`, `exists`, `delete_pulse_id`,
-  `tombstone_version`): O(depth);
+- point operations (`send_pulse`, `get_pulse`, `exists`) on an existing key: two dict
+  lookups, plus O(depth) only for the ancestors whose newest version a write raises; new
+  keys, `delete_pulse_id`, `tombstone_version`: O(depth);
 - `get_all_nodes_for_path`, `children_versions`: O(children of the path) (plus sorting);
 - `get_all_pulse_for_path`, `delete_path`: O(size of the subtree), never a scan of all keys;
 - housekeeping: every operation first drops what is due (expired tombstones from a heap,
   keys past their TTL from a write-ordered dict), amortised O(depth) per dropped item.
+
+A rewrite of an existing key checks no tombstones, because no live tombstone covering a
+stored value is as new as it: a delete removes every value it covers, and a write is only
+taken when newer than every tombstone covering it. So "newer than the stored value" implies
+"newer than its tombstones".
 
 Trie nodes with no key at or below them and no tombstones on them are pruned, so a deleted
 or expired subtree leaves nothing behind. Measured overhead (scripts/bench_store.py): about
@@ -34,11 +44,21 @@ from __future__ import annotations
 import heapq
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pmcluster.errors import InsufficientStorage, InvalidPath, InvalidRequest
 from pmcluster.paths import normalize, normalize_key
+from pmcluster.storetrie import (
+    Node,
+    Tomb,
+    components,
+    covering_tree_tomb,
+    iter_subtree,
+    parent_key,
+    refresh_maxv,
+)
 
 __all__ = ["KEY_OVERHEAD_BYTES", "Pulse", "PulseStore"]
 
@@ -59,44 +79,20 @@ class Pulse:
     version: int
 
 
-class _Tomb:
-    """Tombstones on one trie node: of the exact key, and of the whole subtree (0 = none)."""
-
-    __slots__ = ("key_expiry", "key_version", "tree_expiry", "tree_version")
-
-    def __init__(self) -> None:
-        self.key_version = 0
-        self.key_expiry = 0
-        self.tree_version = 0
-        self.tree_expiry = 0
+_new_object = object.__new__
+_set_path: Any = vars(Pulse)["path"].__set__
+_set_data: Any = vars(Pulse)["data"].__set__
+_set_version: Any = vars(Pulse)["version"].__set__
 
 
-class _Node:
-    """A trie node; `data is None` means the path is not a key."""
-
-    __slots__ = ("children", "data", "maxv", "n", "tomb", "version")
-
-    def __init__(self) -> None:
-        self.children: dict[str, _Node] | None = None
-        self.data: bytes | None = None
-        self.version = 0
-        self.n = 0  # keys at or below this node
-        self.maxv = 0  # newest value version at or below this node
-        self.tomb: _Tomb | None = None
-
-    def child(self, name: str) -> _Node | None:
-        return None if self.children is None else self.children.get(name)
-
-    def prunable(self) -> bool:
-        return self.n == 0 and self.tomb is None and not self.children
-
-
-def _components(path: str) -> list[str]:
-    return [] if path == "/" else path[1:].split("/")
-
-
-def _join(parent: str, name: str) -> str:
-    return "/" + name if parent == "/" else parent + "/" + name
+def _pulse(path: str, data: bytes, version: int) -> Pulse:
+    """`Pulse(path, data, version)` at half the cost: fills the slots directly, skipping the
+    frozen dataclass's `__init__` (`object.__setattr__` per field); reads build one per key."""
+    pulse = _new_object(Pulse)
+    _set_path(pulse, path)
+    _set_data(pulse, data)
+    _set_version(pulse, version)
+    return pulse
 
 
 class PulseStore:
@@ -116,7 +112,10 @@ class PulseStore:
         self._path_bytes = 0  # sum of the stored keys' path lengths
         self._tomb_ttl = int(tombstone_ttl_secs * 1e9)
         self._ttl = None if ttl_secs is None else int(ttl_secs * 1e9)
-        self._root = _Node()
+        self._root = Node()
+        # Parents index: path of every trie node with children ("" for the root) -> the
+        # chain of nodes from the root to it. Kept in step by `_link` and `_unlink_children`.
+        self._parents: dict[str, tuple[Node, ...]] = {}
         self._key_count = 0
         self._total_bytes = 0
         # (expiry, seq, path, kind): lazily checked against the node's current tombstone.
@@ -151,13 +150,21 @@ class PulseStore:
         (False) when a tombstone covering the key has a version >= `version`, when the
         stored value is newer, or on an equal version when the stored data is larger.
         """
-        key = normalize_key(path)
-        version = self._check_version(version)
+        if version is not None and (type(version) is not int or version <= 0):
+            normalize_key(path)  # errors come in the usual order: the path's first
+            version = self._check_version(version)  # 0 -> None; raises for the invalid
         if not isinstance(data, bytes):
+            normalize_key(path)
             data = bytes(data)
-        now = self._clock()
-        self._sweep(now)
-        return self._put(key, data, now if version is None else version, now, check=True)
+        found = self._lookup(path)  # a stored key is valid and normalised: no need to check
+        if found is None:
+            path = normalize_key(path)
+        now = self._tidy()
+        if version is None:
+            version = now
+        if found is not None and found[1].data is not None:
+            return self._rewrite(found[0], found[1], path, data, version, now)
+        return self._put(path, data, version, now, check=True)
 
     def send_pulses(
         self, pulses: Sequence[tuple[str, bytes, int | None]], *, trusted: bool = False
@@ -184,14 +191,48 @@ class PulseStore:
                 checked.append(
                     (key, data if isinstance(data, bytes) else bytes(data), checked_version)
                 )
-        now = self._clock()
-        self._sweep(now)
+        now = self._tidy()
         if self.max_bytes is not None:
             self._check_batch_room(checked)
+        # The loop is `_rewrite` inlined for keys already stored (the steady state: workers
+        # rewrite their heartbeats); new keys take `_put`. Keep the two in step.
         put = self._put
+        parents = self._parents.get
+        written = self._written if self._ttl is not None else None
         stored = 0
+        grown = 0
         for key, data, version in checked:
-            stored += put(key, data, version or now, now)
+            if not version:
+                version = now
+            head, _, name = key.rpartition("/")
+            chain = parents(head)
+            node = None if chain is None else chain[-1].children.get(name)  # type: ignore[union-attr]
+            old = None if node is None else node.data
+            if old is None:
+                stored += put(key, data, version, now)
+                continue
+            assert node is not None and chain is not None
+            held = node.version
+            if version <= held:
+                if version < held or data < old:
+                    continue
+                if data == old:
+                    stored += 1
+                    continue
+            grown += len(data) - len(old)
+            node.data = data
+            node.version = version
+            if version > node.maxv:
+                node.maxv = version
+                for each in reversed(chain):
+                    if version <= each.maxv:
+                        break  # a parent's maxv is never below its child's
+                    each.maxv = version
+            if written is not None:
+                written[key] = now
+                written.move_to_end(key)
+            stored += 1
+        self._total_bytes += grown
         return stored
 
     def delete_pulse_id(self, path: str, version: int | None = None) -> bool:
@@ -214,7 +255,7 @@ class PulseStore:
             removed = True
         nodes, names = self._walk(key, create=True)
         node = nodes[-1]
-        tomb = node.tomb if node.tomb is not None else _Tomb()
+        tomb = node.tomb if node.tomb is not None else Tomb()
         node.tomb = tomb
         if version > tomb.key_version:
             tomb.key_version = version
@@ -233,7 +274,7 @@ class PulseStore:
         self._sweep(self._clock())
         return [
             (path, node.tomb.tree_version, node.tomb.key_version)
-            for path, node in self._iter_subtree(self._root, "/", sort=False)
+            for path, node in iter_subtree(self._root, "/", sort=False)
             if node.tomb is not None and (node.tomb.tree_version or node.tomb.key_version)
         ]
 
@@ -273,7 +314,7 @@ class PulseStore:
         before = top.n
         self._purge_subtree(top, norm, version)
         removed = before - top.n
-        tomb = top.tomb if top.tomb is not None else _Tomb()
+        tomb = top.tomb if top.tomb is not None else Tomb()
         top.tomb = tomb
         if version > tomb.tree_version:
             tomb.tree_version = version
@@ -284,7 +325,7 @@ class PulseStore:
         if removed:
             for ancestor in nodes[:-1]:
                 ancestor.n -= removed
-            self._refresh_maxv(nodes[:-1])
+            refresh_maxv(nodes[:-1])
         return removed
 
     def create_path(self, path: str) -> None:
@@ -293,7 +334,8 @@ class PulseStore:
 
     def clear(self) -> None:
         """Drop every key and tombstone (a new ZooKeeper session starts from empty)."""
-        self._root = _Node()
+        self._root = Node()
+        self._parents.clear()
         self._key_count = 0
         self._total_bytes = 0
         self._path_bytes = 0
@@ -304,18 +346,24 @@ class PulseStore:
 
     def get_pulse(self, path: str) -> Pulse | None:
         """The pulse stored at key `path`, or None when absent."""
-        key = normalize_key(path)
-        self._sweep(self._clock())
-        node = self._find(key)
+        found = self._lookup(path)
+        if found is None:
+            path = normalize_key(path)
+        self._tidy()
+        node = self._find(path) if found is None or found[1].data is None else found[1]
         if node is None or node.data is None:
             return None
-        return Pulse(key, node.data, node.version)
+        return _pulse(path, node.data, node.version)
 
     def exists(self, path: str) -> bool:
         """True if exactly `path` is a key (a path with only children below it is not)."""
-        key = normalize_key(path)
-        self._sweep(self._clock())
-        node = self._find(key)
+        found = self._lookup(path)
+        if found is None:
+            path = normalize_key(path)
+        self._tidy()
+        if found is not None and found[1].data is not None:
+            return True
+        node = self._find(path)
         return node is not None and node.data is not None
 
     def get_all_nodes_for_path(self, path: str) -> list[str]:
@@ -335,9 +383,9 @@ class PulseStore:
         if node is None or not node.n:
             return []
         out: list[Pulse] = []
-        for full, each in self._iter_subtree(node, norm, sort=True):
+        for full, each in iter_subtree(node, norm, sort=True):
             if each.data is not None:
-                out.append(Pulse(full, each.data, each.version))
+                out.append(_pulse(full, each.data, each.version))
         return out
 
     def tombstone_version(self, path: str) -> int:
@@ -347,7 +395,7 @@ class PulseStore:
         """
         norm = normalize(path)
         self._sweep(self._clock())
-        newest, node = self._covering_tree_tomb(norm)
+        newest, node = covering_tree_tomb(self._root, norm)
         if node is not None and node.tomb is not None:
             newest = max(newest, node.tomb.key_version)
         return newest
@@ -364,7 +412,7 @@ class PulseStore:
         """
         norm = normalize(path)
         self._sweep(self._clock())
-        inherited, node = self._covering_tree_tomb(norm)
+        inherited, node = covering_tree_tomb(self._root, norm)
         values: dict[str, int] = {}
         tombs: dict[str, int] = {"": inherited} if inherited else {}
         if node is None or not node.children:
@@ -387,6 +435,32 @@ class PulseStore:
 
     # ---------------------------------------------------------------- internals
 
+    def _lookup(self, path: object) -> tuple[tuple[Node, ...], Node] | None:
+        """(parent chain, node) of the stored key `path` if `path` is exactly one, else None.
+
+        Found by the parents index alone, so `path` needs no validation: a hit is a stored
+        key's own (normalised) path. None means "look the slow way" (absent, or a path that
+        normalises to another, or not a path at all). Call before `_tidy` (so a bad path is
+        still refused before anything is swept, as ever) and check `node.data` after it.
+        """
+        if type(path) is not str:
+            return None
+        head, _, name = path.rpartition("/")
+        chain = self._parents.get(head)
+        if chain is None:
+            return None
+        node = chain[-1].children.get(name)  # type: ignore[union-attr]
+        return None if node is None or node.data is None else (chain, node)
+
+    def _tidy(self) -> int:
+        """The store clock's time, after sweeping what is due (skipping the call when nothing
+        can be: the common case)."""
+        now = self._clock()
+        heap = self._tomb_heap
+        if (heap and heap[0][0] <= now) or self._ttl is not None:
+            self._sweep(now)
+        return now
+
     @staticmethod
     def _check_version(version: int | None) -> int | None:
         if version is None or version == 0:
@@ -397,9 +471,9 @@ class PulseStore:
             raise InvalidRequest(f"negative version {version}")
         return version
 
-    def _walk(self, path: str, *, create: bool) -> tuple[list[_Node], list[str]]:
+    def _walk(self, path: str, *, create: bool) -> tuple[list[Node], list[str]]:
         """Nodes from the root along `path` (all of them if `create`, else as far as they exist)."""
-        names = _components(path)
+        names = components(path)
         node = self._root
         nodes = [node]
         for name in names:
@@ -407,16 +481,17 @@ class PulseStore:
             if nxt is None:
                 if not create:
                     break
-                nxt = _Node()
+                nxt = Node()
                 if node.children is None:
                     node.children = {}
+                    self._link(nodes, names)
                 node.children[name] = nxt
             node = nxt
             nodes.append(node)
         return nodes, names
 
-    def _find(self, path: str) -> _Node | None:
-        node: _Node | None = self._root
+    def _find(self, path: str) -> Node | None:
+        node: Node | None = self._root
         if path == "/":
             return node
         for name in path[1:].split("/"):
@@ -425,21 +500,6 @@ class PulseStore:
             if node is None:
                 return None
         return node
-
-    def _covering_tree_tomb(self, path: str) -> tuple[int, _Node | None]:
-        """Newest subtree tombstone at or above `path`, and the node at `path` if any."""
-        node: _Node | None = self._root
-        newest = 0
-        for name in [None, *_components(path)]:
-            if name is not None:
-                assert node is not None
-                node = node.child(name)
-                if node is None:
-                    return newest, None
-            assert node is not None
-            if node.tomb is not None and node.tomb.tree_version > newest:
-                newest = node.tomb.tree_version
-        return newest, node
 
     def _growth(self, key: str, data: bytes) -> int:
         """How much storing `data` at `key` would change the footprint (ignoring versions)."""
@@ -504,9 +564,10 @@ class PulseStore:
                 self._check_room(len(data) - len(old_data))
         if missing >= 0:
             for name in names[missing:]:
-                nxt = _Node()
+                nxt = Node()
                 if node.children is None:
                     node.children = {}
+                    self._link(nodes, names)
                 node.children[name] = nxt
                 node = nxt
                 nodes.append(node)
@@ -536,7 +597,44 @@ class PulseStore:
             self._written.move_to_end(key)
         return True
 
-    def _drop_key(self, nodes: list[_Node], key: str) -> None:
+    def _link(self, nodes: list[Node], names: list[str]) -> None:
+        """Index `nodes[-1]` (reached along `names` from the root) as just given children."""
+        self._parents[parent_key(names, len(nodes) - 1)] = tuple(nodes)
+
+    def _rewrite(
+        self, chain: tuple[Node, ...], node: Node, key: str, data: bytes, version: int, now: int
+    ) -> bool:
+        """`_put` (with the memory check) for a key already stored, its parent's `chain` known.
+
+        No tombstone can beat a write that beats the stored value (module docstring), so
+        only the value's version and data decide. `send_pulses` inlines this: keep in step.
+        """
+        old = node.data
+        assert old is not None
+        held = node.version
+        if version <= held:
+            if version < held or data < old:
+                return False
+            if data == old:
+                return True
+        grown = len(data) - len(old)
+        if grown > 0 and self.max_bytes is not None:
+            self._check_room(grown)
+        self._total_bytes += grown
+        node.data = data
+        node.version = version
+        if version > node.maxv:
+            node.maxv = version
+            for each in reversed(chain):
+                if version <= each.maxv:
+                    break  # a parent's maxv is never below its child's
+                each.maxv = version
+        if self._ttl is not None:
+            self._written[key] = now
+            self._written.move_to_end(key)
+        return True
+
+    def _drop_key(self, nodes: list[Node], key: str) -> None:
         """Remove the key held by `nodes[-1]` (the full root-to-key chain), then prune."""
         node = nodes[-1]
         assert node.data is not None
@@ -549,22 +647,10 @@ class PulseStore:
             each.n -= 1
         if self._ttl is not None:
             self._written.pop(key, None)
-        self._refresh_maxv(nodes)
-        self._prune(nodes, _components(key))
+        refresh_maxv(nodes)
+        self._prune(nodes, components(key))
 
-    def _refresh_maxv(self, nodes: list[_Node]) -> None:
-        """Recompute `maxv` bottom-up along a root-to-node chain after removals below it."""
-        for node in reversed(nodes):
-            newest = node.version if node.data is not None else 0
-            if node.children:
-                for child in node.children.values():
-                    if child.maxv > newest:
-                        newest = child.maxv
-            if newest == node.maxv:
-                break  # unchanged here, so unchanged above
-            node.maxv = newest
-
-    def _prune(self, nodes: list[_Node], names: list[str]) -> None:
+    def _prune(self, nodes: list[Node], names: list[str]) -> None:
         """Unlink empty nodes at the end of a root-to-node chain."""
         for depth in range(len(nodes) - 1, 0, -1):
             node = nodes[depth]
@@ -575,26 +661,14 @@ class PulseStore:
             del parent.children[names[depth - 1]]
             if not parent.children:
                 parent.children = None
+                del self._parents[parent_key(names, depth - 1)]
 
-    def _iter_subtree(
-        self, top: _Node, top_path: str, *, sort: bool
-    ) -> Iterator[tuple[str, _Node]]:
-        """(path, node) for `top` and every node below it, pre-order, iteratively."""
-        stack = [(top_path, top)]
-        while stack:
-            path, node = stack.pop()
-            yield path, node
-            if node.children:
-                items = node.children.items()
-                ordered = sorted(items, reverse=True) if sort else items
-                stack.extend((_join(path, name), child) for name, child in ordered)
-
-    def _purge_subtree(self, top: _Node, top_path: str, version: int) -> None:
+    def _purge_subtree(self, top: Node, top_path: str, version: int) -> None:
         """Remove keys and tombstones with version <= `version` at or under `top`.
 
         Recomputes `n` and `maxv` bottom-up and prunes emptied nodes below `top`.
         """
-        order = list(self._iter_subtree(top, top_path, sort=False))
+        order = list(iter_subtree(top, top_path, sort=False))
         track = self._ttl is not None
         for path, node in reversed(order):
             if node.data is not None and node.version <= version:
@@ -625,6 +699,7 @@ class PulseStore:
                         newest = child.maxv
                 if not node.children:
                     node.children = None
+                    del self._parents["" if path == "/" else path]
             node.n = count
             node.maxv = newest
 

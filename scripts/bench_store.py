@@ -5,10 +5,14 @@ topologies of 1000 keys (10^6 keys), the small one 100 topologies of 1000 keys (
 topology listing or delete answers ~1000 in both: if the times match, cost follows the
 answer size, not the store size. Listing `/workerbeats` answers 1000 vs 100 (it is O(children)).
 
-It also times the pulse-list codec (`pmcluster.pulsecodec`) on 1 KiB entries, the hot path
-of `POST /v1/batch`.
+It also times the pulse-list codec (`pmcluster.pulsecodec`) on 1 KiB entries, and the
+per-entry cost of `POST /v1/batch`'s store work in its steady state: bodies of 100 x 1 KiB
+heartbeats rewriting 10,000 keys, each body decoded then stored with
+`send_pulses(..., trusted=True)` under a memory cap (as a node does), plus single
+`send_pulse` rewrites and `get_pulse` reads of the same keys.
 
     .venv/bin/python scripts/bench_store.py [--keys 1000000] [--payload 16]
+    .venv/bin/python scripts/bench_store.py --entries-only   # just the per-entry costs
 """
 
 from __future__ import annotations
@@ -105,11 +109,83 @@ def bench_codec(entries: int = 100_000, size: int = 1024) -> tuple[float, float]
     return entries / encode_time, entries / min(decode_times)
 
 
+def _batch_key(i: int, topologies: int = 10) -> str:
+    """The load generator's heartbeat paths (`pmcluster.loadgen`)."""
+    return f"/workerbeats/topo-{i % topologies}-1700000000/node-{i // 4:03d}-{6700 + i % 4}"
+
+
+def bench_entries(
+    keys: int = 10_000, batch: int = 100, size: int = 1024, rounds: int = 7
+) -> dict[str, float]:
+    """Per-entry seconds (best of `rounds`) of the batch path and of single point operations.
+
+    Every round rewrites all `keys` keys (the steady state: workers rewrite their
+    heartbeats), one body of `batch` entries at a time as a node handles them: decode, then
+    `send_pulses(trusted=True)`. Versions are 0 ("now"), as the load generator sends them.
+    """
+    data = os.urandom(size)
+    paths = [_batch_key(i) for i in range(keys)]
+    bodies = [
+        pulsecodec.encode([(path, data, None) for path in paths[start : start + batch]])
+        for start in range(0, keys, batch)
+    ]
+    store = PulseStore(max_bytes=1 << 40)  # a node always has a cap: its check is counted
+    for body in bodies:
+        store.send_pulses(pulsecodec.decode(body), trusted=True)
+    decode_best = put_best = send_best = get_best = float("inf")
+    clock = time.perf_counter
+    for _ in range(rounds):
+        decode_time = put_time = 0.0
+        for body in bodies:
+            start = clock()
+            entries = pulsecodec.decode(body)
+            middle = clock()
+            store.send_pulses(entries, trusted=True)
+            decode_time += middle - start
+            put_time += clock() - middle
+        decode_best = min(decode_best, decode_time)
+        put_best = min(put_best, put_time)
+        start = clock()
+        for path in paths:
+            store.send_pulse(path, data)
+        send_best = min(send_best, clock() - start)
+        start = clock()
+        for path in paths:
+            store.get_pulse(path)
+        get_best = min(get_best, clock() - start)
+    assert store.key_count == keys
+    return {
+        "decode (per entry)": decode_best / keys,
+        "send_pulses trusted (per entry)": put_best / keys,
+        "decode + send_pulses (per entry)": (decode_best + put_best) / keys,
+        "send_pulse rewrite": send_best / keys,
+        "get_pulse": get_best / keys,
+    }
+
+
+def print_entries() -> None:
+    """Print `bench_entries` in microseconds."""
+    print(
+        "POST /v1/batch store work, 10,000 keys rewritten by bodies of 100 x 1 KiB entries "
+        "(best of 7 rounds):"
+    )
+    for name, seconds in bench_entries().items():
+        print(f"  {name:34} {seconds * 1e6:>7.3f} us")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--payload", type=int, default=16, help="payload bytes per key")
+    parser.add_argument(
+        "--entries-only",
+        action="store_true",
+        help="only the per-entry costs of the batch path and of send_pulse/get_pulse",
+    )
     args = parser.parse_args()
+    if args.entries_only:
+        print_entries()
+        return
     payload = os.urandom(args.payload)
     small = bench(args.keys // 10, payload)
     large = bench(args.keys, payload)
@@ -128,6 +204,7 @@ def main() -> None:
         f"pulsecodec, 100,000 x 1 KiB entries: encode {encode_rate:,.0f}/s (median of 5), "
         f"decode {decode_rate:,.0f}/s (best of 5)"
     )
+    print_entries()
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ import struct
 
 import pytest
 
-from pmcluster.errors import InvalidRequest
+from pmcluster.errors import InvalidPath, InvalidRequest
+from pmcluster.paths import normalize_key
 from pmcluster.pulsecodec import decode, encode
 from pmcluster.store import Pulse
 
@@ -50,6 +51,43 @@ def test_accepts_bytearray_and_memoryview_and_returns_bytes() -> None:
 
 def test_paths_are_normalised() -> None:
     assert decode(_record(b"/a/b/", 1, b"x")) == [("/a/b", b"x", 1)]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/a",
+        "/a/b-6700",
+        "/a/b/",
+        "/a/b///",
+        "/.a",
+        "/a/.b/c",
+        "/a/..b",
+        "/a/b.",
+        "/é/x y/(+$[]%)",
+        "/a/./b",
+        "/a/../b",
+        "/.",
+        "/a//b",
+        "//",
+        "/",
+        "a/b",
+        "/a\x00b",
+        "",
+    ],
+)
+def test_paths_are_what_normalize_key_makes_of_them(path: str) -> None:
+    """The decoder checks common paths inline: it must agree with `normalize_key` on all."""
+    try:
+        expected: str | None = normalize_key(path)
+    except InvalidPath:
+        expected = None
+    body = _record(path.encode(), 1, b"x")
+    if expected is None:
+        with pytest.raises(InvalidRequest, match="entry 0: "):
+            decode(body)
+    else:
+        assert decode(body) == [(expected, b"x", 1)]
 
 
 GOOD = _record(b"/ok", 1, b"fine")
