@@ -3,8 +3,9 @@
 A `Node` is one path component. It holds its children (a non-empty dict, or `None` for a
 leaf), the key's value if the path is a key (`data`, `version`), the number of keys at or below
 it (`n`), the newest value version at or below it (`maxv`, so a parent's is never below a
-child's) and its tombstones (`tomb`), if any. Kept apart from the store so the store module
-holds the rules (versions, accounting, expiry) and this one the shape.
+child's) and its tombstones (`tomb`), if any. Kept apart from the store so the store modules
+(`pmcluster.store`, `storebase`, `storeroom`, `storedelete`) hold the rules (versions,
+accounting, expiry) and this one the shape.
 """
 
 from __future__ import annotations
