@@ -330,6 +330,33 @@ class ClusterClient:
                 owners.setdefault(member.node_id, member)
         return list(owners.values())
 
+    def owners_now(self, path: str, *, read: bool = False) -> list[Member] | None:
+        """The members a write (`read`: a read) of normalised key `path` would ask right now
+        (`_write_owners` / `_read_owners` without waiting); None before the client has
+        started and has a ring. For a node that answers at once when it owns a key alone."""
+        ring = self._ring
+        if not self._started or ring is None or not ring.members:
+            return None
+        # One member owns everything (what `Ring.owners` answers then, without hashing).
+        owners = list(ring.members) if len(ring.members) == 1 else list(ring.owners(path))
+        grace = self._grace_ring() if read else None
+        if grace is not None:
+            known = {m.node_id for m in owners}
+            owners += [m for m in grace.owners(path) if m.node_id not in known]
+        return owners
+
+    def members_now(self) -> list[Member] | None:
+        """The members a listing or recursive delete would ask right now (`_all_members`
+        without waiting); None before the client has started and has a ring."""
+        ring = self._ring
+        if not self._started or ring is None or not ring.members:
+            return None
+        members = {m.node_id: m for m in ring.members}
+        grace = self._grace_ring()
+        for member in grace.members if grace is not None else ():
+            members.setdefault(member.node_id, member)
+        return list(members.values())
+
     def _quorum_of_all(self, members: Sequence[Member]) -> int:
         """Answers a fan-out to every member needs so that no ring arc went unheard: with
         fewer than R members silent, every path still has an owner among those answering."""

@@ -7,18 +7,96 @@ listings and recursive deletes fan out to every member. The client's requests to
 carry `X-Pmcluster-Forwarded: 1`, so they are answered from the receiver's store and never
 forwarded again; its requests to this node itself go through `LocalTransport`, straight to the
 local store without HTTP.
+
+Answering at once (`NowBackend`): a Storm connection answers every request of one read in one
+pass, without a task per request, when the answer needs no waiting: when this node is the
+only member its client would ask for a key (a single-node cluster, or reads of keys whose
+every current and grace-ring owner is this node). The `*_now` methods then do exactly what
+the client's async path does in that case (same versions from the client's clock, same retry
+above a held version, same merges, same stats and failure-tracker updates) and return
+`NOT_NOW` otherwise, before any side effect, so the caller takes the async path.
+Writes to a key another node also owns always take the async path: an unversioned write must
+hear every owner before it is acknowledged (docs/reliability.md, clock skew).
 """
 
 from __future__ import annotations
 
+import enum
+import logging
+import operator
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final, Literal, Protocol
 
+from pmcluster import readmerge
 from pmcluster.backend import LocalBackend, PulseEntry
-from pmcluster.client import ClusterClient
+from pmcluster.client import MAX_VERSION_RETRIES, ClusterClient
+from pmcluster.paths import normalize, normalize_key
+from pmcluster.ring import Member, Ring
 from pmcluster.store import Pulse
+from pmcluster.versionclock import MAX_VERSION
 
-__all__ = ["CoordinatingBackend", "LocalTransport"]
+__all__ = [
+    "NOT_NOW",
+    "CoordinatingBackend",
+    "LocalNow",
+    "LocalTransport",
+    "NotNow",
+    "NowBackend",
+]
+
+log = logging.getLogger(__name__)
+_path = operator.attrgetter("path")
+
+
+class NotNow(enum.Enum):
+    """The answer needs waiting (other nodes): take the async path."""
+
+    NOT_NOW = 0
+
+
+NOT_NOW: Final = NotNow.NOT_NOW
+_NotNow = Literal[NotNow.NOT_NOW]
+
+
+class NowBackend(Protocol):
+    """Answers without waiting when it can (paths as sent; `NOT_NOW`: use the async path).
+
+    Errors are those of the async `Backend` call (`InvalidPath`, ...)."""
+
+    def send_pulse_now(self, path: str, data: bytes) -> bool:
+        """An unversioned write; False: not now."""
+        ...
+
+    def get_pulse_now(self, path: str) -> Pulse | _NotNow | None: ...
+
+    def exists_now(self, path: str) -> bool | _NotNow: ...
+
+    def get_all_nodes_for_path_now(self, path: str) -> list[str] | _NotNow: ...
+
+    def get_all_pulse_for_path_now(self, path: str) -> list[Pulse] | _NotNow: ...
+
+
+class LocalNow:
+    """`NowBackend` of a `LocalBackend`: always answers, exactly as its async calls do."""
+
+    def __init__(self, local: LocalBackend) -> None:
+        self.store = local.store
+
+    def send_pulse_now(self, path: str, data: bytes) -> bool:
+        self.store.send_pulse(normalize_key(path), data, None)
+        return True
+
+    def get_pulse_now(self, path: str) -> Pulse | None:
+        return self.store.get_pulse(normalize_key(path))
+
+    def exists_now(self, path: str) -> bool:
+        return self.store.exists(normalize_key(path))
+
+    def get_all_nodes_for_path_now(self, path: str) -> list[str]:
+        return self.store.get_all_nodes_for_path(normalize(path))
+
+    def get_all_pulse_for_path_now(self, path: str) -> list[Pulse]:
+        return self.store.get_all_pulse_for_path(normalize(path))
 
 
 class LocalTransport:
@@ -33,6 +111,11 @@ class LocalTransport:
 
     def __repr__(self) -> str:
         return f"LocalTransport({self.node_id!r})"
+
+    @property
+    def backend(self) -> LocalBackend:
+        """The local store's backend this transport writes to."""
+        return self._local
 
     async def put_pulse(self, path: str, data: bytes, version: int) -> int:
         if await self._local.send_pulse(path, data, version):
@@ -77,6 +160,105 @@ class CoordinatingBackend:
     def __init__(self, local: LocalBackend, client: ClusterClient) -> None:
         self.local = local
         self.client = client
+        # A ring of one member: whether that member is served locally, decided once per ring.
+        self._solo_ring: Ring | None = None
+        self._solo_local: LocalTransport | None = None
+
+    # --- answers without waiting (see the module docstring) ---------------------------------
+
+    def _alone(self, members: list[Member] | None) -> LocalTransport | None:
+        """The local transport when `members` is exactly this node, served locally."""
+        if members is None or len(members) != 1:
+            return None
+        transport = self.client.transport(members[0])
+        return transport if isinstance(transport, LocalTransport) else None
+
+    def send_pulse_now(self, path: str, data: bytes) -> bool:
+        """`ClusterClient.send_pulse(path, data)` when this node is the key's only owner."""
+        key = normalize_key(path)
+        client = self.client
+        ring = client.ring
+        if ring is not None and ring is self._solo_ring:
+            local = self._solo_local
+        else:
+            owners = client.owners_now(key)
+            local = self._alone(owners)
+            if owners is not None and ring is not None and len(ring.members) == 1:
+                self._solo_ring, self._solo_local = ring, local
+        if local is None:
+            return False
+        store, node_id = local.backend.store, local.node_id
+        v = client.clock.now()
+        for _ in range(MAX_VERSION_RETRIES):
+            held = 0 if store.send_pulse(key, data, v) else local.backend.held_version(key)
+            client.failures.record_success(node_id)
+            if held < v or v >= MAX_VERSION:
+                return True
+            client.stats["version_retries"] += 1
+            v = client.clock.above(held)
+        log.warning("write to %s still behind its owners after %d tries", key, MAX_VERSION_RETRIES)
+        return True
+
+    def get_pulse_now(self, path: str) -> Pulse | _NotNow | None:
+        """`ClusterClient.get_pulse` when this node is the key's only owner (grace ring too)."""
+        key = normalize_key(path)
+        client = self.client
+        local = self._alone(client.owners_now(key, read=True))
+        if local is None:
+            return NOT_NOW
+        store = local.backend.store
+        value = store.get_pulse(key)
+        tomb = 0 if value is not None else store.tombstone_version(key)
+        pulse = readmerge.merge_pulse([(value, tomb)])
+        if pulse is None and value is not None:
+            return NOT_NOW  # a read repair to start: the async path does that
+        client.failures.record_success(local.node_id)
+        if pulse is not None:
+            client.clock.observe(pulse.version)
+        return pulse
+
+    def exists_now(self, path: str) -> bool | _NotNow:
+        """`ClusterClient.exists` when this node is the key's only owner (grace ring too)."""
+        key = normalize_key(path)
+        local = self._alone(self.client.owners_now(key, read=True))
+        if local is None:
+            return NOT_NOW
+        found = local.backend.store.get_pulse(key) is not None
+        self.client.failures.record_success(local.node_id)
+        return found
+
+    def get_all_nodes_for_path_now(self, path: str) -> list[str] | _NotNow:
+        """`ClusterClient.get_all_nodes_for_path` when this node is the only member."""
+        norm = normalize(path)
+        local = self._alone(self.client.members_now())
+        if local is None:
+            return NOT_NOW
+        answer = local.backend.store.children_versions(norm)
+        self.client.failures.record_success(local.node_id)
+        return readmerge.merge_children([answer])
+
+    def get_all_pulse_for_path_now(self, path: str) -> list[Pulse] | _NotNow:
+        """`ClusterClient.get_all_pulse_for_path` when this node is the only member."""
+        norm = normalize(path)
+        local = self._alone(self.client.members_now())
+        if local is None:
+            return NOT_NOW
+        store = local.backend.store
+        pulses = store.get_all_pulse_for_path(norm)
+        _, child_tombs = store.children_versions(norm)
+        prefix = norm.rstrip("/")
+        tombs = {f"{prefix}/{name}": v for name, v in child_tombs.items() if name}
+        if norm != "/" and store.get_pulse(norm) is None:
+            version = store.tombstone_version(norm)
+            if version:
+                tombs[norm] = version
+        self.client.failures.record_success(local.node_id)
+        # `readmerge.merge_pulses([pulses], tombs)`: one store's keys are unique, so merging
+        # is sorting by path (and the tombstone filter, when there are tombstones).
+        merged = sorted(pulses, key=_path)
+        if tombs:
+            merged = [p for p in merged if readmerge.covering_tombstone(p.path, tombs) < p.version]
+        return merged
 
     async def send_pulse(self, path: str, data: bytes, version: int | None = None) -> bool:
         await self.client.send_pulse(path, data, version)

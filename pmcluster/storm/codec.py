@@ -515,15 +515,55 @@ class FrameDecoder:
         self._buf += data
         return self._frames()
 
+    def split(self, data: bytes) -> tuple[list[bytes], ProtocolError | None]:
+        """Like `feed`, for a caller with its own decoder: the raw bodies of the frames now
+        complete, and the error of a bad frame header after them (None if there is none).
+        A body the caller cannot decode is the caller's error."""
+        if self._error is not None:
+            return [], ProtocolError(self._error)
+        buf: bytes | bytearray = data
+        if self._buf:
+            self._buf += data
+            buf = self._buf
+        bodies: list[bytes] = []
+        error: ProtocolError | None = None
+        pos, end = 0, len(buf)
+        max_size = self.max_size
+        while end - pos >= 4:
+            (size,) = _I32.unpack_from(buf, pos)
+            if size < 0 or size > max_size:
+                reason = "negative frame length" if size < 0 else "frame length"
+                limit = "" if size < 0 else f" exceeds the maximum {max_size}"
+                error = self._fail(f"{reason} {size}{limit}")
+                break
+            stop = pos + 4 + size
+            if stop > end:
+                break
+            bodies.append(bytes(buf[pos + 4 : stop]))
+            pos = stop
+        if buf is self._buf:
+            del self._buf[:pos]
+        elif pos < end:
+            self._buf += data[pos:]
+        return bodies, error
+
     def _fail(self, reason: str) -> ProtocolError:
         self._error = f"decoder failed earlier: {reason}"
         return ProtocolError(reason)
 
     def _frames(self) -> Iterator[HBMessage]:
+        for body in self._bodies():
+            try:
+                message = decode_message(body)
+            except ProtocolError as exc:
+                raise self._fail(str(exc)) from None
+            yield message
+
+    def _bodies(self) -> Iterator[bytes]:
         buf = self._buf
         while len(buf) - self._pos >= 4:
             start = self._pos
-            size = int.from_bytes(buf[start : start + 4], "big", signed=True)
+            (size,) = _I32.unpack_from(buf, start)
             if size < 0:
                 raise self._fail(f"negative frame length {size}")
             if size > self.max_size:
@@ -533,11 +573,7 @@ class FrameDecoder:
             with memoryview(buf) as view:
                 body = bytes(view[start + 4 : start + 4 + size])
             self._pos = start + 4 + size
-            try:
-                message = decode_message(body)
-            except ProtocolError as exc:
-                raise self._fail(str(exc)) from None
-            yield message
+            yield body
         if self._pos:
             del buf[: self._pos]
             self._pos = 0

@@ -10,13 +10,15 @@ whose `pacemaker.servers` lists every node: Storm reads every server and keeps t
 The front end's counters join the node's `/metrics`; pulse sizes feed Storm's `pacemaker_*`
 metrics like HTTP traffic does. Authentication per connection follows `pacemaker.auth.method`
 (`pmcluster.storm.auth`); with `pmcluster.auth.writes` unauthenticated writes are refused too.
+Requests that need no waiting are answered inside the connection's read (`resolve_now`).
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from pmcluster.backend import Backend
+from pmcluster.backend import Backend, LocalBackend
+from pmcluster.coordinator import CoordinatingBackend, LocalNow, NowBackend
 from pmcluster.node import BACKEND_KEY, CONFIG_KEY, LOCAL_BACKEND_KEY, METRICS_KEY, STATE_KEY
 from pmcluster.storm.auth import make_auth_factory
 from pmcluster.storm.handler import StormHandler
@@ -39,11 +41,24 @@ def storm_factory(app: web.Application) -> StormFactory:
         coordinator = state.coordinator
         return coordinator if coordinator is not None else default
 
+    local_now = LocalNow(local)
+    default_now = LocalNow(default) if isinstance(default, LocalBackend) else None
+
+    def resolve_now(is_read: bool) -> NowBackend | None:
+        # The same choice as `resolve`, for answers that need no waiting.
+        if is_read and reads_local:
+            return local_now
+        coordinator = state.coordinator
+        if coordinator is None:
+            return default_now
+        return coordinator if isinstance(coordinator, CoordinatingBackend) else None
+
     metrics = StormMetrics()
     node_metrics = app[METRICS_KEY]
     node_metrics.add_collector(metrics.prometheus_lines)
     handler = StormHandler(
         resolve=resolve,
+        resolve_now=resolve_now,
         writes_need_auth=config.auth_writes,
         metrics=metrics,
         pulse_sizes=node_metrics,

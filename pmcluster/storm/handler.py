@@ -14,6 +14,9 @@ Storm has no error reply, so:
   `ProtocolError`, which closes that one connection;
 - backend failures (`ClusterUnavailable`, ...) propagate: the server closes the connection so
   Storm's client retries elsewhere rather than trusting a made-up answer.
+
+`answer_now` is the same mapping for requests whose answer needs no waiting (`NowBackend`):
+it returns the encoded reply frame, or None when the request must take `handle`.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from collections.abc import Callable
 from typing import Protocol
 
 from pmcluster.backend import Backend
+from pmcluster.coordinator import NOT_NOW, NowBackend
 from pmcluster.errors import InvalidPath, ProtocolError
 from pmcluster.paths import normalize, normalize_key
+from pmcluster.storm import fastcodec
 from pmcluster.storm.codec import HBMessage, HBMessageData, HBNodes, HBPulse, HBRecords
 from pmcluster.storm.codec import HBServerMessageType as T
 from pmcluster.storm.metrics import StormMetrics
@@ -34,6 +39,7 @@ __all__ = [
     "REQUEST_TYPES",
     "WRITE_TYPES",
     "BackendResolver",
+    "NowResolver",
     "PulseSizes",
     "StormHandler",
 ]
@@ -50,6 +56,9 @@ _LOG_EVERY = 1000
 
 BackendResolver = Callable[[bool], Backend]
 """`resolve(is_read)` -> the backend that answers this request, looked up per request."""
+
+NowResolver = Callable[[bool], NowBackend | None]
+"""`resolve_now(is_read)` -> what may answer this request without waiting (None: nothing)."""
 
 
 class PulseSizes(Protocol):
@@ -81,6 +90,7 @@ class StormHandler:
         backend: Backend | None = None,
         *,
         resolve: BackendResolver | None = None,
+        resolve_now: NowResolver | None = None,
         writes_need_auth: bool = False,
         metrics: StormMetrics | None = None,
         pulse_sizes: PulseSizes | None = None,
@@ -91,6 +101,7 @@ class StormHandler:
             fixed = backend
             resolve = lambda is_read: fixed  # noqa: E731
         self._resolve = resolve
+        self._resolve_now = resolve_now
         self.writes_need_auth = writes_need_auth
         self.metrics = metrics if metrics is not None else StormMetrics()
         self.pulse_sizes = pulse_sizes
@@ -114,6 +125,74 @@ class StormHandler:
             self._invalid_path(mtype, exc)
             data = _empty(mtype, raw)
         return HBMessage(reply, data, mid)
+
+    def answer_now(
+        self, mtype: T, raw: str, details: bytes | None, mid: int, authorized_reader: bool
+    ) -> bytes | None:
+        """The encoded reply frame of a request decoded by `fastcodec.decode_request`, when it
+        can be answered without waiting; None (nothing done, nothing counted) otherwise.
+
+        Same replies, errors and metrics as `handle`; an error other than `InvalidPath`
+        propagates (the server closes the connection, as for `handle`)."""
+        is_read = mtype in READ_TYPES
+        name = _NAMES[mtype]
+        if not authorized_reader and (is_read or self.writes_need_auth):
+            self.metrics.count_request(name)
+            self.metrics.not_authorized += 1
+            return fastcodec.encode_empty_reply(T.NOT_AUTHORIZED, mid)
+        resolve_now = self._resolve_now
+        now = resolve_now(is_read) if resolve_now is not None else None
+        if now is None or mtype not in _NOW_TYPES:
+            return None
+        try:
+            if mtype == _SEND_PULSE:  # the hot one, inline
+                assert details is not None
+                if not now.send_pulse_now(raw, details):
+                    return None
+                if self.pulse_sizes is not None:
+                    self.pulse_sizes.received(len(details))
+                reply: bytes | None = fastcodec.encode_empty_reply(_SEND_PULSE_RESPONSE, mid)
+            else:
+                reply = self._answer_now(now, mtype, raw, mid)
+        except InvalidPath as exc:
+            self.metrics.count_request(name)
+            self._invalid_path(mtype, exc)
+            return _encode_empty(mtype, raw, mid)
+        except Exception:
+            self.metrics.count_request(name)
+            raise
+        if reply is not None:
+            self.metrics.count_request(name)
+        return reply
+
+    def _answer_now(self, now: NowBackend, mtype: T, raw: str, mid: int) -> bytes | None:
+        """The reads of `answer_now`."""
+        sizes = self.pulse_sizes
+        if mtype == T.GET_PULSE:
+            pulse = now.get_pulse_now(raw)
+            if pulse is NOT_NOW:
+                return None
+            if pulse is None:
+                return fastcodec.encode_pulse_reply(mid, raw, None)
+            if sizes is not None:
+                sizes.sent(len(pulse.data))
+            return fastcodec.encode_pulse_reply(mid, raw, pulse.data)
+        if mtype == T.EXISTS:
+            found = now.exists_now(raw)
+            if found is NOT_NOW:
+                return None
+            return fastcodec.encode_bool_reply(mid, found)
+        if mtype == T.GET_ALL_NODES_FOR_PATH:
+            names = now.get_all_nodes_for_path_now(raw)
+            if names is NOT_NOW:
+                return None
+            return fastcodec.encode_nodes_reply(mid, names)
+        pulses = now.get_all_pulse_for_path_now(raw)
+        if pulses is NOT_NOW:
+            return None
+        if sizes is not None:
+            sizes.sent(sum(len(p.data) for p in pulses))
+        return fastcodec.encode_records_reply(mid, pulses)
 
     @staticmethod
     def _raw_path(mtype: T, data: HBMessageData | None) -> str:
@@ -182,3 +261,24 @@ def _empty(mtype: T, raw: str) -> HBMessageData | None:
     if mtype == T.GET_ALL_PULSE_FOR_PATH:
         return HBMessageData(records=HBRecords())
     return None
+
+
+_NAMES = {t: t.name for t in T}
+_SEND_PULSE = int(T.SEND_PULSE)  # module constants: an enum member lookup costs more
+_SEND_PULSE_RESPONSE = int(T.SEND_PULSE_RESPONSE)
+_NOW_TYPES = frozenset(
+    {T.SEND_PULSE, T.GET_PULSE, T.EXISTS, T.GET_ALL_NODES_FOR_PATH, T.GET_ALL_PULSE_FOR_PATH}
+)
+
+
+def _encode_empty(mtype: T, raw: str, mid: int) -> bytes:
+    """`_empty`'s answer as a reply frame (an invalid path)."""
+    if mtype == T.GET_PULSE:
+        return fastcodec.encode_pulse_reply(mid, raw, None)
+    if mtype == T.EXISTS:
+        return fastcodec.encode_bool_reply(mid, False)
+    if mtype == T.GET_ALL_NODES_FOR_PATH:
+        return fastcodec.encode_nodes_reply(mid, ())
+    if mtype == T.GET_ALL_PULSE_FOR_PATH:
+        return fastcodec.encode_records_reply(mid, ())
+    return fastcodec.encode_empty_reply(T(mtype + 1), mid)

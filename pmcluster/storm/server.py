@@ -13,6 +13,12 @@ and for whether it may read; `NoAuth` (pacemaker.auth.method NONE) refuses every
 A CONTROL/SASL frame after the first ordinary frame closes the connection (Storm: the first
 ordinary frame ends the chance to authenticate).
 The port it shares with HTTP is `pmcluster.sharedport`.
+
+The fast lane: a frame in Storm's usual layout (`fastcodec.decode_request`) whose answer needs
+no waiting (`StormHandler.answer_now`: this node alone answers for the key) is answered inside
+`data_received`, without a task; the replies of one read leave in one write. Everything else
+(other layouts, auth frames, requests that wait on peers, requests while others are queued or
+the peer does not read) takes the task path above, unchanged.
 """
 
 from __future__ import annotations
@@ -28,9 +34,13 @@ from pmcluster.storm.codec import (
     DEFAULT_MAX_FRAME_SIZE,
     FrameDecoder,
     HBMessage,
+    HBMessageData,
+    HBPulse,
     HBServerMessageType,
+    decode_message,
     encode_frame,
 )
+from pmcluster.storm.fastcodec import FastRequest, decode_request
 from pmcluster.storm.handler import StormHandler
 from pmcluster.storm.metrics import StormMetrics
 
@@ -101,6 +111,7 @@ class StormConnection(asyncio.Protocol):
         self._lost = False
         self._closed = asyncio.Event()
         self._out: list[bytes] = []  # replies waiting for this loop iteration's single write
+        self._answered = 0  # fast-lane replies in `_out`: they hold in-flight slots until written
 
     # ------------------------------------------------------------ asyncio callbacks
 
@@ -114,14 +125,29 @@ class StormConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._transport is None or self._transport.is_closing():
             return
+        bodies, error = self._decoder.split(data)
         try:
-            for message in self._decoder.feed(data):
-                self._dispatch(message)
+            for body in bodies:
+                fast = decode_request(body)
+                if fast is None:
+                    self._dispatch(decode_message(body))
+                    continue
+                if not self._answer_now(fast):
+                    return  # the request failed: the connection is closed
+                if self._answered + len(self._tasks) >= self.max_in_flight:
+                    # A window of replies, as many as tasks could have made: write them, so
+                    # a peer that does not read them stops the lane (`pause_writing`).
+                    self._flush()
+            if error is not None:
+                raise error
         except ProtocolError as exc:
             self._protocol_error(exc)
         except Exception:  # a bug in an auth plug-in: lose this connection, not the server
             log.exception("Storm connection %s: closing after an internal error", self.peer)
             self._close()
+        finally:
+            if self._out:
+                self._flush()
 
     def eof_received(self) -> bool:
         # Half-close: finish the requests already received and write their replies first.
@@ -188,6 +214,34 @@ class StormConnection(asyncio.Protocol):
         else:
             self._start(message, authorized)
 
+    def _answer_now(self, request: FastRequest) -> bool:
+        """Answer an ordinary request now if it needs no waiting, else dispatch it as usual;
+        False when it failed and the connection is closed."""
+        self._ordinary_seen = True
+        authorized = self.auth.authorized_reader
+        if not (self._pending or self._write_paused or len(self._tasks) >= self.max_in_flight):
+            mtype, mid, raw, details = request
+            try:
+                reply = self.handler.answer_now(mtype, raw, details, mid, authorized)
+            except ProtocolError:
+                raise
+            except Exception as exc:  # as in `_serve`: this connection goes, not the server
+                self.metrics.backend_errors += 1
+                log.warning("Storm connection %s: closing, request failed: %r", self.peer, exc)
+                self._close()
+                return False
+            if reply is not None:
+                self._out.append(reply)
+                self._answered += 1
+                return True
+        message = _message(request)
+        if self._pending or self._write_paused or len(self._tasks) >= self.max_in_flight:
+            self._pending.append((message, authorized))
+            self._update_reading()
+        else:
+            self._start(message, authorized)
+        return True
+
     def _start_pending(self) -> None:
         """Start queued requests while there is room and the peer reads its replies."""
         while self._pending and not self._write_paused and len(self._tasks) < self.max_in_flight:
@@ -231,6 +285,7 @@ class StormConnection(asyncio.Protocol):
 
     def _flush(self) -> None:
         out, self._out = self._out, []
+        self._answered = 0
         if out and self._transport is not None and not self._transport.is_closing():
             self._transport.write(b"".join(out))
 
@@ -259,6 +314,14 @@ class StormConnection(asyncio.Protocol):
         elif not pause and self._read_paused:
             transport.resume_reading()
         self._read_paused = pause
+
+
+def _message(request: FastRequest) -> HBMessage:
+    """The `HBMessage` the generic codec decodes from the same frame."""
+    mtype, mid, raw, details = request
+    if details is not None:
+        return HBMessage(mtype, HBMessageData(pulse=HBPulse(raw, details)), mid)
+    return HBMessage(mtype, HBMessageData(path=raw), mid)
 
 
 StormFactory = Callable[[], StormConnection]

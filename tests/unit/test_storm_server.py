@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from pmcluster.backend import LocalBackend
+from pmcluster.coordinator import NOT_NOW, LocalNow, NotNow
 from pmcluster.errors import NodeUnavailable, NotAuthorized, ProtocolError
 from pmcluster.sharedport import SharedSite, start_shared_server
 from pmcluster.store import Pulse, PulseStore
@@ -90,9 +91,23 @@ def backend(store: PulseStore) -> SlowBackend:
     return SlowBackend(store, "/slow")
 
 
-@pytest.fixture
-async def srv(backend: SlowBackend) -> AsyncIterator[Server]:
-    server = await start(StormHandler(backend))
+class SlowAwareNow(LocalNow):
+    """The fast lane over `SlowBackend`'s store: everything but `slow_path` answers at once."""
+
+    def __init__(self, backend: SlowBackend) -> None:
+        super().__init__(backend)
+        self.slow_path = backend.slow_path
+
+    def get_pulse_now(self, path: str) -> Pulse | NotNow | None:  # type: ignore[override]
+        return NOT_NOW if path == self.slow_path else super().get_pulse_now(path)
+
+
+@pytest.fixture(params=["tasks", "fast-lane"])
+async def srv(backend: SlowBackend, request: pytest.FixtureRequest) -> AsyncIterator[Server]:
+    """Every test runs twice: all requests as tasks, and with the fast lane (requests that
+    need no waiting answered inside the read)."""
+    now = SlowAwareNow(backend) if request.param == "fast-lane" else None
+    server = await start(StormHandler(backend, resolve_now=None if now is None else lambda r: now))
     yield server
     backend.release.set()
     server.server.close()
