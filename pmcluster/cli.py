@@ -276,6 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds per row (10)")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first (2)")
     p.add_argument("--concurrency", type=int, default=64, help="requests in flight (64)")
+    p.add_argument("--storm-connections", type=int, default=8, help="Storm row: connections (8)")
+    p.add_argument(
+        "--storm-depth",
+        type=int,
+        default=100,
+        help="Storm row: SEND_PULSEs in flight per connection (100, Storm's client limit)",
+    )
     p.add_argument("--clients", type=int, default=2, help="load generator processes (2)")
     p.add_argument("--topologies", type=int, default=10, help="topologies (10)")
     p.add_argument("--batch", type=int, default=100, help="heartbeats per batch request (100)")

@@ -96,8 +96,13 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
             site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context)
             cap.install(runner.server)
         else:
-            # Forwarded heartbeat writes/reads skip aiohttp's request machinery (fasthttp).
-            fast_path = FastPath(config, app[STATE_KEY], app[LOCAL_BACKEND_KEY], app[METRICS_KEY])
+            # Forwarded heartbeat writes/reads skip aiohttp's request machinery (fasthttp),
+            # unless every request must reach aiohttp's access log (DEBUG).
+            fast_path = (
+                FastPath(config, app[STATE_KEY], app[LOCAL_BACKEND_KEY], app[METRICS_KEY])
+                if access_log is None
+                else None
+            )
             site = SharedSite(
                 runner,
                 config.host,
@@ -144,8 +149,11 @@ def event_loop_factory(config: Config) -> Callable[[], asyncio.AbstractEventLoop
     """`pmcluster.event.loop`: uvloop (libuv) or asyncio's default loop (None); the measured
     difference is in docs/benchmarks.md."""
     if config.event_loop == "uvloop":
-        import uvloop
-
+        try:
+            import uvloop
+        except ImportError:
+            log.warning("pmcluster.event.loop: uvloop is not installed; using asyncio's loop")
+            return None
         return uvloop.new_event_loop
     return None
 

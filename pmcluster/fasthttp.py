@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Callable
 from email.utils import formatdate
@@ -38,13 +39,17 @@ from pmcluster.node import NodeState, key_path, parse_version
 from pmcluster.protocol import EPOCH_HEADER, HELD_HEADER, NODE_HEADER, VERSION_HEADER
 from pmcluster.store import PulseStore
 
-__all__ = ["STALL_SECS", "FastHttpConnection", "FastPath", "HttpFactory"]
+__all__ = ["STALL_SECS", "FastHttpConnection", "FastPath", "HttpFactory", "parse_head"]
+
+log = logging.getLogger(__name__)
 
 HttpFactory = Callable[[], asyncio.Protocol]
 
 STALL_SECS = 0.5  # a request still incomplete this long goes to aiohttp (its timeouts apply)
 IDLE_SECS = 75.0  # keep-alive: an idle connection is closed (aiohttp's default)
 MAX_HEAD = 16384  # a request head longer than this goes to aiohttp (it answers 400/431)
+MAX_LINE = 8190  # aiohttp's limit for the request line and each header line
+WRITE_CHUNK = 65536  # answers of one read are written in pieces of about this size
 
 _PULSE = b"/v1/pulse/"
 _BATCH = b"/v1/batch"
@@ -114,6 +119,9 @@ class FastPath:
                 return None
         except (PmclusterError, UnicodeError):
             return None  # aiohttp answers it (400, 413, 507, ...): nothing was stored
+        except Exception:
+            log.exception("fast path: unexpected error; aiohttp answers the request instead")
+            return None
         if response is not None:
             status = 204 if op == "send_pulse" else 200
             self.metrics.record(op, time.perf_counter() - start, status)
@@ -162,7 +170,12 @@ def parse_head(head: bytes) -> tuple[bytes, bytes, dict[bytes, bytes]] | None:
     but plain HTTP/1.1 with unique, simple, well-formed headers (aiohttp then judges it)."""
     if head.translate(None, _PLAIN):
         return None  # a control or non-ASCII byte: aiohttp decides what it is
+    crlf = head.count(b"\r\n")
+    if head.count(b"\r") != crlf or head.count(b"\n") != crlf:
+        return None  # a bare CR or LF: framing only llhttp may judge (no smuggling)
     lines = head.split(b"\r\n")
+    if b"\t" in lines[0] or max(map(len, lines)) > MAX_LINE:
+        return None
     parts = lines[0].split(b" ")
     if len(parts) != 3 or parts[2] != b"HTTP/1.1" or not parts[1].startswith(b"/"):
         return None
@@ -176,6 +189,8 @@ def parse_head(head: bytes) -> tuple[bytes, bytes, dict[bytes, bytes]] | None:
         if not sep or name in headers or not name.replace(b"-", b"").isalnum():
             return None
         headers[name] = value.strip(b" \t")
+    if b"host" not in headers:
+        return None  # aiohttp answers 400: HTTP/1.1 requires Host
     for name, value in headers.items():
         if name in (_FORWARDED, _CONTENT_LENGTH, _VERSION):
             continue
@@ -187,13 +202,21 @@ def parse_head(head: bytes) -> tuple[bytes, bytes, dict[bytes, bytes]] | None:
 
 
 class FastHttpConnection(asyncio.Protocol):
-    """One HTTP connection, answered by `FastPath` until a request needs aiohttp."""
+    """One HTTP connection, answered by `FastPath` until a request needs aiohttp.
+
+    Answers of one read leave in as few writes as possible, but in pieces of `WRITE_CHUNK`:
+    after each piece a peer that does not read (`pause_writing`) stops the loop, so pipelined
+    reads of large values cannot pile up in memory. A body arriving in several reads is
+    collected in pieces and joined once."""
 
     def __init__(self, fast: FastPath, fallback: HttpFactory) -> None:
         self._fast = fast
         self._fallback = fallback
         self._transport: asyncio.Transport | None = None
-        self._buf = b""
+        self._buf = b""  # unanswered bytes, from the start of the next request
+        self._more: list[bytes] = []  # pieces after `_buf` while a body arrives
+        self._have = 0  # len(_buf) + len(pieces) while `_need` > 0
+        self._need = 0  # bytes the current request needs in all (0: not waiting for a body)
         self._eof = False
         self._write_paused = False
         self._stall: asyncio.TimerHandle | None = None
@@ -208,29 +231,31 @@ class FastHttpConnection(asyncio.Protocol):
         self._idle = loop.call_later(IDLE_SECS, self._check_idle)
 
     def data_received(self, data: bytes) -> None:
-        self._buf = self._buf + data if self._buf else data
+        if self._need:
+            self._more.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                return
+            self._buf = b"".join([self._buf, *self._more])
+            self._more, self._need = [], 0
+        else:
+            self._buf = self._buf + data if self._buf else data
         self._process()
 
     def eof_received(self) -> bool:
         self._eof = True
-        if self._buf:
-            self._hand_over()  # a half-sent request: aiohttp knows what to answer
-            return True
+        if self._buf or self._more:
+            # A half-sent request: aiohttp answers it and decides whether to close.
+            return self._hand_over()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
 
     def shutdown(self) -> None:
-        """The node is stopping: close if idle; a request still arriving goes to aiohttp,
-        which finishes it under the node's drain (and answers `Connection: close`)."""
-        transport = self._transport
-        if transport is None or self.handed_over or transport.is_closing():
-            return
-        if self._buf:
-            self._hand_over()
-        else:
-            transport.close()
+        """The node is stopping: aiohttp takes the connection, so it is drained and closed
+        exactly like aiohttp's own (a request racing in is answered `Connection: close`)."""
+        self._hand_over()
 
     def pause_writing(self) -> None:
         # The peer does not read its responses: stop reading its requests too.
@@ -242,7 +267,8 @@ class FastHttpConnection(asyncio.Protocol):
         self._write_paused = False
         if self._transport is not None and not self.handed_over:
             self._transport.resume_reading()
-            self._process()
+            if not self._need:
+                self._process()
 
     # ------------------------------------------------------------------ internals
 
@@ -250,16 +276,15 @@ class FastHttpConnection(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing() or self.handed_over:
             return
-        buf, pos = self._buf, 0
+        buf, pos, answered = self._buf, 0, False
         out: list[bytes] = []
+        size = 0
         while pos < len(buf) and not self._write_paused:
             end = buf.find(b"\r\n\r\n", pos)
             if end < 0:
                 if len(buf) - pos > MAX_HEAD:
                     break  # hand over below
-                self._buf = buf[pos:]
-                self._flush(out)
-                self._arm_stall()
+                self._wait(buf[pos:], 0, out, answered)
                 return
             parsed = parse_head(buf[pos:end])
             if parsed is None:
@@ -273,15 +298,17 @@ class FastHttpConnection(asyncio.Protocol):
                 break
             body_end = end + 4 + length
             if body_end > len(buf):
-                self._buf = buf[pos:]
-                self._flush(out)
-                self._arm_stall()
+                self._wait(buf[pos:], body_end - pos, out, answered)
                 return
             response = self._fast.answer(method, target, headers, buf[end + 4 : body_end])
             if response is None:
                 break
             out.append(response)
-            pos = body_end
+            size += len(response)
+            pos, answered = body_end, True
+            if size >= WRITE_CHUNK:  # may pause writing: then the loop stops here
+                self._flush(out)
+                out, size = [], 0
         else:
             # Everything received was answered (or writing paused with requests waiting).
             self._buf = buf[pos:]
@@ -293,15 +320,26 @@ class FastHttpConnection(asyncio.Protocol):
         self._flush(out)
         self._hand_over()
 
+    def _wait(self, rest: bytes, need: int, out: list[bytes], answered: bool) -> None:
+        """Keep `rest` (an incomplete request; `need`: its full size when known) and wait."""
+        self._buf = rest
+        if need:
+            self._need, self._have = need, len(rest)
+        self._flush(out)
+        if answered:
+            self._disarm_stall()  # the stall clock runs per request
+        self._arm_stall()
+
     def _flush(self, out: list[bytes]) -> None:
         if out and self._transport is not None:
             self._transport.write(b"".join(out) if len(out) > 1 else out[0])
 
-    def _hand_over(self) -> None:
-        """Give the connection, with every unanswered byte, to aiohttp for good."""
+    def _hand_over(self) -> bool:
+        """Give the connection, with every unanswered byte, to aiohttp for good; returns what
+        aiohttp's `eof_received` answered when the peer had already half-closed."""
         transport = self._transport
         if transport is None or self.handed_over or transport.is_closing():
-            return
+            return False
         self.handed_over = True
         self._cancel_timers()
         inner = self._fallback()
@@ -310,11 +348,13 @@ class FastHttpConnection(asyncio.Protocol):
         if self._write_paused:
             inner.pause_writing()
         transport.resume_reading()  # aiohttp keeps its own flow control from here
-        buf, self._buf = self._buf, b""
-        if buf:
-            inner.data_received(buf)
+        rest = b"".join([self._buf, *self._more]) if self._more else self._buf
+        self._buf, self._more, self._need = b"", [], 0
+        if rest:
+            inner.data_received(rest)
         if self._eof and not transport.is_closing():
-            inner.eof_received()
+            return bool(inner.eof_received())
+        return False
 
     def _arm_stall(self) -> None:
         if self._stall is None:
@@ -335,7 +375,7 @@ class FastHttpConnection(asyncio.Protocol):
             return
         loop = asyncio.get_running_loop()
         idle_until = self._last + IDLE_SECS
-        if self._buf or loop.time() < idle_until:
+        if self._buf or self._more or loop.time() < idle_until:
             self._idle = loop.call_at(max(idle_until, loop.time() + 1.0), self._check_idle)
             return
         transport.close()

@@ -106,6 +106,7 @@ class ConnectionCap:
         self.refused = 0
         self._server: web.Server | None = None
         self._count: Callable[[], int] | None = None
+        self._at_most: Callable[[], int] | None = None
         self._counter: CounterChild | None = None
         if metrics is not None:
             registry = metrics.registry
@@ -140,12 +141,18 @@ class ConnectionCap:
             return self._count()
         return 0 if self._server is None else len(self._server.connections)
 
-    def count_with(self, count: Callable[[], int]) -> None:
-        """Take the open-connection count from `count` (the shared port's own tally)."""
+    def count_with(
+        self, count: Callable[[], int], at_most: Callable[[], int] | None = None
+    ) -> None:
+        """Take the open-connection count from `count` (the shared port's own tally);
+        `at_most`, a cheap upper bound, spares the exact count while far below the cap."""
         self._count = count
+        self._at_most = at_most
 
     def over_limit(self) -> bool:
         """True when more connections are open than the cap allows (the newest included)."""
+        if self._at_most is not None and self._at_most() <= self.limit:
+            return False
         return self.open > self.limit
 
     def install(self, server: web.Server) -> None:

@@ -113,6 +113,7 @@ class SharedServer:
         self._storm = storm
         self._fast = fast if fast is not None else weakref.WeakSet()
         self._accepted = accepted if accepted is not None else weakref.WeakSet()
+        self.closing = False
         self.port = int(server.sockets[0].getsockname()[1])  # kept: readable after close()
 
     @property
@@ -124,9 +125,16 @@ class SharedServer:
         """Connections accepted here and not closed yet, whatever their protocol."""
         return sum(1 for transport in list(self._accepted) if not transport.is_closing())
 
+    @property
+    def open_at_most(self) -> int:
+        """An upper bound of `open_connections` in O(1): closed transports may linger in the
+        set until they are collected."""
+        return len(self._accepted)
+
     def close(self) -> None:
-        """Stop accepting; Storm connections finish what they received, then close; idle
-        fast-path HTTP connections close (a request still arriving goes to aiohttp)."""
+        """Stop accepting; Storm connections finish what they received, then close; HTTP
+        connections on the fast path go to aiohttp, which drains and closes them."""
+        self.closing = True
         self.server.close()
         for conn in self.storm_connections:
             conn.shutdown()
@@ -176,6 +184,8 @@ async def start_shared_server(
         path = fast_path
 
         def make_fast() -> asyncio.Protocol:
+            if shared.closing:  # accepted before close(), first byte after: aiohttp's
+                return aiohttp_app_handler_factory()
             conn = FastHttpConnection(path, aiohttp_app_handler_factory)
             fast.add(conn)
             return conn
@@ -193,7 +203,7 @@ async def start_shared_server(
     )
     shared = SharedServer(server, storm, fast, accepted)
     if cap is not None:
-        cap.count_with(lambda: shared.open_connections)
+        cap.count_with(lambda: shared.open_connections, lambda: shared.open_at_most)
     return shared
 
 

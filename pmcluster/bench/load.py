@@ -39,6 +39,7 @@ __all__ = [
     "Measured",
     "Outcome",
     "RingSpec",
+    "Tally",
     "drive",
     "http_load",
     "ring_load",
@@ -243,7 +244,7 @@ def build_requests(spec: HttpSpec) -> tuple[list[bytes], int]:
     return requests, spec.batch
 
 
-class _Tally:
+class Tally:
     """Counts shared by one process's connections; requests handed out round-robin."""
 
     def __init__(
@@ -286,7 +287,7 @@ class _Tally:
 class _HttpConnection(asyncio.Protocol):
     """One keep-alive connection with one request in flight; parses just enough HTTP."""
 
-    def __init__(self, tally: _Tally) -> None:
+    def __init__(self, tally: Tally) -> None:
         self._tally = tally
         self._transport: asyncio.Transport | None = None
         self._buffer = b""
@@ -338,7 +339,7 @@ def http_load(spec: HttpSpec, ctl: Control) -> Outcome:
 
     async def main() -> Outcome:
         loop = asyncio.get_running_loop()
-        tally = _Tally(requests, per_request, window, ctl)
+        tally = Tally(requests, per_request, window, ctl)
         for _ in range(spec.connections):
             await loop.create_connection(lambda: _HttpConnection(tally), spec.host, spec.port)
         await asyncio.wait_for(tally.all_closed, window[1] - time.monotonic() + 30.0)

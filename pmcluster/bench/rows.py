@@ -63,6 +63,8 @@ class Plan:
     zookeeper: bool
     rows: tuple[str, ...]
     workdir: Path
+    storm_connections: int = 8
+    storm_depth: int = 100  # SEND_PULSEs in flight per Storm connection (Storm's client: 100)
 
 
 def storm_paths(count: int, topologies: int, root: str = "/workerbeats") -> list[str]:
@@ -284,16 +286,17 @@ class Bench:
         plan = self.plan
         node = self.node()
         parts = split(self.write_paths, plan.clients)
-        in_flight = spread(plan.concurrency, plan.clients)
+        connections = spread(max(plan.storm_connections, plan.clients), plan.clients)
         specs = [
-            storm.StormSpec(node.host, node.port, part, plan.payload, n, max(1, n // 8))
-            for part, n in zip(parts, in_flight, strict=True)
+            storm.StormSpec(node.host, node.port, part, plan.payload, n * plan.storm_depth, n)
+            for part, n in zip(parts, connections, strict=True)
         ]
         measured = self._drive("storm-put", storm.storm_load, specs, [node.pid])
         return _write_row(
             "storm-put",
-            f"pmcluster node, Storm protocol: one SEND_PULSE per heartbeat, {plan.concurrency} "
-            f"in flight pipelined over {sum(s.connections for s in specs)} connections",
+            f"pmcluster node, Storm protocol: one SEND_PULSE per heartbeat, "
+            f"{plan.storm_depth} in flight pipelined on each of "
+            f"{sum(s.connections for s in specs)} connections",
             measured,
             pmcluster_node=True,
         )
