@@ -67,6 +67,12 @@ class NowBackend(Protocol):
         """An unversioned write; False: not now."""
         ...
 
+    def send_pulses_now(self, pulses: Sequence[tuple[str, bytes]]) -> int:
+        """Unversioned writes, in order, each exactly as `send_pulse_now`; how many from the
+        start were done (the rest: one by one, `send_pulse_now` or the async path). Stops
+        before an entry with an invalid path or one the store refuses, doing nothing for it."""
+        ...
+
     def get_pulse_now(self, path: str) -> Pulse | _NotNow | None: ...
 
     def exists_now(self, path: str) -> bool | _NotNow: ...
@@ -85,6 +91,9 @@ class LocalNow:
     def send_pulse_now(self, path: str, data: bytes) -> bool:
         self.store.send_pulse(normalize_key(path), data, None)
         return True
+
+    def send_pulses_now(self, pulses: Sequence[tuple[str, bytes]]) -> int:
+        return 0  # rare (a node not yet in its cluster): one by one
 
     def get_pulse_now(self, path: str) -> Pulse | None:
         return self.store.get_pulse(normalize_key(path))
@@ -198,6 +207,47 @@ class CoordinatingBackend:
             v = client.clock.above(held)
         log.warning("write to %s still behind its owners after %d tries", key, MAX_VERSION_RETRIES)
         return True
+
+    def send_pulses_now(self, pulses: Sequence[tuple[str, bytes]]) -> int:
+        """`send_pulse_now` of each, in one pass, when the ring is this node alone (the
+        membership and failure-tracker bookkeeping then happens once, not per entry)."""
+        client = self.client
+        ring = client.ring
+        local = self._solo_local
+        if ring is None or ring is not self._solo_ring or local is None:
+            return 0  # `send_pulse_now` decides (and caches) whether this ring is ours alone
+        store = local.backend.store
+        clock = client.clock
+        done = 0
+        try:
+            for path, data in pulses:
+                key = normalize_key(path)
+                v = clock.now()
+                if not store.send_pulse(key, data, v):
+                    # An owner holding a newer version: `send_pulse_now`'s retry, for this one.
+                    self._retry_above(local, key, data, v, local.backend.held_version(key))
+                done += 1
+        except Exception:  # an invalid path, a full store: that entry goes one by one
+            pass
+        if done:
+            client.failures.record_success(local.node_id)
+        return done
+
+    def _retry_above(self, local: LocalTransport, key: str, data: bytes, v: int, held: int) -> None:
+        """The rest of `send_pulse_now`'s loop after a first try at `v` lost to `held`."""
+        client = self.client
+        store = local.backend.store
+        for _ in range(MAX_VERSION_RETRIES - 1):
+            if held < v or v >= MAX_VERSION:
+                return
+            client.stats["version_retries"] += 1
+            v = client.clock.above(held)
+            held = 0 if store.send_pulse(key, data, v) else local.backend.held_version(key)
+        if held < v or v >= MAX_VERSION:
+            return
+        client.stats["version_retries"] += 1
+        client.clock.above(held)  # as the loop's last round does
+        log.warning("write to %s still behind its owners after %d tries", key, MAX_VERSION_RETRIES)
 
     def get_pulse_now(self, path: str) -> Pulse | _NotNow | None:
         """`ClusterClient.get_pulse` when this node is the key's only owner (grace ring too)."""

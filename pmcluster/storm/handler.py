@@ -22,7 +22,7 @@ it returns the encoded reply frame, or None when the request must take `handle`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from pmcluster.backend import Backend
@@ -32,6 +32,7 @@ from pmcluster.paths import normalize, normalize_key
 from pmcluster.storm import fastcodec
 from pmcluster.storm.codec import HBMessage, HBMessageData, HBNodes, HBPulse, HBRecords
 from pmcluster.storm.codec import HBServerMessageType as T
+from pmcluster.storm.fastcodec import FastRequest
 from pmcluster.storm.metrics import StormMetrics
 
 __all__ = [
@@ -65,6 +66,8 @@ class PulseSizes(Protocol):
     """Where pulse sizes are reported (the node's `Metrics`: Storm's `pacemaker_*` metrics)."""
 
     def received(self, size: int) -> None: ...
+
+    def received_many(self, sizes: Sequence[int]) -> None: ...
 
     def sent(self, size: int) -> None: ...
 
@@ -164,6 +167,26 @@ class StormHandler:
         if reply is not None:
             self.metrics.count_request(name)
         return reply
+
+    def send_pulses_now(self, run: Sequence[FastRequest], authorized_reader: bool) -> list[bytes]:
+        """The reply frames of consecutive SEND_PULSE requests of one read that could be
+        answered without waiting, from the start of `run` (possibly none): `answer_now` of
+        each, with the per-request bookkeeping done once for all (pipelined heartbeats)."""
+        if not authorized_reader and self.writes_need_auth:
+            return []
+        resolve_now = self._resolve_now
+        now = resolve_now(False) if resolve_now is not None else None
+        if now is None:
+            return []
+        done = now.send_pulses_now([(raw, details or b"") for _, _, raw, details in run])
+        if not done:
+            return []
+        requests = self.metrics.requests
+        requests["SEND_PULSE"] = requests.get("SEND_PULSE", 0) + done
+        if self.pulse_sizes is not None:
+            self.pulse_sizes.received_many([len(r[3] or b"") for r in run[:done]])
+        encode = fastcodec.encode_empty_reply
+        return [encode(_SEND_PULSE_RESPONSE, mid) for _, mid, _, _ in run[:done]]
 
     def _answer_now(self, now: NowBackend, mtype: T, raw: str, mid: int) -> bytes | None:
         """The reads of `answer_now`."""

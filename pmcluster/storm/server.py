@@ -53,6 +53,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+_SEND_PULSE = int(HBServerMessageType.SEND_PULSE)
+
 _AUTH_TYPES = frozenset(
     {HBServerMessageType.CONTROL_MESSAGE, HBServerMessageType.SASL_MESSAGE_TOKEN}
 )
@@ -127,17 +129,23 @@ class StormConnection(asyncio.Protocol):
             return
         bodies, error = self._decoder.split(data)
         try:
-            for body in bodies:
-                fast = decode_request(body)
+            i, count = 0, len(bodies)
+            while i < count:
+                fast = decode_request(bodies[i])
                 if fast is None:
-                    self._dispatch(decode_message(body))
+                    self._dispatch(decode_message(bodies[i]))
+                    i += 1
                     continue
+                if fast[0] == _SEND_PULSE and self._lane_open():
+                    done = self._answer_sends_now(fast, bodies, i)
+                    if done:
+                        i += done
+                        self._flush_window()
+                        continue
                 if not self._answer_now(fast):
                     return  # the request failed: the connection is closed
-                if self._answered + len(self._tasks) >= self.max_in_flight:
-                    # A window of replies, as many as tasks could have made: write them, so
-                    # a peer that does not read them stops the lane (`pause_writing`).
-                    self._flush()
+                i += 1
+                self._flush_window()
             if error is not None:
                 raise error
         except ProtocolError as exc:
@@ -213,6 +221,32 @@ class StormConnection(asyncio.Protocol):
             self._update_reading()
         else:
             self._start(message, authorized)
+
+    def _lane_open(self) -> bool:
+        """Whether a request may be answered now (nothing queued, the peer reads, room)."""
+        return not (self._pending or self._write_paused or len(self._tasks) >= self.max_in_flight)
+
+    def _flush_window(self) -> None:
+        if self._answered + len(self._tasks) >= self.max_in_flight:
+            # A window of replies, as many as tasks could have made: write them, so a peer
+            # that does not read them stops the lane (`pause_writing`).
+            self._flush()
+
+    def _answer_sends_now(self, first: FastRequest, bodies: list[bytes], at: int) -> int:
+        """Answer the run of SEND_PULSEs starting at `bodies[at]` (decoded: `first`) in one
+        pass, at most a window's worth; how many were answered (0: none, go one by one)."""
+        room = self.max_in_flight - self._answered - len(self._tasks)
+        run = [first]
+        for body in bodies[at + 1 : at + room]:
+            fast = decode_request(body)
+            if fast is None or fast[0] != _SEND_PULSE:
+                break
+            run.append(fast)
+        self._ordinary_seen = True
+        replies = self.handler.send_pulses_now(run, self.auth.authorized_reader)
+        self._out.extend(replies)
+        self._answered += len(replies)
+        return len(replies)
 
     def _answer_now(self, request: FastRequest) -> bool:
         """Answer an ordinary request now if it needs no waiting, else dispatch it as usual;

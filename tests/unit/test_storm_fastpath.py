@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import random
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import pytest
@@ -205,6 +205,9 @@ class Sizes:
 
     def sent(self, size: int) -> None:
         self.seen.append(("sent", size))
+
+    def received_many(self, sizes: Sequence[int]) -> None:
+        self.seen.extend(("received", size) for size in sizes)
 
 
 def script() -> list[HBMessage]:
@@ -422,3 +425,59 @@ def test_split_yields_the_frames_feed_decodes_whatever_the_chunking() -> None:
         assert got == want == messages
         assert errors == (1 if bad else 0)
         assert splitter.split(b"")[1] is not None if bad else splitter.buffered == 0
+
+
+async def test_a_run_of_pipelined_writes_is_answered_as_each_would_be_alone(
+    single_nodes: list[Node],
+) -> None:
+    """`send_pulses_now` (one pass over a read's SEND_PULSEs) against `answer_now` per frame:
+    same replies, metrics, sizes, store and client stats; a key held ahead of the clock is
+    retried above; the run stops before an invalid path, which then goes one by one."""
+    ahead = 2**62
+    for node in single_nodes:
+        node.store.send_pulse("/wb/t/ahead", b"old", ahead)
+    requests = [(f"/wb/t/w{i}", bytes([i]) * (10 * i)) for i in range(40)]
+    requests[7] = ("/wb/t/ahead", b"new")
+    requests[30] = ("no/slash", b"bad")
+    sides = []
+    for node in single_nodes:
+        sizes = Sizes()
+        backend = node.backend
+        handler = StormHandler(backend, resolve_now=fixed_now(backend), pulse_sizes=sizes)
+        sides.append(Side(handler, node.store, sizes))
+    batched, single = sides
+    fast_requests = []
+    for mid, (path, data) in enumerate(requests):
+        body = encode_message(
+            HBMessage(T.SEND_PULSE, HBMessageData(pulse=HBPulse(path, data)), mid)
+        )
+        decoded = fastcodec.decode_request(body)
+        assert decoded is not None
+        fast_requests.append(decoded)
+    # The first call finds the ring not yet known to be this node's alone: one by one.
+    first = fast_requests[0]
+    assert batched.handler.send_pulses_now(fast_requests[:1], True) == []
+    replies_a = [batched.handler.answer_now(first[0], first[2], first[3], first[1], True)]
+    rest = fast_requests[1:]
+    runs = []
+    while rest:
+        replies = batched.handler.send_pulses_now(rest, True)
+        runs.append(len(replies))
+        if not replies:  # the invalid path: alone, as the server does
+            one = rest[0]
+            replies = [batched.handler.answer_now(one[0], one[2], one[3], one[1], True)]
+        replies_a += replies
+        rest = rest[len(replies) :]
+    replies_b = [single.handler.answer_now(r[0], r[2], r[3], r[1], True) for r in fast_requests]
+    assert replies_a == replies_b and len(replies_a) == 40
+    assert runs == [29, 0, 9]  # two runs in one pass each, around the invalid path
+    assert batched.handler.metrics.snapshot() == single.handler.metrics.snapshot()
+    assert batched.handler.metrics.invalid_paths == 1
+    assert batched.sizes.seen == single.sizes.seen
+    for node in single_nodes:
+        pulse = node.store.get_pulse("/wb/t/ahead")
+        assert pulse is not None and pulse.data == b"new" and pulse.version > ahead
+        assert node.client.stats["version_retries"] == 1
+    listing = [(p.path, p.data) for p in batched.store.get_all_pulse_for_path("/")]
+    assert listing == [(p.path, p.data) for p in single.store.get_all_pulse_for_path("/")]
+    assert len(listing) == 39
