@@ -19,93 +19,38 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from faultkit import (
+    NODE_KEYS,
+    PERIOD,
+    TIMEOUT,
+    assert_clean,
+    client_config,
+    converged,
+    max_read_latency,
+    node_keys,
+    run_load,
+    running_cluster,
+)
 
 from pmcluster.client import SyncClusterClient
-from pmcluster.config import Config, config_from_mapping
-from pmcluster.history import History
-from pmcluster.loadgen import BackgroundLoad, LoadSpec, StormLoad, heartbeat_paths
+from pmcluster.config import config_from_mapping
 from pmcluster.membership import FixedMembership
 from pmcluster.paths import to_url
 from pmcluster.ring import Member
-from pmcluster.testing import ManagedZooKeeper, NodeCluster, NodeProcess, wait_until, zk_yaml
+from pmcluster.testing import ManagedZooKeeper, NodeCluster, NodeProcess, wait_until
 from pmcluster.testing_dns import DnsServer
 
 pytestmark = pytest.mark.integration
 
-PERIOD = 0.5
-TIMEOUT = 0.5
-NODE_KEYS: dict[str, Any] = {
-    "task.heartbeat.frequency.secs": PERIOD,
-    "pmcluster.request.timeout.secs": TIMEOUT,
-    "pmcluster.connect.timeout.secs": 0.2,
-    "storm.zookeeper.session.timeout": 1500,
-    "pmcluster.log.level": "INFO",
-}
-
-
-def client_config(zk_hosts: str | None = None, servers: list[str] | None = None) -> Config:
-    keys: dict[str, Any] = {k: v for k, v in NODE_KEYS.items() if not k.startswith("storm.")}
-    keys["storm.zookeeper.session.timeout"] = 1500
-    if zk_hosts is not None:
-        keys.update(zk_yaml(zk_hosts))
-    if servers is not None:
-        keys["pacemaker.servers"] = servers
-    return config_from_mapping(keys)
-
-
-def run_load(cluster: NodeCluster, config: Config, workers: int = 24) -> BackgroundLoad:
-    spec = LoadSpec(paths=tuple(heartbeat_paths(workers)), period=PERIOD, payload=200)
-    return BackgroundLoad(StormLoad(config, spec, node_urls=cluster.urls))
-
-
-def assert_clean(load: BackgroundLoad, history: History) -> None:
-    report = load.check()
-    detail = "\n".join(str(f) for f in report.findings()[:10])
-    assert report.ok, f"{report.verdict_line()}\n{detail}"
-    reads = [op for op in history.ops if op.op == "read" and op.outcome in ("ok", "absent")]
-    assert len(reads) > 100, "the load did not read enough to judge anything"
-
-
-def max_read_latency(history: History, since: float, until: float) -> float:
-    """Slowest read of the ring-aware client that started in [since, until)."""
-    return max(
-        (
-            op.end - op.start
-            for op in history.ops
-            if op.op == "read" and op.client.endswith("-client") and since <= op.start < until
-        ),
-        default=0.0,
-    )
-
-
-def node_keys(node: NodeProcess) -> int:
-    with urllib.request.urlopen(f"{node.url}/health", timeout=2) as resp:
-        return int(json.load(resp)["keys"])
-
-
-def members_of(node: NodeProcess) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{node.url}/v1/members", timeout=2) as resp:
-        doc: dict[str, Any] = json.load(resp)
-        return doc
-
-
-def converged(nodes: list[NodeProcess], size: int) -> bool:
-    try:
-        views = [members_of(n) for n in nodes]
-    except (OSError, urllib.error.URLError):
-        return False
-    return len({v["epoch"] for v in views}) == 1 and all(len(v["members"]) == size for v in views)
-
 
 @pytest.fixture
 def zk_cluster(zk_hosts: str, tmp_path: Path) -> Iterator[NodeCluster]:
-    with NodeCluster(3, workdir=tmp_path, zk_hosts=zk_hosts, extra=NODE_KEYS) as cluster:
-        wait_until(lambda: converged(cluster.nodes, 3), timeout=10)
+    with running_cluster(3, tmp_path, zk_hosts) as cluster:
         yield cluster
 
 
 def test_kill9_one_node_loses_no_heartbeat(zk_cluster: NodeCluster, zk_hosts: str) -> None:
-    load = run_load(zk_cluster, client_config(zk_hosts))
+    load = run_load(zk_cluster.urls, client_config(zk_hosts))
     with load:
         time.sleep(2.0)
         zk_cluster[1].kill()
@@ -116,7 +61,7 @@ def test_kill9_one_node_loses_no_heartbeat(zk_cluster: NodeCluster, zk_hosts: st
 
 
 def test_sigstop_fails_over_and_node_returns_empty(zk_cluster: NodeCluster, zk_hosts: str) -> None:
-    load = run_load(zk_cluster, client_config(zk_hosts))
+    load = run_load(zk_cluster.urls, client_config(zk_hosts))
     victim = zk_cluster[2]
     with load:
         time.sleep(2.0)
@@ -135,7 +80,7 @@ def test_sigstop_fails_over_and_node_returns_empty(zk_cluster: NodeCluster, zk_h
 
 
 def test_restart_empty_at_same_address(zk_cluster: NodeCluster, zk_hosts: str) -> None:
-    load = run_load(zk_cluster, client_config(zk_hosts))
+    load = run_load(zk_cluster.urls, client_config(zk_hosts))
     with load:
         time.sleep(2.0)
         zk_cluster[0].kill()
@@ -148,7 +93,7 @@ def test_restart_empty_at_same_address(zk_cluster: NodeCluster, zk_hosts: str) -
 
 
 def test_add_a_node_then_drain_one(zk_cluster: NodeCluster, zk_hosts: str, tmp_path: Path) -> None:
-    load = run_load(zk_cluster, client_config(zk_hosts), workers=40)
+    load = run_load(zk_cluster.urls, client_config(zk_hosts), workers=40)
     fourth = NodeProcess(
         {**zk_cluster[0].config_yaml, "pacemaker.host": "127.0.0.4"}, workdir=tmp_path
     )
@@ -180,9 +125,8 @@ def test_zookeeper_restart_keeps_members(
     private_zookeeper: ManagedZooKeeper, tmp_path: Path
 ) -> None:
     hosts = private_zookeeper.new_chroot("z-")
-    with NodeCluster(3, workdir=tmp_path, zk_hosts=hosts, extra=NODE_KEYS) as cluster:
-        wait_until(lambda: converged(cluster.nodes, 3), timeout=10)
-        load = run_load(cluster, client_config(hosts))
+    with running_cluster(3, tmp_path, hosts) as cluster:
+        load = run_load(cluster.urls, client_config(hosts))
         with load:
             time.sleep(1.5)
             private_zookeeper.restart()

@@ -14,24 +14,34 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import itertools
-import json
 import os
 import random
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
+from faultkit import (
+    NODE_KEYS,
+    PERIOD,
+    SESSION_MS,
+    TIMEOUT,
+    assert_clean,
+    client_config,
+    converged,
+    max_read_latency,
+    members_of,
+    node_keys,
+    run_load,
+    running_cluster,
+)
 from yarl import URL
 
 from pmcluster.client import SyncClusterClient
-from pmcluster.config import Config, config_from_mapping
 from pmcluster.history import History, check
-from pmcluster.loadgen import BackgroundLoad, LoadSpec, StormLoad, heartbeat_paths
+from pmcluster.loadgen import heartbeat_paths
 from pmcluster.paths import to_url
 from pmcluster.testing import (
     ManagedZooKeeper,
@@ -45,74 +55,11 @@ from pmcluster.testing_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
 
-PERIOD = 0.5
-TIMEOUT = 0.5
-SESSION_MS = 1500
-NODE_KEYS: dict[str, Any] = {
-    "task.heartbeat.frequency.secs": PERIOD,
-    "pmcluster.request.timeout.secs": TIMEOUT,
-    "pmcluster.connect.timeout.secs": 0.2,
-    "storm.zookeeper.session.timeout": SESSION_MS,
-    "pmcluster.log.level": "INFO",
-}
 LATENCY_SLACK = 0.35  # scheduling slack on a loaded 2-core machine
 FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
 
 # --- helpers --------------------------------------------------------------------------------
-
-
-def client_config(zk_hosts: str | None = None, servers: list[str] | None = None) -> Config:
-    keys: dict[str, Any] = dict(NODE_KEYS)
-    if zk_hosts is not None:
-        keys.update(zk_yaml(zk_hosts))
-    if servers is not None:
-        keys["pacemaker.servers"] = servers
-    return config_from_mapping(keys)
-
-
-def run_load(urls: list[str], config: Config, workers: int = 24) -> BackgroundLoad:
-    spec = LoadSpec(paths=tuple(heartbeat_paths(workers)), period=PERIOD, payload=200)
-    return BackgroundLoad(StormLoad(config, spec, node_urls=urls))
-
-
-def assert_clean(load: BackgroundLoad, history: History) -> None:
-    report = load.check()
-    detail = "\n".join(str(f) for f in report.findings()[:10])
-    assert report.ok, f"{report.verdict_line()}\n{detail}"
-    reads = [op for op in history.ops if op.op == "read" and op.outcome in ("ok", "absent")]
-    assert len(reads) > 100, "the load did not read enough to judge anything"
-    print(report.verdict_line())
-
-
-def max_read_latency(history: History, since: float, until: float) -> float:
-    """Slowest read of the ring-aware client that started in [since, until)."""
-    return max(
-        (
-            op.end - op.start
-            for op in history.ops
-            if op.op == "read" and op.client.endswith("-client") and since <= op.start < until
-        ),
-        default=0.0,
-    )
-
-
-def http_json(url: str, timeout: float = 2.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        return json.load(resp)
-
-
-def members_of(node: NodeProcess) -> dict[str, Any]:
-    doc: dict[str, Any] = http_json(f"{node.url}/v1/members")
-    return doc
-
-
-def converged(nodes: list[NodeProcess], size: int) -> bool:
-    try:
-        views = [members_of(n) for n in nodes]
-    except (OSError, urllib.error.URLError):
-        return False
-    return len({v["epoch"] for v in views}) == 1 and all(len(v["members"]) == size for v in views)
 
 
 def timed_wait(what: str, predicate: Callable[[], bool], timeout: float) -> float:
@@ -130,14 +77,9 @@ def print_latency(what: str, history: History, since: float, until: float) -> fl
     return worst
 
 
-def node_keys(node: NodeProcess) -> int:
-    return int(http_json(f"{node.url}/health")["keys"])
-
-
 @pytest.fixture
 def zk_cluster(zk_hosts: str, tmp_path: Path) -> Iterator[NodeCluster]:
-    with NodeCluster(3, workdir=tmp_path, zk_hosts=zk_hosts, extra=NODE_KEYS) as cluster:
-        wait_until(lambda: converged(cluster.nodes, 3), timeout=10)
+    with running_cluster(3, tmp_path, zk_hosts) as cluster:
         yield cluster
 
 
@@ -174,8 +116,7 @@ def test_zookeeper_down_past_the_session_timeout(
     """ZooKeeper stopped for longer than the session timeout, then started again on the same
     data: nodes keep serving, clients keep their last ring, nodes are members again after."""
     hosts = private_zookeeper.new_chroot("z-")
-    with NodeCluster(3, workdir=tmp_path, zk_hosts=hosts, extra=NODE_KEYS) as cluster:
-        wait_until(lambda: converged(cluster.nodes, 3), timeout=10)
+    with running_cluster(3, tmp_path, hosts) as cluster:
         load = run_load(cluster.urls, client_config(hosts))
         with load, SyncClusterClient(client_config(hosts)) as watcher:
             time.sleep(1.5)

@@ -16,8 +16,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,24 +23,25 @@ from typing import Any
 import dns.resolver
 import pytest
 import yaml
+from faultkit import (
+    NODE_KEYS,
+    assert_clean,
+    client_config,
+    converged,
+    run_load,
+    running_cluster,
+    view,
+)
 
 from pmcluster.client import SyncClusterClient
-from pmcluster.config import Config, config_from_mapping
-from pmcluster.loadgen import BackgroundLoad, LoadSpec, StormLoad, heartbeat_paths
+from pmcluster.config import config_from_mapping
+from pmcluster.loadgen import BackgroundLoad
 from pmcluster.testing import NodeCluster, process_alive, wait_until, zk_yaml
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 OPS = REPO / "ops"
-PERIOD = 0.5
-TIMEOUT = 0.5
-NODE_KEYS: dict[str, Any] = {
-    "task.heartbeat.frequency.secs": PERIOD,
-    "pmcluster.request.timeout.secs": TIMEOUT,
-    "pmcluster.connect.timeout.secs": 0.2,
-    "storm.zookeeper.session.timeout": 1500,
-}
 
 
 def cluster_yaml(tmp_path: Path, zk_hosts: str, **extra: Any) -> Path:
@@ -53,10 +52,6 @@ def cluster_yaml(tmp_path: Path, zk_hosts: str, **extra: Any) -> Path:
     return path
 
 
-def client_config(zk_hosts: str) -> Config:
-    return config_from_mapping({**NODE_KEYS, **zk_yaml(zk_hosts)})
-
-
 def ops(*argv: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
     """Run an ops script (`ops/add-node ...`) to completion."""
     return subprocess.run(
@@ -64,44 +59,14 @@ def ops(*argv: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
     )
 
 
-def run_load(urls: list[str], config: Config, workers: int = 24) -> BackgroundLoad:
-    spec = LoadSpec(paths=tuple(heartbeat_paths(workers)), period=PERIOD, payload=200)
-    return BackgroundLoad(StormLoad(config, spec, node_urls=urls))
-
-
 def assert_no_miss(load: BackgroundLoad) -> None:
-    history = load.stop()
-    report = load.check()
-    detail = "\n".join(str(f) for f in report.findings()[:10])
-    if not report.ok and os.environ.get("PMCLUSTER_DUMP"):
-        history.dump_jsonl(os.environ["PMCLUSTER_DUMP"])
-    assert report.ok, f"{report.verdict_line()}\n{detail}"
-    reads = [op for op in history.ops if op.op == "read" and op.outcome in ("ok", "absent")]
-    assert len(reads) > 100, "the load did not read enough to judge anything"
-
-
-def view(url: str) -> dict[str, Any] | None:
-    try:
-        with urllib.request.urlopen(f"{url}/v1/members", timeout=2) as resp:
-            doc: dict[str, Any] = json.load(resp)
-            return doc
-    except (OSError, urllib.error.URLError):
-        return None
-
-
-def converged(urls: list[str], size: int) -> bool:
-    views = [view(u) for u in urls]
-    if any(v is None for v in views):
-        return False
-    return len({v["epoch"] for v in views if v}) == 1 and all(
-        v is not None and len(v["members"]) == size for v in views
-    )
+    """Stop the load and judge its history."""
+    assert_clean(load, load.stop())
 
 
 @pytest.fixture
 def zk_cluster(zk_hosts: str, tmp_path: Path) -> Iterator[NodeCluster]:
-    with NodeCluster(3, workdir=tmp_path, zk_hosts=zk_hosts, extra=NODE_KEYS) as cluster:
-        wait_until(lambda: converged(cluster.urls, 3), timeout=10)
+    with running_cluster(3, tmp_path, zk_hosts) as cluster:
         yield cluster
 
 
@@ -167,8 +132,7 @@ def test_remove_node_under_load(zk_cluster: NodeCluster, zk_hosts: str, tmp_path
 
 def test_remove_refused_below_replication_unless_forced(zk_hosts: str, tmp_path: Path) -> None:
     config = cluster_yaml(tmp_path, zk_hosts)
-    with NodeCluster(2, workdir=tmp_path, zk_hosts=zk_hosts, extra=NODE_KEYS) as cluster:
-        wait_until(lambda: converged(cluster.urls, 2), timeout=10)
+    with running_cluster(2, tmp_path, zk_hosts) as cluster:
         refused = ops("remove-node", "--config", str(config), "--node", cluster[1].node_id)
         assert refused.returncode == 1
         assert "fewer than the replication factor 2" in refused.stderr
@@ -192,8 +156,7 @@ def test_status_degraded_while_a_node_is_stopped(zk_hosts: str, tmp_path: Path) 
     # A session timeout well past the test's pause: the stopped node stays a member.
     keys = {**NODE_KEYS, "storm.zookeeper.session.timeout": 15000}
     config = cluster_yaml(tmp_path, zk_hosts, **keys)
-    with NodeCluster(3, workdir=tmp_path, zk_hosts=zk_hosts, extra=keys) as cluster:
-        wait_until(lambda: converged(cluster.urls, 3), timeout=10)
+    with running_cluster(3, tmp_path, zk_hosts, keys) as cluster:
         code, doc = status(config)
         assert (code, doc["verdict"]) == (0, "OK"), doc
         cluster[2].stop_signal()
