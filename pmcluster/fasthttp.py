@@ -23,7 +23,6 @@ timeouts and auth), so every error response stays aiohttp's and nothing is store
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -101,19 +100,28 @@ class FastPath:
         return self._head
 
     def answer(
-        self, method: bytes, target: bytes, headers: dict[bytes, bytes], body: bytes
+        self,
+        method: bytes,
+        target: bytes,
+        headers: dict[bytes, bytes],
+        buf: bytes,
+        start: int,
+        stop: int,
     ) -> bytes | None:
-        """The whole response to one request, or None: aiohttp must answer it."""
+        """The whole response to one request whose body is `buf[start:stop]` (left in the
+        receive buffer: a batch is decoded in place), or None: aiohttp must answer it."""
         if self.state.draining or headers.get(_FORWARDED) != b"1":
             return None
-        start = time.perf_counter()
+        began = time.perf_counter()
         response: bytes | None
         try:
             if method == b"PUT" and target.startswith(_PULSE) and self.writes_open:
-                op, response = "send_pulse", self._put(target, headers, body)
+                op, response = "send_pulse", self._put(target, headers, buf[start:stop])
             elif method == b"POST" and target == _BATCH and self.writes_open:
-                op, response = "batch", self._batch(body)
-            elif method == b"GET" and target.startswith(_PULSE) and self.reads_open and not body:
+                op, response = "batch", self._batch(buf, start, stop)
+            elif method == b"GET" and target.startswith(_PULSE) and self.reads_open:
+                if stop > start:
+                    return None  # a GET with a body: aiohttp's to judge
                 op, response = "get_pulse", self._get(target)
             else:
                 return None
@@ -124,7 +132,7 @@ class FastPath:
             return None
         if response is not None:
             status = 204 if op == "send_pulse" else 200
-            self.metrics.record(op, time.perf_counter() - start, status)
+            self.metrics.record(op, time.perf_counter() - began, status)
         return response
 
     def _put(self, target: bytes, headers: dict[bytes, bytes], body: bytes) -> bytes:
@@ -138,11 +146,13 @@ class FastPath:
         held = f"{HELD_HEADER}: {self.local.held_version(path)}\r\n".encode()
         return b"HTTP/1.1 204 No Content\r\n" + held + self.common_head() + b"\r\n"
 
-    def _batch(self, body: bytes) -> bytes:
-        entries = pulsecodec.decode(body)  # unchanged: trusted entries take version 0 as "now"
+    def _batch(self, buf: bytes, start: int, stop: int) -> bytes:
+        # The decoder's entries go to the store unchanged: trusted entries take 0 as "now".
+        entries = pulsecodec.decode(buf, start=start, stop=stop)
         stored = self.store.send_pulses(entries, trusted=True)
         self.metrics.received_many([len(data) for _, data, _ in entries])
-        payload = json.dumps({"stored": stored, "ignored": len(entries) - stored}).encode()
+        # json.dumps's exact output for this dict, without its per-call machinery
+        payload = b'{"stored": %d, "ignored": %d}' % (stored, len(entries) - stored)
         return (
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\n" % len(payload) + self.common_head() + b"\r\n" + payload
@@ -220,6 +230,7 @@ class FastHttpConnection(asyncio.Protocol):
         self._eof = False
         self._write_paused = False
         self._stall: asyncio.TimerHandle | None = None
+        self._waiting_since: float | None = None
         self._idle: asyncio.TimerHandle | None = None
         self._last = 0.0
         self.handed_over = False
@@ -300,7 +311,7 @@ class FastHttpConnection(asyncio.Protocol):
             if body_end > len(buf):
                 self._wait(buf[pos:], body_end - pos, out, answered)
                 return
-            response = self._fast.answer(method, target, headers, buf[end + 4 : body_end])
+            response = self._fast.answer(method, target, headers, buf, end + 4, body_end)
             if response is None:
                 break
             out.append(response)
@@ -356,17 +367,29 @@ class FastHttpConnection(asyncio.Protocol):
             return bool(inner.eof_received())
         return False
 
+    # The stall clock: `_waiting_since` is when the incomplete request began to wait; one
+    # timer per connection checks it and re-arms itself while requests keep completing, so a
+    # large body arriving in several reads costs no timer of its own.
+
     def _arm_stall(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._waiting_since is None:
+            self._waiting_since = loop.time()
         if self._stall is None:
-            self._stall = asyncio.get_running_loop().call_later(STALL_SECS, self._stalled)
+            self._stall = loop.call_at(self._waiting_since + STALL_SECS, self._stalled)
 
     def _disarm_stall(self) -> None:
-        if self._stall is not None:
-            self._stall.cancel()
-            self._stall = None
+        self._waiting_since = None
 
     def _stalled(self) -> None:
         self._stall = None
+        since = self._waiting_since
+        if since is None:
+            return  # nothing is waiting: the next wait arms the clock again
+        loop = asyncio.get_running_loop()
+        if loop.time() < since + STALL_SECS:
+            self._stall = loop.call_at(since + STALL_SECS, self._stalled)
+            return
         self._hand_over()
 
     def _check_idle(self) -> None:
@@ -381,7 +404,10 @@ class FastHttpConnection(asyncio.Protocol):
         transport.close()
 
     def _cancel_timers(self) -> None:
-        self._disarm_stall()
+        self._waiting_since = None
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None

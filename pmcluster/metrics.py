@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
+from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Generic, TypeVar
 
@@ -128,9 +129,10 @@ class HistogramChild:
     def observe_many(self, values: Iterable[float]) -> None:
         """`observe` each of `values`, in one call (a batch's pulse sizes)."""
         counts, bounds, total = self.counts, self.bounds, 0.0
-        for value in values:
-            counts[bisect_left(bounds, value)] += 1
-            total += value
+        # A batch's sizes repeat (workers' heartbeats are alike): bucket each distinct one once.
+        for value, times in Tally(values).items():
+            counts[bisect_left(bounds, value)] += times
+            total += value * times
         self.sum += total
 
     @property

@@ -72,30 +72,36 @@ def encode(pulses: Iterable[tuple[str, bytes, int | None] | PulseLike]) -> bytes
 
 
 def decode(
-    body: bytes | bytearray | memoryview, *, max_entries: int | None = None
+    body: bytes | bytearray | memoryview,
+    *,
+    max_entries: int | None = None,
+    start: int = 0,
+    stop: int | None = None,
 ) -> list[tuple[str, bytes, int]]:
     """Decode a body into `(path, data, version)` tuples; paths come back normalised.
 
-    Raises `InvalidRequest("entry N: reason")` for a truncated record, a path that is not
-    UTF-8 or not a valid key, a negative version, or more than `max_entries` records. An
-    empty body is an empty list.
+    `start`/`stop`: the body is `body[start:stop]`, decoded in place (a server's receive
+    buffer holding more than one request is not copied first). Raises `InvalidRequest("entry
+    N: reason")` for a truncated record, a path that is not UTF-8 or not a valid key, a
+    negative version, or more than `max_entries` records (offsets in messages count from
+    `start`). An empty body is an empty list.
     """
     if not isinstance(body, bytes):
         body = bytes(body)
-    end = len(body)
+    end = len(body) if stop is None else stop
     out: list[tuple[str, bytes, int]] = []
     append = out.append
     unpack_u32 = _U32.unpack_from
     unpack_version_len = _VERSION_LEN.unpack_from
     limit = end + 1 if max_entries is None else max_entries
-    offset = 0
+    offset = start
     index = 0
     while offset < end:
         if index >= limit:
             raise InvalidRequest(f"entry {index}: more than {limit} entries in one body")
         if offset + 4 > end:
             raise InvalidRequest(
-                f"entry {index}: truncated path length at offset {offset} "
+                f"entry {index}: truncated path length at offset {offset - start} "
                 f"({end - offset} of 4 bytes)"
             )
         (path_len,) = unpack_u32(body, offset)
@@ -104,11 +110,11 @@ def decode(
         if path_end + 12 > end:
             if path_end > end:
                 raise InvalidRequest(
-                    f"entry {index}: truncated path at offset {offset} "
+                    f"entry {index}: truncated path at offset {offset - start} "
                     f"(path_len {path_len}, {end - offset} bytes left)"
                 )
             raise InvalidRequest(
-                f"entry {index}: truncated version/data length at offset {path_end} "
+                f"entry {index}: truncated version/data length at offset {path_end - start} "
                 f"({end - path_end} of 12 bytes)"
             )
         try:
@@ -138,7 +144,7 @@ def decode(
         data_end = offset + data_len
         if data_end > end:
             raise InvalidRequest(
-                f"entry {index}: truncated data at offset {offset} "
+                f"entry {index}: truncated data at offset {offset - start} "
                 f"(data_len {data_len}, {end - offset} bytes left)"
             )
         append((path, body[offset:data_end], version))

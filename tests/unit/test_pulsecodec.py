@@ -134,3 +134,15 @@ def test_encode_rejects_out_of_range_version() -> None:
         encode([("/a", b"", 1), ("/b", b"", -5)])
     with pytest.raises(InvalidRequest, match="entry 0: version"):
         encode([("/a", b"", 2**63)])
+
+
+def test_decode_in_place_equals_decoding_the_slice() -> None:
+    body = encode([("/a/b", b"x" * 10, 3), ("/c", b"", 0)])
+    buf = b"HEAD" + body + b"TAIL"
+    assert decode(buf, start=4, stop=4 + len(body)) == decode(body)
+    truncated = b"HEAD" + body[:-3]
+    with pytest.raises(InvalidRequest) as in_place:
+        decode(truncated, start=4, stop=len(truncated))
+    with pytest.raises(InvalidRequest) as alone:
+        decode(body[:-3])
+    assert str(in_place.value) == str(alone.value)  # offsets count from the body's start
