@@ -34,8 +34,9 @@ Rules, for each read R of path p (``value`` = version returned, None when absent
   no write at or below it started before L ended is *invented*. (Keys deleted one by one under
   S are not tracked for listings: that can miss a resurrection, never invent one.)
 - **age**: for each ok read, ``age = R.start - start of the write that produced v``; a path's age
-  is the max over its reads; a finding when it exceeds ``period + request_timeout``. Writers
-  must keep writing each path every period for this to mean "the store served old data".
+  is the max over its reads; a finding when it exceeds ``period + request_timeout`` (plus the
+  caller's ``writer_slack``). Writers must keep writing each path every period for this to
+  mean "the store served old data".
 
 Cost: O(n log n) for n ops (per path: writes sorted by end swept into a Fenwick tree keyed by
 start; deletes sorted with prefix maxima; listings use per-subtree prefix maxima).
@@ -348,9 +349,19 @@ class _Checker:
                     )
 
 
-def check(history: History | Iterable[Op], *, period: float, request_timeout: float) -> Report:
-    """Judge a recorded run; see the module docstring for the exact rules."""
+def check(
+    history: History | Iterable[Op],
+    *,
+    period: float,
+    request_timeout: float,
+    writer_slack: float = 0.0,
+) -> Report:
+    """Judge a recorded run; see the module docstring for the exact rules.
+
+    `writer_slack`: how late a writer may start its next write (its timer's jitter on a busy
+    machine); the age limit grows by it, since a late writer is not the store serving old
+    data."""
     ops = history.ops if isinstance(history, History) else list(history)
-    report = Report(op_count=len(ops), age_limit=period + request_timeout)
+    report = Report(op_count=len(ops), age_limit=period + request_timeout + writer_slack)
     _Checker(ops, report).run()
     return report

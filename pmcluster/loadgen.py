@@ -54,6 +54,9 @@ class LoadSpec:
     plain_http_share: float = 0.25  # of writes and reads, when node URLs are known
 
 
+WRITER_SLACK = 0.1  # of the period: how late a writer may start (timer jitter)
+
+
 class StormLoad:
     """Writers and readers over one `ClusterClient` (plus plain HTTP), recording a history."""
 
@@ -246,11 +249,14 @@ class BackgroundLoad:
         return self.load.history
 
     def check(self) -> Report:
+        """Judge the run; a writer may start up to a tenth of a period late (its timer on a
+        busy 2-core machine: seen 1 ms over the bare limit in CI) before ages count."""
         config = self.load.config
         return check(
             self.load.history,
             period=self.load.spec.period,
             request_timeout=config.request_timeout_secs,
+            writer_slack=WRITER_SLACK * self.load.spec.period,
         )
 
     def __enter__(self) -> Self:
