@@ -393,6 +393,23 @@ class NodeProcess:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    def local_pulse(self, path: str, timeout: float = 5.0) -> bytes | None:
+        """The value of key `path` in this node's own store, None when absent (a forwarded
+        read is answered locally, never coordinated)."""
+        from pmcluster.paths import to_url
+
+        request = urllib.request.Request(
+            f"{self.url}/v1/pulse/{to_url(path)}", headers={"X-Pmcluster-Forwarded": "1"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                body: bytes = response.read()
+                return body
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
     @property
     def pid(self) -> int:
         """PID of the current (or last) process."""

@@ -68,23 +68,8 @@ async def thrift_exchange(node: NodeProcess, requests: list[Any]) -> dict[int, A
         writer.close()
 
 
-def local_copy(node: NodeProcess, path: str) -> bytes | None:
-    """The value in `node`'s own store (a forwarded request is never coordinated)."""
-    request = urllib.request.Request(
-        f"{node.url}/v1/pulse/{to_url(path)}", headers={"X-Pmcluster-Forwarded": "1"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=WAIT) as response:
-            body: bytes = response.read()
-            return body
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            return None
-        raise
-
-
 def copies(nodes: list[NodeProcess], path: str) -> int:
-    return sum(local_copy(node, path) is not None for node in nodes)
+    return sum(node.local_pulse(path) is not None for node in nodes)
 
 
 def wait_replicated(nodes: list[NodeProcess], paths: list[str]) -> None:
@@ -285,7 +270,7 @@ async def test_kill_the_writers_node_and_read_everything_elsewhere(
         ]
         await thrift_exchange(writer_node, writes)
         wait_replicated(cluster.nodes, paths)
-        held = [p for p in paths if local_copy(writer_node, p) is not None]
+        held = [p for p in paths if writer_node.local_pulse(p) is not None]
         assert held, "the writer's node owns none of the keys: the kill would prove nothing"
 
         writer_node.kill()  # SIGKILL by PID

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from pmcluster.paths import to_url
 from pmcluster.storm.client import StormClient
 from pmcluster.storm.codec import FrameDecoder, HBMessage, HBMessageData, HBPulse, encode_frame
 from pmcluster.storm.codec import HBServerMessageType as T
@@ -33,21 +32,6 @@ NODE_KEYS = {
     "pmcluster.request.timeout.secs": 1.0,
     "pmcluster.connect.timeout.secs": 0.3,
 }
-
-
-def stored(node: NodeProcess, path: str) -> bytes | None:
-    """The value in `node`'s own store (a forwarded request is answered locally)."""
-    request = urllib.request.Request(
-        f"{node.url}/v1/pulse/{to_url(path)}", headers={"X-Pmcluster-Forwarded": "1"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=WAIT) as response:
-            body: bytes = response.read()
-            return body
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            return None
-        raise
 
 
 async def pipelined(node: NodeProcess, requests: list[HBMessage]) -> dict[int, HBMessage]:
@@ -86,7 +70,7 @@ async def test_a_write_is_on_both_owners_when_acknowledged_by_an_owner_or_not(
             assert all(r.type == T.SEND_PULSE_RESPONSE for r in replies.values())
             owner, other = 0, 0
             for path in paths:  # no polling: the acknowledgement came after both owners'
-                holders = [node for node in cluster.nodes if stored(node, path) is not None]
+                holders = [node for node in cluster.nodes if node.local_pulse(path) is not None]
                 assert len(holders) == 2, path
                 if coordinator in holders:
                     owner += 1
