@@ -9,7 +9,8 @@ keeps the replay cache on. The KDC is stopped by PID (k5test's own process handl
 `env` is what a process needs to use the realm (`KRB5_CONFIG`, a private `KRB5CCNAME`, ...);
 `apply_env()` installs it in this process for in-process clients and servers.
 `pacemaker_realm()` sets up what pmcluster's Kerberos tests share: server keytab and JAAS,
-user keytabs, a cluster secret, and the realm's environment for the block.
+user keytabs, a cluster secret, and the realm's environment for the block; its
+`node_config()` is a KERBEROS node's configuration for that realm.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import contextlib
 import os
 import shutil
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from pmcluster.config import Config
 from pmcluster.testing import HarnessError, free_port
 
 __all__ = ["KDC_TOOLS", "KerberosRealm", "PacemakerRealm", "missing_kdc_tools", "pacemaker_realm"]
@@ -172,6 +174,17 @@ class PacemakerRealm:
 
     def principal(self, who: str) -> str:
         return f"{who}@{self.kdc.realm}"
+
+    def node_config(self, **changes: Any) -> Config:
+        """A KERBEROS node of this realm: the server JAAS, the cluster secret, `nimbus` as
+        nimbus.daemon.user; `changes` sets other `Config` fields (port, kerberos_users, ...)."""
+        config = Config(
+            auth_method="KERBEROS",
+            jaas_path=str(self.server_jaas),
+            nimbus_daemon_user="nimbus",
+            auth_secret_file=str(self.secret),
+        )
+        return replace(config, **changes)
 
     def client_jaas(self, who: str) -> Path:
         """Storm's client side: section PacemakerClient, a keytab login, service `pacemaker`."""

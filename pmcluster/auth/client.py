@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING, Protocol
 
@@ -160,9 +160,8 @@ def _negotiate_reply(headers: ResponseHeaders) -> bytes | None:
     return None
 
 
-def _session_cookie(headers: Mapping[str, str] | ResponseHeaders) -> str | None:
-    values = headers.getall("Set-Cookie", []) if isinstance(headers, CIMultiDictProxy) else []
-    for value in values:
+def _session_cookie(headers: ResponseHeaders) -> str | None:
+    for value in headers.getall("Set-Cookie", []):
         jar: SimpleCookie = SimpleCookie()
         try:
             jar.load(value)
@@ -187,16 +186,11 @@ def make_request_auth(config: Config) -> RequestAuth | None:
         creds = jaas.digest()
         return DigestAuth(creds.username, creds.password)
 
-    def initiator() -> KerberosInitiator:
-        from pmcluster.auth.kerberos import KerberosInitiator
+    from pmcluster.auth.kerberos import KerberosInitiator  # gssapi itself: on first use
 
-        if "PacemakerClient" in jaas.sections:
-            return KerberosInitiator.from_client(jaas.kerberos_client())
-        return KerberosInitiator.from_server(jaas.kerberos_server(config.host))
-
-    # Fail at construction, not at the first read, when the JAAS sections are missing.
+    # Read the section now, so a missing one fails at construction, not at the first read.
     if "PacemakerClient" in jaas.sections:
-        jaas.kerberos_client()
-    else:
-        jaas.kerberos_server()
-    return KerberosAuth(initiator)
+        client = jaas.kerberos_client()
+        return KerberosAuth(lambda: KerberosInitiator.from_client(client))
+    server = jaas.kerberos_server(config.host)
+    return KerberosAuth(lambda: KerberosInitiator.from_server(server))

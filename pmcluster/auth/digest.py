@@ -72,13 +72,6 @@ def _hash(algorithm: str, text: str) -> str:
     return _HASHES[base](text.encode("utf-8")).hexdigest()
 
 
-def _ha1(algorithm: str, user: str, realm: str, password: str, nonce: str, cnonce: str) -> str:
-    ha1 = _hash(algorithm, f"{user}:{realm}:{password}")
-    if algorithm.upper().endswith("-SESS"):
-        ha1 = _hash(algorithm, f"{ha1}:{nonce}:{cnonce}")
-    return ha1
-
-
 def response_digest(
     algorithm: str,
     *,
@@ -92,8 +85,10 @@ def response_digest(
     cnonce: str,
     qop: str = "auth",
 ) -> str:
-    """The `response` of RFC 7616 §3.4.1 for qop=auth."""
-    ha1 = _ha1(algorithm, user, realm, password, nonce, cnonce)
+    """The `response` of RFC 7616 §3.4.1 for qop=auth (with `method` "": §3.5's rspauth)."""
+    ha1 = _hash(algorithm, f"{user}:{realm}:{password}")
+    if algorithm.upper().endswith("-SESS"):
+        ha1 = _hash(algorithm, f"{ha1}:{nonce}:{cnonce}")
     ha2 = _hash(algorithm, f"{method}:{uri}")
     return _hash(algorithm, f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}")
 
@@ -214,9 +209,18 @@ class DigestServer:
         return user
 
     def _rspauth(self, algorithm: str, user: str, p: Mapping[str, str]) -> str:
-        ha1 = _ha1(algorithm, user, self.realm, self._creds.password, p["nonce"], p["cnonce"])
-        ha2 = _hash(algorithm, f":{p['uri']}")
-        rspauth = _hash(algorithm, f"{ha1}:{p['nonce']}:{p['nc']}:{p['cnonce']}:auth:{ha2}")
+        # RFC 7616 §3.5: the response digest with an empty method.
+        rspauth = response_digest(
+            algorithm,
+            user=user,
+            realm=self.realm,
+            password=self._creds.password,
+            method="",
+            uri=p["uri"],
+            nonce=p["nonce"],
+            nc=p["nc"],
+            cnonce=p["cnonce"],
+        )
         return f'rspauth="{rspauth}", qop=auth, nc={p["nc"]}, cnonce={_quote(p["cnonce"])}'
 
 
@@ -241,10 +245,6 @@ class DigestClient:
     password: str = field(repr=False)
     _challenge: dict[str, str] | None = field(default=None, repr=False)
     _nc: int = 0
-
-    @property
-    def has_challenge(self) -> bool:
-        return self._challenge is not None
 
     @property
     def nonce(self) -> str | None:

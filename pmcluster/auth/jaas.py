@@ -28,6 +28,7 @@ __all__ = [
     "KerberosServerCredentials",
     "load_jaas",
     "parse_jaas",
+    "short_name",
 ]
 
 JAAS_KEY = "java.security.auth.login.config"
@@ -67,11 +68,16 @@ class JaasSection:
 
     def require(self, key: str) -> str:
         value = self.get(key)
-        if value is None or not value:
+        if not value:
             raise JaasError(
                 f"{self.path}:{self.line}", f"section {self.name}: option {key!r} is required"
             )
         return value
+
+
+def short_name(principal: str) -> str:
+    """Kerberos short name: the text before the first `/` or `@` (Storm's rule)."""
+    return principal.split("/", 1)[0].split("@", 1)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,9 +246,10 @@ class _Parser:
         following = self.peek(1)
         if not (following is not None and following.kind == "="):  # Java's form: module flag
             module = self.take("word", what="a login module class name").text
-            flag_tok = self.take("word", what="a control flag (" + ", ".join(FLAGS) + ")")
+            a_flag = "a control flag (" + ", ".join(FLAGS) + ")"
+            flag_tok = self.take("word", what=a_flag)
             if flag_tok.text.lower() not in FLAGS:
-                raise self._fail(flag_tok, "expected a control flag (" + ", ".join(FLAGS) + ")")
+                raise self._fail(flag_tok, "expected " + a_flag)
             flag = flag_tok.text.lower()
         options: dict[str, str] = {}
         while (tok := self.peek()) is not None and tok.kind != ";":

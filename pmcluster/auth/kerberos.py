@@ -1,7 +1,8 @@
 """Kerberos for HTTP: SPNEGO (RFC 4559) accept and initiate with python-gssapi.
 
-`gssapi` is imported here only, and this module only when `pacemaker.auth.method` is
-KERBEROS, so NONE and DIGEST work without it (`pip install 'pmcluster[kerberos]'`).
+`gssapi` is imported here only (`gssapi_module()`, when an acceptor or initiator is made),
+so only when `pacemaker.auth.method` is KERBEROS: NONE and DIGEST work without it
+(`pip install 'pmcluster[kerberos]'`).
 
 - `KerberosAcceptor` (node): credentials from the `PacemakerServer` keytab and principal,
   through the GSSAPI credential store (no process-wide `KRB5_KTNAME`). Each token is accepted
@@ -22,10 +23,16 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from pmcluster.auth.jaas import KerberosClientCredentials, KerberosServerCredentials
+from pmcluster.auth.jaas import KerberosClientCredentials, KerberosServerCredentials, short_name
 from pmcluster.errors import AuthError, ConfigError
 
-__all__ = ["KerberosAcceptor", "KerberosInitiator", "KerberosRejected", "gssapi_module"]
+__all__ = [
+    "KerberosAcceptor",
+    "KerberosInitiator",
+    "KerberosRejected",
+    "gss_reason",
+    "gssapi_module",
+]
 
 _SPNEGO_OID = "1.3.6.1.5.5.2"
 _ccache_ids = itertools.count(1)
@@ -42,8 +49,9 @@ def gssapi_module() -> ModuleType:
         ) from None
 
 
-def _reason(exc: Exception) -> str:
-    """A GSSAPI error in one line: the library's message, never token bytes."""
+def gss_reason(exc: Exception) -> str:
+    """A GSSAPI error in one line: the library's message, never token bytes (also for the
+    Storm protocol's SASL GSSAPI, `pmcluster.storm.sasl_gssapi`)."""
     text = " ".join(str(exc).split())
     return text[:200] or type(exc).__name__
 
@@ -77,7 +85,7 @@ class KerberosAcceptor:
             raise ConfigError(
                 "java.security.auth.login.config",
                 f"cannot use PacemakerServer {server.principal} from {server.keytab}: "
-                f"{_reason(exc)}",
+                f"{gss_reason(exc)}",
             ) from None
         self.principal = server.principal
 
@@ -97,7 +105,7 @@ class KerberosAcceptor:
         try:
             reply = ctx.step(token)
         except gssapi.exceptions.GSSError as exc:
-            raise KerberosRejected(_reason(exc)) from None
+            raise KerberosRejected(gss_reason(exc)) from None
         if not ctx.complete:
             raise KerberosRejected("multi-leg SPNEGO exchange is not supported")
         return str(ctx.initiator_name), reply
@@ -133,7 +141,7 @@ class KerberosInitiator:
             raise ConfigError(
                 "java.security.auth.login.config",
                 f"cannot get Kerberos client credentials for {principal or 'the default ccache'}"
-                f" (keytab {keytab or '-'}): {_reason(exc)}",
+                f" (keytab {keytab or '-'}): {gss_reason(exc)}",
             ) from None
         self._mech = gssapi.OID.from_int_seq(_SPNEGO_OID)
 
@@ -144,7 +152,7 @@ class KerberosInitiator:
     @classmethod
     def from_server(cls, creds: KerberosServerCredentials) -> KerberosInitiator:
         """A node towards its peers with its own service key (principal `service/host@R`)."""
-        service = creds.principal.split("/", 1)[0].split("@", 1)[0]
+        service = short_name(creds.principal)
         return cls(keytab=creds.keytab, principal=creds.principal, service_name=service)
 
     def start(self, host: str, *, sasl: bool = False) -> InitiatorContext:
@@ -169,7 +177,7 @@ class KerberosInitiator:
             token = ctx.step()
         except gssapi.exceptions.GSSError as exc:
             raise AuthError(
-                f"Kerberos: no ticket for {self.service_name}@{host}: {_reason(exc)}"
+                f"Kerberos: no ticket for {self.service_name}@{host}: {gss_reason(exc)}"
             ) from None
         return InitiatorContext(ctx, token or b"")
 
@@ -181,6 +189,6 @@ class KerberosInitiator:
         try:
             ctx.step(reply)
         except self._gssapi.exceptions.GSSError as exc:
-            raise AuthError(f"Kerberos: mutual authentication failed: {_reason(exc)}") from None
+            raise AuthError(f"Kerberos: mutual authentication failed: {gss_reason(exc)}") from None
         if not ctx.complete:
             raise AuthError("Kerberos: mutual authentication incomplete")

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from pmcluster.auth.digest import DigestRejected, DigestServer
-from pmcluster.auth.jaas import load_jaas
+from pmcluster.auth.jaas import JaasConfig, load_jaas, short_name
 from pmcluster.auth.tokens import COOKIE_NAME, CookieSigner, NonceSigner, ReplayCache
 from pmcluster.config import Config
 from pmcluster.errors import ConfigError
@@ -45,6 +45,7 @@ __all__ = [
     "DigestGate",
     "KerberosGate",
     "cluster_secret",
+    "kerberos_readers",
     "make_auth_middleware",
     "needs_auth",
     "short_name",
@@ -72,11 +73,6 @@ def needs_auth(request: web.Request, writes: bool) -> bool:
     if request.method in _READ_METHODS:
         return canonical in _READ_RESOURCES or canonical == "/v1/members"
     return writes and canonical in _WRITE_RESOURCES
-
-
-def short_name(principal: str) -> str:
-    """Kerberos short name: the text before the first `/` or `@` (Storm's rule)."""
-    return principal.split("/", 1)[0].split("@", 1)[0]
 
 
 def _target(request: web.Request) -> str:
@@ -228,16 +224,27 @@ class KerberosGate:
         return response
 
 
-def cluster_secret(config: Config) -> bytes:
+def kerberos_readers(config: Config) -> frozenset[str]:
+    """Short names that may read over KERBEROS: nimbus.daemon.user, pacemaker.kerberos.users
+    (the HTTP gate adds the node's own service, for its peers)."""
+    readers = set(config.kerberos_users)
+    if config.nimbus_daemon_user:
+        readers.add(config.nimbus_daemon_user)
+    return frozenset(readers)
+
+
+def cluster_secret(config: Config, jaas: JaasConfig | None = None) -> bytes:
     """The secret every node derives nonce and cookie keys from.
 
     `pmcluster.auth.secret.file` when set (any bytes, the same file on every node); otherwise
     DIGEST uses the `PacemakerDigest` password and KERBEROS the bytes of the server keytab
-    (which only works when every node has the same keytab file)."""
+    (which only works when every node has the same keytab file). `jaas`: the JAAS file when
+    the caller has loaded it already (read from `config.jaas_path` otherwise)."""
     if config.auth_secret_file:
         return _read_secret(config.auth_secret_file, "pmcluster.auth.secret.file")
-    assert config.jaas_path is not None
-    jaas = load_jaas(config.jaas_path)
+    if jaas is None:
+        assert config.jaas_path is not None
+        jaas = load_jaas(config.jaas_path)
     if config.auth_method == "DIGEST":
         return b"digest-password:" + jaas.digest().password.encode()
     return b"keytab:" + _read_secret(jaas.kerberos_server().keytab, "PacemakerServer keyTab")
@@ -261,7 +268,7 @@ def make_auth_middleware(config: Config) -> AuthMiddleware | None:
     if config.jaas_path is None:
         raise ConfigError("java.security.auth.login.config", "required for authentication")
     jaas = load_jaas(config.jaas_path)
-    secret = cluster_secret(config)
+    secret = cluster_secret(config, jaas)
     gate: DigestGate | KerberosGate
     if config.auth_method == "DIGEST":
         nonces = NonceSigner(secret, config.auth_nonce_secs)
@@ -270,13 +277,10 @@ def make_auth_middleware(config: Config) -> AuthMiddleware | None:
         from pmcluster.auth.kerberos import KerberosAcceptor
 
         server = jaas.kerberos_server(config.host)
-        readers = {short_name(server.principal), *config.kerberos_users}
-        if config.nimbus_daemon_user:
-            readers.add(config.nimbus_daemon_user)
         gate = KerberosGate(
             KerberosAcceptor(server),
             CookieSigner(secret, config.auth_cookie_secs),
-            frozenset(readers),
+            kerberos_readers(config) | {short_name(server.principal)},
             config.auth_writes,
             secure_cookie=config.tls_cert is not None,
         )

@@ -4,8 +4,8 @@ whose nodes authenticate to each other with their own keys."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import dataclasses
 import json
 import os
 import shutil
@@ -13,6 +13,7 @@ import subprocess
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -20,7 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
-from pmcluster.auth.client import KerberosAuth, make_request_auth
+from pmcluster.auth.client import KerberosAuth, RequestAuth, make_request_auth
 from pmcluster.auth.middleware import cluster_secret
 from pmcluster.auth.tokens import COOKIE_NAME, CookieSigner
 from pmcluster.client import SyncClusterClient
@@ -49,25 +50,16 @@ def realm(kdc_tools: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield realm
 
 
-def node_config(realm: PacemakerRealm, port: int = 6699, **changes: object) -> Config:
-    config = Config(
-        port=port,
-        auth_method="KERBEROS",
-        jaas_path=str(realm.server_jaas),
-        nimbus_daemon_user="nimbus",
-        kerberos_users=("bob",),
-        auth_secret_file=str(realm.secret),
-    )
-    return dataclasses.replace(config, **changes)  # type: ignore[arg-type]
+def node_config(realm: PacemakerRealm, **changes: Any) -> Config:
+    """A node of the realm where bob (pacemaker.kerberos.users) reads too, alice does not."""
+    return realm.node_config(kerberos_users=("bob",), **changes)
 
 
 def negotiate(realm: PacemakerRealm, who: str, host: str = "127.0.0.1") -> str:
     from pmcluster.auth.kerberos import KerberosInitiator
 
     initiator = KerberosInitiator(
-        keytab=str(realm.dir / f"{who}.keytab"),
-        principal=f"{who}@{realm.kdc.realm}",
-        service_name="pacemaker",
+        keytab=realm.keytab(who), principal=realm.principal(who), service_name="pacemaker"
     )
     return "Negotiate " + base64.b64encode(initiator.start(host).token).decode()
 
@@ -105,12 +97,13 @@ async def test_spnego_matrix(aiohttp_client: AiohttpClient, realm: PacemakerReal
     # ... a tampered or expired one is not.
     tampered = {"Cookie": f"{COOKIE_NAME}={cookie[:-2]}{'AA' if cookie[-2:] != 'AA' else 'BB'}"}
     assert (await client.get("/v1/pulse/wb/a", headers=tampered)).status == 401
-    old = CookieSigner(cluster_secret(node_config(realm)), 60.0, clock=lambda: 1_000_000.0)
-    expired = {"Cookie": f"{COOKIE_NAME}={old.issue('nimbus@' + realm.kdc.realm)}"}
+    secret = cluster_secret(node_config(realm))
+    old = CookieSigner(secret, 60.0, clock=lambda: 1_000_000.0)
+    expired = {"Cookie": f"{COOKIE_NAME}={old.issue(realm.principal('nimbus'))}"}
     assert (await client.get("/v1/pulse/wb/a", headers=expired)).status == 401
     # A genuine cookie of an unauthorized principal is still a 403.
-    signer = CookieSigner(cluster_secret(node_config(realm)), 60.0)
-    alice_cookie = {"Cookie": f"{COOKIE_NAME}={signer.issue('alice@' + realm.kdc.realm)}"}
+    signer = CookieSigner(secret, 60.0)
+    alice_cookie = {"Cookie": f"{COOKIE_NAME}={signer.issue(realm.principal('alice'))}"}
     assert (await client.get("/v1/pulse/wb/a", headers=alice_cookie)).status == 403
 
 
@@ -154,11 +147,9 @@ async def test_pmcluster_client_negotiates_once_then_uses_the_cookie(
 
     app.middlewares.insert(0, count)
     client = await aiohttp_client(app, cookie_jar=aiohttp.DummyCookieJar())
-    reader_config = node_config(realm, jaas_path=str(realm.client_jaas("nimbus")))
-    auth = make_request_auth(reader_config)
-    assert isinstance(auth, KerberosAuth)
-    async with aiohttp.ClientSession() as session:
-        transport = NodeTransport(
+
+    def transport(session: aiohttp.ClientSession, auth: RequestAuth | None) -> NodeTransport:
+        return NodeTransport(
             "n",
             "127.0.0.1",
             client.port,
@@ -167,25 +158,22 @@ async def test_pmcluster_client_negotiates_once_then_uses_the_cookie(
             request_timeout_secs=5.0,
             auth=auth,
         )
+
+    reader_config = node_config(realm, jaas_path=str(realm.client_jaas("nimbus")))
+    auth = make_request_auth(reader_config)
+    assert isinstance(auth, KerberosAuth)
+    async with aiohttp.ClientSession() as session:
+        nimbus = transport(session, auth)
         for i in range(5):
-            await transport.put_pulse(f"/wb/{i}", b"v", i + 1)
-            pulse, _ = await transport.get_pulse(f"/wb/{i}")
+            await nimbus.put_pulse(f"/wb/{i}", b"v", i + 1)
+            pulse, _ = await nimbus.get_pulse(f"/wb/{i}")
             assert pulse is not None
     assert statuses[401] == 1 and auth.cookie is not None
     # alice authenticates fine but may not read: NotAuthorized, not a retry loop.
     alice = make_request_auth(node_config(realm, jaas_path=str(realm.client_jaas("alice"))))
     async with aiohttp.ClientSession() as session:
-        transport = NodeTransport(
-            "n",
-            "127.0.0.1",
-            client.port,
-            session,
-            connect_timeout_secs=1.0,
-            request_timeout_secs=5.0,
-            auth=alice,
-        )
         with pytest.raises(NotAuthorized):
-            await transport.get_pulse("/wb/0")
+            await transport(session, alice).get_pulse("/wb/0")
 
 
 async def test_curl_negotiate_with_a_kinit_ticket(
@@ -201,39 +189,22 @@ async def test_curl_negotiate_with_a_kinit_ticket(
     ccache = tmp_path / "ccache"
     realm.kdc.kinit("carol", "carol-password", ccache)
     url = f"http://127.0.0.1:{client.port}/v1/members"
-    env = {**os.environ, "KRB5CCNAME": f"FILE:{ccache}"}
-    args = [
-        "curl",
-        "-sS",
-        "--negotiate",
-        "-u",
-        ":",
-        "--service-name",
-        "pacemaker",
-        "-o",
-        "/dev/null",
-    ]
-    import asyncio
 
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [*args, "-w", "%{http_code}", url],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=20,
-    )
+    async def curl_negotiate(tickets: Path) -> subprocess.CompletedProcess[str]:
+        """curl --negotiate with the credential cache `tickets`; stdout is the HTTP status."""
+        args = "curl -sS --negotiate -u : --service-name pacemaker -o /dev/null -w %{http_code}"
+        return await asyncio.to_thread(
+            subprocess.run,
+            [*args.split(), url],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "KRB5CCNAME": f"FILE:{tickets}"},
+            timeout=20,
+        )
+
+    done = await curl_negotiate(ccache)
     assert done.stdout == "200", done.stderr
-    no_ticket = {**env, "KRB5CCNAME": f"FILE:{tmp_path / 'empty'}"}
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [*args, "-w", "%{http_code}", url],
-        capture_output=True,
-        text=True,
-        env=no_ticket,
-        timeout=20,
-    )
-    assert done.stdout == "401"
+    assert (await curl_negotiate(tmp_path / "empty")).stdout == "401"
 
 
 def test_kerberos_cluster_nodes_authenticate_to_each_other(
@@ -269,21 +240,13 @@ def test_kerberos_cluster_nodes_authenticate_to_each_other(
                 pulse = client.get_pulse(path)
                 assert pulse is not None and pulse.data == path.encode()
         # Coordinated reads: the answering node reads from its peers with its own key.
-        from pmcluster.auth.kerberos import KerberosInitiator
-
         for node in cluster.nodes:
-            initiator = KerberosInitiator(
-                keytab=str(realm.dir / "nimbus.keytab"),
-                principal=f"nimbus@{realm.kdc.realm}",
-                service_name="pacemaker",
-            )
-            token = base64.b64encode(initiator.start(node.host).token).decode()
             done = subprocess.run(
                 [
                     "curl",
                     "-sS",
                     "-H",
-                    f"Authorization: Negotiate {token}",
+                    f"Authorization: {negotiate(realm, 'nimbus', node.host)}",
                     f"{node.url}/v1/children/workerbeats/k",
                 ],
                 capture_output=True,
