@@ -196,16 +196,11 @@ class CoordinatingBackend:
                 self._solo_ring, self._solo_local = ring, local
         if local is None:
             return False
-        store, node_id = local.backend.store, local.node_id
         v = client.clock.now()
-        for _ in range(MAX_VERSION_RETRIES):
-            held = 0 if store.send_pulse(key, data, v) else local.backend.held_version(key)
-            client.failures.record_success(node_id)
-            if held < v or v >= MAX_VERSION:
-                return True
-            client.stats["version_retries"] += 1
-            v = client.clock.above(held)
-        log.warning("write to %s still behind its owners after %d tries", key, MAX_VERSION_RETRIES)
+        stored = local.backend.store.send_pulse(key, data, v)
+        client.failures.record_success(local.node_id)
+        if not stored:  # an owner holding a newer version: the client's retry above it
+            self._retry_above(local, key, data, v, local.backend.held_version(key))
         return True
 
     def send_pulses_now(self, pulses: Sequence[tuple[str, bytes]]) -> int:
@@ -224,7 +219,7 @@ class CoordinatingBackend:
                 key = normalize_key(path)
                 v = clock.now()
                 if not store.send_pulse(key, data, v):
-                    # An owner holding a newer version: `send_pulse_now`'s retry, for this one.
+                    # An owner holding a newer version: the client's retry, for this one.
                     self._retry_above(local, key, data, v, local.backend.held_version(key))
                 done += 1
         except Exception:  # an invalid path, a full store: that entry goes one by one
@@ -234,7 +229,8 @@ class CoordinatingBackend:
         return done
 
     def _retry_above(self, local: LocalTransport, key: str, data: bytes, v: int, held: int) -> None:
-        """The rest of `send_pulse_now`'s loop after a first try at `v` lost to `held`."""
+        """The rest of `ClusterClient.send_pulse`'s retry loop (one owner: this node) after a
+        first try at `v` lost to `held`."""
         client = self.client
         store = local.backend.store
         for _ in range(MAX_VERSION_RETRIES - 1):

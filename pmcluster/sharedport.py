@@ -106,13 +106,13 @@ class SharedServer:
         self,
         server: asyncio.Server,
         storm: weakref.WeakSet[StormConnection],
-        fast: weakref.WeakSet[FastHttpConnection] | None = None,
-        accepted: weakref.WeakSet[asyncio.BaseTransport] | None = None,
+        fast: weakref.WeakSet[FastHttpConnection],
+        accepted: weakref.WeakSet[asyncio.BaseTransport],
     ) -> None:
         self.server = server
         self._storm = storm
-        self._fast = fast if fast is not None else weakref.WeakSet()
-        self._accepted = accepted if accepted is not None else weakref.WeakSet()
+        self._fast = fast
+        self._accepted = accepted
         self.closing = False
         self.port = int(server.sockets[0].getsockname()[1])  # kept: readable after close()
 

@@ -501,19 +501,17 @@ class FrameDecoder:
     def __init__(self, max_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         self.max_size = max_size
         self._buf = bytearray()
-        self._pos = 0
         self._error: str | None = None
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet part of a complete frame."""
-        return len(self._buf) - self._pos
+        return len(self._buf)
 
     def feed(self, data: bytes) -> Iterator[HBMessage]:
         if self._error is not None:
             raise ProtocolError(self._error)
-        self._buf += data
-        return self._frames()
+        return self._frames(*self.split(data))
 
     def split(self, data: bytes) -> tuple[list[bytes], ProtocolError | None]:
         """Like `feed`, for a caller with its own decoder: the raw bodies of the frames now
@@ -551,29 +549,12 @@ class FrameDecoder:
         self._error = f"decoder failed earlier: {reason}"
         return ProtocolError(reason)
 
-    def _frames(self) -> Iterator[HBMessage]:
-        for body in self._bodies():
+    def _frames(self, bodies: list[bytes], error: ProtocolError | None) -> Iterator[HBMessage]:
+        for body in bodies:
             try:
                 message = decode_message(body)
             except ProtocolError as exc:
                 raise self._fail(str(exc)) from None
             yield message
-
-    def _bodies(self) -> Iterator[bytes]:
-        buf = self._buf
-        while len(buf) - self._pos >= 4:
-            start = self._pos
-            (size,) = _I32.unpack_from(buf, start)
-            if size < 0:
-                raise self._fail(f"negative frame length {size}")
-            if size > self.max_size:
-                raise self._fail(f"frame length {size} exceeds the maximum {self.max_size}")
-            if len(buf) - start - 4 < size:
-                break
-            with memoryview(buf) as view:
-                body = bytes(view[start + 4 : start + 4 + size])
-            self._pos = start + 4 + size
-            yield body
-        if self._pos:
-            del buf[: self._pos]
-            self._pos = 0
+        if error is not None:
+            raise error

@@ -6,7 +6,7 @@ request (fields in id order, `message_id` set), so `decode_request` checks for e
 layout with `struct.unpack_from` and returns a plain tuple; anything else, including every
 malformed frame, returns None and the caller decodes it with `codec.decode_message` (which
 also produces the error message). The encoders fill prebuilt templates and produce byte for
-byte what `codec.encode_frame` produces for the same reply (tests/unit/test_storm_fastcodec.py
+byte what `codec.encode_frame` produces for the same reply (tests/unit/test_storm_fastpath.py
 checks both against random and edge frames).
 """
 

@@ -30,7 +30,14 @@ from pmcluster.coordinator import NOT_NOW, NowBackend
 from pmcluster.errors import InvalidPath, ProtocolError
 from pmcluster.paths import normalize, normalize_key
 from pmcluster.storm import fastcodec
-from pmcluster.storm.codec import HBMessage, HBMessageData, HBNodes, HBPulse, HBRecords
+from pmcluster.storm.codec import (
+    HBMessage,
+    HBMessageData,
+    HBNodes,
+    HBPulse,
+    HBRecords,
+    encode_frame,
+)
 from pmcluster.storm.codec import HBServerMessageType as T
 from pmcluster.storm.fastcodec import FastRequest
 from pmcluster.storm.metrics import StormMetrics
@@ -160,7 +167,7 @@ class StormHandler:
         except InvalidPath as exc:
             self.metrics.count_request(name)
             self._invalid_path(mtype, exc)
-            return _encode_empty(mtype, raw, mid)
+            return encode_frame(HBMessage(T(mtype + 1), _empty(mtype, raw), mid))
         except Exception:
             self.metrics.count_request(name)
             raise
@@ -292,16 +299,3 @@ _SEND_PULSE_RESPONSE = int(T.SEND_PULSE_RESPONSE)
 _NOW_TYPES = frozenset(
     {T.SEND_PULSE, T.GET_PULSE, T.EXISTS, T.GET_ALL_NODES_FOR_PATH, T.GET_ALL_PULSE_FOR_PATH}
 )
-
-
-def _encode_empty(mtype: T, raw: str, mid: int) -> bytes:
-    """`_empty`'s answer as a reply frame (an invalid path)."""
-    if mtype == T.GET_PULSE:
-        return fastcodec.encode_pulse_reply(mid, raw, None)
-    if mtype == T.EXISTS:
-        return fastcodec.encode_bool_reply(mid, False)
-    if mtype == T.GET_ALL_NODES_FOR_PATH:
-        return fastcodec.encode_nodes_reply(mid, ())
-    if mtype == T.GET_ALL_PULSE_FOR_PATH:
-        return fastcodec.encode_records_reply(mid, ())
-    return fastcodec.encode_empty_reply(T(mtype + 1), mid)

@@ -26,6 +26,7 @@ import enum
 import struct
 from typing import Any, Protocol
 
+from pmcluster.auth.kerberos import gss_reason
 from pmcluster.errors import AuthError
 
 __all__ = [
@@ -125,7 +126,7 @@ class GssapiServer:
                         raise AuthError(f"GSSAPI mechanism {self._ctx.mech} is not Kerberos V5")
                     self.principal = str(self._ctx.initiator_name)
             except self._error as exc:
-                raise AuthError(f"GSSAPI token refused: {_reason(exc)}") from None
+                raise AuthError(f"GSSAPI token refused: {gss_reason(exc)}") from None
             if not established:
                 if not out:  # Kerberos always answers mid-exchange: a token it cannot parse
                     raise AuthError("GSSAPI token not understood (no reply, context incomplete)")
@@ -152,7 +153,7 @@ class GssapiServer:
         try:
             plain = self._ctx.unwrap(token).message
         except self._error as exc:
-            raise AuthError(f"security-layer message not verified: {_reason(exc)}") from None
+            raise AuthError(f"security-layer message not verified: {gss_reason(exc)}") from None
         layer, _max_buffer, raw_authzid = parse_security_layers(plain)
         if layer != NO_SECURITY_LAYER:
             raise AuthError(f"client chose security layer {layer}; only 1 (none) is offered")
@@ -171,7 +172,7 @@ class GssapiServer:
         try:
             return self._ctx.wrap(plain, False).message
         except self._error as exc:
-            raise AuthError(f"cannot wrap the security-layer message: {_reason(exc)}") from None
+            raise AuthError(f"cannot wrap the security-layer message: {gss_reason(exc)}") from None
 
 
 class GssapiClient:
@@ -201,7 +202,7 @@ class GssapiClient:
                 return out or b""  # complete: an empty token asks for the layer offer
             plain = self._ctx.unwrap(challenge).message
         except self._error as exc:
-            raise AuthError(f"GSSAPI: server token refused: {_reason(exc)}") from None
+            raise AuthError(f"GSSAPI: server token refused: {gss_reason(exc)}") from None
         layers, _max_buffer, _ = parse_security_layers(plain)
         if not layers & NO_SECURITY_LAYER:
             raise AuthError(f"server offers security layers {layers:#x}, not 1 (none)")
@@ -211,15 +212,9 @@ class GssapiClient:
                 security_layers(NO_SECURITY_LAYER, 0, self._authzid), False
             ).message
         except self._error as exc:
-            raise AuthError(f"GSSAPI: cannot wrap the layer choice: {_reason(exc)}") from None
+            raise AuthError(f"GSSAPI: cannot wrap the layer choice: {gss_reason(exc)}") from None
 
 
 def _same_principal(authzid: str, principal: str) -> bool:
     """`nimbus` as authzid for `nimbus@REALM`: the same principal in the default realm."""
     return "@" not in authzid and principal.rsplit("@", 1)[0] == authzid
-
-
-def _reason(exc: Exception) -> str:
-    """A GSS-API error in one line: the library's message, never token bytes."""
-    text = " ".join(str(exc).split())
-    return text[:200] or type(exc).__name__

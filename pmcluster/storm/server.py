@@ -215,12 +215,16 @@ class StormConnection(asyncio.Protocol):
             return
         self._ordinary_seen = True
         # Whether this request may read is decided when it arrives, in order with auth frames.
-        authorized = self.auth.authorized_reader
-        if self._pending or self._write_paused or len(self._tasks) >= self.max_in_flight:
+        self._admit(message, self.auth.authorized_reader)
+
+    def _admit(self, message: HBMessage, authorized: bool) -> None:
+        """Start an ordinary request's task, or queue it (and stop reading) when there is no
+        room or the peer does not read its replies."""
+        if self._lane_open():
+            self._start(message, authorized)
+        else:
             self._pending.append((message, authorized))
             self._update_reading()
-        else:
-            self._start(message, authorized)
 
     def _lane_open(self) -> bool:
         """Whether a request may be answered now (nothing queued, the peer reads, room)."""
@@ -254,6 +258,7 @@ class StormConnection(asyncio.Protocol):
         self._ordinary_seen = True
         authorized = self.auth.authorized_reader
         if not (self._pending or self._write_paused or len(self._tasks) >= self.max_in_flight):
+            # `_lane_open()`, inline: this is the hot path of every non-batched request.
             mtype, mid, raw, details = request
             try:
                 reply = self.handler.answer_now(mtype, raw, details, mid, authorized)
@@ -268,12 +273,7 @@ class StormConnection(asyncio.Protocol):
                 self._out.append(reply)
                 self._answered += 1
                 return True
-        message = _message(request)
-        if self._pending or self._write_paused or len(self._tasks) >= self.max_in_flight:
-            self._pending.append((message, authorized))
-            self._update_reading()
-        else:
-            self._start(message, authorized)
+        self._admit(_message(request), authorized)
         return True
 
     def _start_pending(self) -> None:
