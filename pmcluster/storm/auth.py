@@ -27,7 +27,7 @@ import struct
 from collections.abc import Callable
 
 from pmcluster.auth.jaas import load_jaas
-from pmcluster.auth.middleware import short_name
+from pmcluster.auth.middleware import kerberos_readers, short_name
 from pmcluster.config import Config
 from pmcluster.errors import AuthError, ConfigError, ProtocolError
 from pmcluster.storm.codec import HBMessage, HBMessageData
@@ -225,14 +225,6 @@ def make_auth_factory(config: Config, metrics: StormMetrics | None = None) -> Au
         return _gssapi_factory(config, metrics)
     no_auth = NoAuth()
     return lambda: no_auth
-
-
-def kerberos_readers(config: Config) -> frozenset[str]:
-    """Short names that may read over KERBEROS: nimbus.daemon.user, pacemaker.kerberos.users."""
-    readers = set(config.kerberos_users)
-    if config.nimbus_daemon_user:
-        readers.add(config.nimbus_daemon_user)
-    return frozenset(readers)
 
 
 def _gssapi_factory(config: Config, metrics: StormMetrics | None) -> AuthFactory:

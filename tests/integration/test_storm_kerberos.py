@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from aiohttp import web
 
-from pmcluster.config import Config
 from pmcluster.errors import AuthError, NodeUnavailable, NotAuthorized
 from pmcluster.node import make_app
 from pmcluster.sharedport import SharedSite
@@ -70,16 +69,7 @@ class Node:
 
 
 async def start_node(realm: PacemakerRealm, **changes: object) -> AsyncIterator[Node]:
-    config = Config(
-        port=0,
-        host=HOST,
-        auth_method="KERBEROS",
-        jaas_path=str(realm.server_jaas),
-        nimbus_daemon_user="nimbus",
-        kerberos_users=("bob",),
-        auth_secret_file=str(realm.secret),
-    )
-    app = make_app(dataclasses.replace(config, **changes))  # type: ignore[arg-type]
+    app = make_app(realm.node_config(port=0, host=HOST, kerberos_users=("bob",), **changes))
     factory = storm_factory(app)
     metrics = factory().metrics  # the front end's shared counters (this probe never connects)
     runner = web.AppRunner(app)

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from pmcluster.config import Config
 from pmcluster.errors import NotAuthorized
 from pmcluster.node import make_app
 from pmcluster.sharedport import SharedSite
@@ -86,16 +85,7 @@ class Node:
 @pytest.fixture
 async def node(realm: PacemakerRealm) -> AsyncIterator[Node]:
     """A node in this process serving the Storm protocol on its shared port."""
-    app = make_app(
-        Config(
-            port=0,
-            host=HOST,
-            auth_method="KERBEROS",
-            jaas_path=str(realm.server_jaas),
-            nimbus_daemon_user="nimbus",
-            auth_secret_file=str(realm.secret),
-        )
-    )
+    app = make_app(realm.node_config(port=0, host=HOST))
     factory = storm_factory(app)
     metrics = factory().metrics  # the front end's shared counters (this probe never connects)
     runner = web.AppRunner(app)
