@@ -319,21 +319,18 @@ class ClusterClient:
             raise ClusterUnavailable("no cluster members known")
         return ring.owners(path)
 
-    async def _write_owners(self, path: str) -> list[Member]:
-        return list((await self._current()).owners(path))
-
-    async def _read_owners(self, path: str) -> list[Member]:
-        owners = {m.node_id: m for m in (await self._current()).owners(path)}
-        grace = self._grace_ring()
-        if grace is not None:
-            for member in grace.owners(path):
-                owners.setdefault(member.node_id, member)
-        return list(owners.values())
+    async def _owners(self, path: str, *, read: bool = False) -> list[Member]:
+        """`owners_now`, once the client has started and has a ring (else it raises)."""
+        await self._current()
+        owners = self.owners_now(path, read=read)
+        assert owners is not None  # `_current` returned: started, with members
+        return owners
 
     def owners_now(self, path: str, *, read: bool = False) -> list[Member] | None:
-        """The members a write (`read`: a read) of normalised key `path` would ask right now
-        (`_write_owners` / `_read_owners` without waiting); None before the client has
-        started and has a ring. For a node that answers at once when it owns a key alone."""
+        """The members a write (`read`: a read, which also asks the grace ring's owners) of
+        normalised key `path` asks: the current ring's owners first. None before the client
+        has started and has a ring. Without waiting, for a node that answers at once when it
+        owns a key alone; the async path (`_owners`) asks the same members."""
         ring = self._ring
         if not self._started or ring is None or not ring.members:
             return None
@@ -345,9 +342,17 @@ class ClusterClient:
             owners += [m for m in grace.owners(path) if m.node_id not in known]
         return owners
 
+    async def _all_members(self) -> list[Member]:
+        """`members_now`, once the client has started and has a ring (else it raises)."""
+        await self._current()
+        members = self.members_now()
+        assert members is not None  # `_current` returned: started, with members
+        return members
+
     def members_now(self) -> list[Member] | None:
-        """The members a listing or recursive delete would ask right now (`_all_members`
-        without waiting); None before the client has started and has a ring."""
+        """The members a listing or recursive delete asks: the current ring's and, during the
+        grace window, the previous ring's. None before the client has started and has a ring.
+        Without waiting; the async path (`_all_members`) asks the same members."""
         ring = self._ring
         if not self._started or ring is None or not ring.members:
             return None
@@ -363,13 +368,6 @@ class ClusterClient:
         ring = self._ring
         replication = ring.replication if ring is not None else self.config.replication
         return max(1, len(members) - min(replication, len(members)) + 1)
-
-    async def _all_members(self) -> list[Member]:
-        members = {m.node_id: m for m in (await self._current()).members}
-        grace = self._grace_ring()
-        for member in grace.members if grace is not None else ():
-            members.setdefault(member.node_id, member)
-        return list(members.values())
 
     # --- Storm's operations -------------------------------------------------------------------
 
@@ -392,7 +390,7 @@ class ClusterClient:
             await self._current()
             if await coalescer.write(path, data, v, first_ack=version is not None):
                 return
-        owners = await self._write_owners(path)
+        owners = await self._owners(path)
         if version is not None:
             await self._fanout.first_acks(
                 owners, lambda t: t.put_pulse(path, data, version), "write"
@@ -406,12 +404,21 @@ class ClusterClient:
             )
 
         for _ in range(MAX_VERSION_RETRIES):
-            held = await put_all(v)
-            if held < v or v >= MAX_VERSION:
+            retry = self.retry_version(v, await put_all(v))
+            if retry is None:
                 return
-            self.stats["version_retries"] += 1
-            v = self.clock.above(held)
+            v = retry
         log.warning("write to %s still behind its owners after %d tries", path, MAX_VERSION_RETRIES)
+
+    def retry_version(self, v: int, held: int) -> int | None:
+        """After an unversioned write at `v` whose owners answered `held` (the newest version
+        one kept instead, 0: none): None when the write stands, else the version to write it
+        again at, above `held` (counted in `version_retries`). The one rule of `send_pulse`'s
+        retries, which a node answering a write at once (`coordinator`) follows too."""
+        if held < v or v >= MAX_VERSION:
+            return None
+        self.stats["version_retries"] += 1
+        return self.clock.above(held)
 
     async def send_pulses(self, pulses: Sequence[PulseInput]) -> None:
         """Store many pulses: one batch request per owner; each pulse needs one owner's ack."""
@@ -441,7 +448,7 @@ class ClusterClient:
         """The newest value among the owners, or None when absent (or deleted)."""
         path = normalize_key(path)
         tagged = await self._fanout.gather(
-            await self._read_owners(path), lambda t: _tagged(t, t.get_pulse(path)), "read"
+            await self._owners(path, read=True), lambda t: _tagged(t, t.get_pulse(path)), "read"
         )
         pulse = readmerge.merge_pulse([answer for _, answer in tagged])
         self._read_repair(path, pulse, tagged)
@@ -479,7 +486,7 @@ class ClusterClient:
         """Whether the exact key holds a value on its owners (newest of values/tombstones)."""
         path = normalize_key(path)
         answers = await self._fanout.gather(
-            await self._read_owners(path), lambda t: t.exists(path), "read"
+            await self._owners(path, read=True), lambda t: t.exists(path), "read"
         )
         value = max((v for present, v in answers if present), default=-1)
         tombstone = max((v for present, v in answers if not present), default=0)
@@ -544,9 +551,9 @@ class ClusterClient:
         ack of a current owner (the grace ring's owners stop being read soon)."""
         path = normalize_key(path)
         version = self.clock.now() if version is None else version
-        current = {m.node_id for m in await self._write_owners(path)}
+        current = {m.node_id for m in await self._owners(path)}
         await self._fanout.first_acks(
-            await self._read_owners(path),
+            await self._owners(path, read=True),
             lambda t: t.delete_pulse_id(path, version),
             "delete",
             covers=lambda node_id: (0,) if node_id in current else (),
@@ -556,7 +563,7 @@ class ClusterClient:
         """Storm's no-op: validated locally and by an owner, nothing stored."""
         path = normalize(path)
         await self._fanout.first_acks(
-            await self._write_owners(path), lambda t: t.create_path(path), "write"
+            await self._owners(path), lambda t: t.create_path(path), "write"
         )
 
     async def members(self) -> MembershipSnapshot:

@@ -35,6 +35,7 @@ from pmcluster.errors import ClusterUnavailable
 from pmcluster.fanout import FanOut
 from pmcluster.ring import Member
 from pmcluster.transport import Transport
+from pmcluster.versionclock import MAX_VERSION
 
 __all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_ENTRIES", "WriteCoalescer"]
 
@@ -85,7 +86,7 @@ class WriteCoalescer:
             isinstance(data, bytes)
             and len(data) <= self.max_bytes // 4
             and type(version) is int
-            and 0 < version < 2**63
+            and 0 < version <= MAX_VERSION
         )
 
     def write(

@@ -101,13 +101,17 @@ class FanOut:
         self._background.add(task)
         task.add_done_callback(self._probe_done)
 
+    def _cancel(self, task: asyncio.Task[Any]) -> None:
+        """Cancel a request nobody waits for any more, tracked until it ends (`close()`)."""
+        self._abandoned.add(task)
+        task.add_done_callback(self._abandoned_done)
+        task.cancel()
+
     def _drop(self, tasks: Iterable[asyncio.Task[Any]]) -> None:
         """The caller went away: cancel its unfinished requests (not the nodes' fault)."""
         for task in tasks:
             if not task.done():
-                self._abandoned.add(task)
-                task.add_done_callback(self._abandoned_done)
-                task.cancel()
+                self._cancel(task)
             elif not task.cancelled():
                 task.exception()  # consumed: nobody else will look at it
 
@@ -117,9 +121,7 @@ class FanOut:
         """The requests in `tasks` took too long: count them failed and cancel them."""
         paused = self._overslept(started)
         for task in tasks:
-            self._abandoned.add(task)
-            task.add_done_callback(self._abandoned_done)
-            task.cancel()
+            self._cancel(task)
             if paused:
                 continue
             self.failures.record_failure(names[task])

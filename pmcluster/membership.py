@@ -212,8 +212,9 @@ def _is_localhost(name: str) -> bool:
 # --- sources ---------------------------------------------------------------------------------
 
 
-class _Publisher:
-    """The snapshot-and-subscribers half shared by the sources in this module."""
+class SnapshotPublisher:
+    """The snapshot-and-subscribers half shared by the membership sources (this module's and
+    `zkmembership.ZooKeeperMembership`)."""
 
     def __init__(self) -> None:
         self._current: MembershipSnapshot | None = None
@@ -229,8 +230,7 @@ class _Publisher:
 
     def _publish(self, snapshot: MembershipSnapshot) -> bool:
         """Make `snapshot` current and tell subscribers; False (nothing done) if unchanged."""
-        previous = self._current
-        if previous is not None and previous.members == snapshot.members:
+        if snapshot == self._current:
             return False
         self._current = snapshot
         log.info(
@@ -247,7 +247,7 @@ class _Publisher:
         return True
 
 
-class FixedMembership(_Publisher):
+class FixedMembership(SnapshotPublisher):
     """A membership that never changes: a node alone, or an exact list (tests, tools)."""
 
     def __init__(self, members: Sequence[Member], *, prefix: str = "static") -> None:
@@ -261,7 +261,7 @@ class FixedMembership(_Publisher):
         return None
 
 
-class SeedMembership(_Publisher):
+class SeedMembership(SnapshotPublisher):
     """Members from a seed list: IP literals as written, host names through DNS.
 
     Every A/AAAA record of a name becomes a member `ip:port` (the entry's port, else

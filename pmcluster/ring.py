@@ -69,7 +69,6 @@ class Ring:
     __slots__ = (
         "_by_id",
         "_keys",
-        "_members_by_index",
         "_next_other",
         "_owner_index",
         "_wanted",
@@ -107,7 +106,6 @@ class Ring:
         self.points = points
         self.replication = replication
         self._by_id = by_id
-        self._members_by_index = ordered
 
         index_of = {m.node_id: i for i, m in enumerate(ordered)}
         zones: dict[str | None, int] = {}
@@ -139,7 +137,7 @@ class Ring:
         pos = bisect_right(keys, int.from_bytes(md5(str(path).encode()).digest(), "big"))
         if pos == count:
             pos = 0
-        members = self._members_by_index
+        members = self.members
         wanted = self._wanted
         if wanted == 1:
             return (members[self._owner_index[pos]],)
@@ -155,7 +153,7 @@ class Ring:
         if not count:
             raise ClusterUnavailable(f"ring {self.epoch} has no members")
         pos = bisect_right(keys, int.from_bytes(md5(str(path).encode()).digest(), "big"))
-        return self._members_by_index[self._owner_index[pos if pos < count else 0]]
+        return self.members[self._owner_index[pos if pos < count else 0]]
 
     def member(self, node_id: str) -> Member | None:
         """The member with this id, or None when it is not in this ring."""

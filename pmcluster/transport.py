@@ -139,9 +139,8 @@ class NodeTransport:
         *,
         data: bytes | None = None,
         headers: Mapping[str, str] | None = None,
-        ok: Sequence[int] = (200, 204),
     ) -> _Answer:
-        """One request; returns statuses in `ok` and 404, raises for everything else."""
+        """One request; returns 200, 204 and 404 answers, raises for everything else."""
         send_headers = dict(headers or {})
         if self._forwarded:
             send_headers[FORWARDED_HEADER] = "1"
@@ -167,7 +166,7 @@ class NodeTransport:
         epoch = answer.headers.get(EPOCH_HEADER)
         if epoch is not None and self._on_epoch is not None:
             self._on_epoch(self.node_id, epoch)
-        if answer.status in ok or answer.status == 404:
+        if answer.status in (200, 204, 404):
             return answer
         raise self._error(answer)
 

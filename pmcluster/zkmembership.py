@@ -40,7 +40,7 @@ from kazoo.retry import KazooRetry
 from pmcluster import API_VERSION
 from pmcluster.config import Config
 from pmcluster.errors import ClusterUnavailable, ConfigError
-from pmcluster.membership import MembershipSnapshot, parse_address
+from pmcluster.membership import MembershipSnapshot, SnapshotPublisher, parse_address
 from pmcluster.ring import Member, format_node_id
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def parse_member(name: str, data: bytes) -> Member | None:
     return Member(node_id=name, host=host, port=port, zone=zone)
 
 
-class ZooKeeperMembership:
+class ZooKeeperMembership(SnapshotPublisher):
     """`MembershipSource` backed by ZooKeeper; with `self_member` it also registers that member.
 
     `subscribe` callbacks, state listeners and `on_new_session` are all called on the event
@@ -109,6 +109,7 @@ class ZooKeeperMembership:
         on_new_session: Callable[[], None] | None = None,
         start_timeout_secs: float = 15.0,
     ) -> None:
+        super().__init__()
         self.config = config
         self.self_member = self_member
         self.path = members_path(config)
@@ -124,8 +125,6 @@ class ZooKeeperMembership:
         self._wake = asyncio.Event()
         self._ops = asyncio.Lock()
         self._retry: asyncio.TimerHandle | None = None
-        self._current: MembershipSnapshot | None = None
-        self._subscribers: list[Callable[[MembershipSnapshot], None]] = []
         self._state_listeners: list[Callable[[str], None]] = []
         self._state = "LOST"
         self._session_seen: int | None = None
@@ -133,13 +132,7 @@ class ZooKeeperMembership:
         self._left = False
         self._closing = False
 
-    # --- MembershipSource -----------------------------------------------------------------
-
-    def current(self) -> MembershipSnapshot | None:
-        return self._current
-
-    def subscribe(self, callback: Callable[[MembershipSnapshot], None]) -> None:
-        self._subscribers.append(callback)
+    # --- MembershipSource (`current`, `subscribe`: SnapshotPublisher) ----------------------
 
     async def start(self) -> None:
         """Connect, register `self_member` (if any) and read the first snapshot."""
@@ -304,19 +297,6 @@ class ZooKeeperMembership:
             self._retry_soon()  # raced a departure: the next read has the newer epoch
         else:
             self._publish(snapshot)
-
-    def _publish(self, snapshot: MembershipSnapshot) -> None:
-        if snapshot == self._current:
-            return
-        self._current = snapshot
-        log.info(
-            "membership %s: %s", snapshot.epoch, ", ".join(m.node_id for m in snapshot.members)
-        )
-        for callback in list(self._subscribers):
-            try:
-                callback(snapshot)
-            except Exception:
-                log.exception("membership subscriber failed")
 
     # --- blocking ZooKeeper operations (worker threads) -----------------------------------
 

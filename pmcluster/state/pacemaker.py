@@ -15,10 +15,13 @@ are `acls` (heartbeats are protected by `pacemaker.auth.method`, not znode ACLs)
 from __future__ import annotations
 
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from pmcluster.client import SyncClusterClient
 from pmcluster.state.interface import Acls, ConnectionListener, StateChangedCallback, VersionedData
 from pmcluster.state.zookeeper import ZooKeeperStateStorage
+
+if TYPE_CHECKING:  # imported by `pacemaker_state_factory`: the ZooKeeper store needs no aiohttp
+    from pmcluster.client import SyncClusterClient
 
 __all__ = ["PacemakerStateStorage"]
 

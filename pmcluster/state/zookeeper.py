@@ -144,13 +144,14 @@ class ZooKeeperStateStorage:
         self._last_event: WatchedEvent | None = None
         self._was_connected = False
         self._closed = False
-        self._ensure_root(hosts)
+        auth = _auth_data(extra)
+        self._ensure_root(hosts, auth)
         chroot = "" if self.root == "/" else self.root
         self._zk = KazooClient(
             hosts=hosts + chroot,
             timeout=config.zk_session_timeout_secs,
             connection_retry={"max_tries": -1, "delay": 0.05, "max_delay": 1.0},
-            auth_data=_auth_data(extra),
+            auth_data=auth,
         )
         self._zk.add_listener(self._on_state)
         self._start(self._zk)
@@ -164,15 +165,11 @@ class ZooKeeperStateStorage:
                 f"ZooKeeper {client.hosts} not reachable within {self._connect_timeout:g}s"
             ) from None
 
-    def _ensure_root(self, hosts: str) -> None:
+    def _ensure_root(self, hosts: str, auth: list[tuple[str, str]] | None) -> None:
         """Create `storm.zookeeper.root` with an unchrooted client, as Storm's zkTemp does."""
         if self.root == "/":
             return
-        temp = KazooClient(
-            hosts=hosts,
-            timeout=self.config.zk_session_timeout_secs,
-            auth_data=_auth_data(self.config.extra),
-        )
+        temp = KazooClient(hosts=hosts, timeout=self.config.zk_session_timeout_secs, auth_data=auth)
         self._start(temp)
         try:
             self._call(temp.ensure_path, self.root, op="mkdirs", path=self.root)

@@ -10,8 +10,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -65,11 +65,17 @@ async def membership(
         await source.stop()
 
 
-def raw_client(zk_hosts: str) -> KazooClient:
+@contextmanager
+def raw_client(zk_hosts: str) -> Iterator[KazooClient]:
+    """A plain kazoo client of the test's own, stopped and closed on the way out."""
     servers, _ = split_zk_hosts(zk_hosts)
     client = KazooClient(hosts=",".join(servers), timeout=LONG_SESSION)
     client.start(timeout=10.0)
-    return client
+    try:
+        yield client
+    finally:
+        client.stop()
+        client.close()
 
 
 A = Member.at("127.0.0.1", 7001, zone="z1")
@@ -117,17 +123,13 @@ async def test_two_nodes_see_each_other_with_the_same_epoch(zk_hosts: str) -> No
         assert b.current() == snap and watcher.current() == snap
         assert snap.members == (A, B)  # sorted by node_id, zone from A's registration
 
-        client = raw_client(zk_hosts)
-        try:
+        with raw_client(zk_hosts) as client:
             data, stat = client.get(f"{members_path(config)}/{A.node_id}")
             assert stat.ephemeralOwner != 0
             assert set(json.loads(data)) == {"zone", "start_time", "api_version", "pid"}
             assert json.loads(data)["pid"] == os.getpid()
             # The epoch is the parent's child version: it names this member list.
             assert snap.epoch == f"zk-{client.exists(members_path(config)).cversion}"
-        finally:
-            client.stop()
-            client.close()
 
 
 @pytest.mark.integration
@@ -165,8 +167,8 @@ async def test_leave_keeps_watching_and_never_reregisters(zk_hosts: str) -> None
 async def test_stale_registration_of_the_same_address_is_replaced(zk_hosts: str) -> None:
     config = zk_config(zk_hosts)
     own = f"{members_path(config)}/{A.node_id}"
-    previous = raw_client(zk_hosts)  # stands in for the previous process, session still alive
-    try:
+    # `previous` stands in for the previous process, its session still alive.
+    with raw_client(zk_hosts) as previous:
         previous.create(own, b'{"zone": "old", "pid": 1}', ephemeral=True, makepath=True)
         async with membership(config, A) as a:
             snap = a.current()
@@ -175,31 +177,20 @@ async def test_stale_registration_of_the_same_address_is_replaced(zk_hosts: str)
             assert stat.ephemeralOwner == a.session_id
             previous.stop()  # the old session's end must not take our registration with it
             await asyncio.sleep(0.3)
-            checker = raw_client(zk_hosts)
-            try:
+            with raw_client(zk_hosts) as checker:
                 assert checker.exists(own) is not None
-            finally:
-                checker.stop()
-                checker.close()
-    finally:
-        previous.stop()
-        previous.close()
 
 
 @pytest.mark.integration
 async def test_bad_member_znodes_do_not_break_the_snapshot(zk_hosts: str) -> None:
     config = zk_config(zk_hosts)
-    client = raw_client(zk_hosts)
-    try:
+    with raw_client(zk_hosts) as client:
         client.create(f"{members_path(config)}/127.0.0.9:7009", b"\xff garbage", makepath=True)
         client.create(f"{members_path(config)}/not-an-address", b"{}")
         async with membership(config, A) as a:
             snap = a.current()
             assert snap is not None
             assert snap.members == (A, Member("127.0.0.9:7009", "127.0.0.9", 7009))
-    finally:
-        client.stop()
-        client.close()
 
 
 @pytest.mark.integration

@@ -102,6 +102,31 @@ class Cluster:
         (other,) = [n for n in self.nodes if n not in owners]
         return other
 
+    async def on_owners(self, client: ClusterClient, data: bytes, version: int) -> list[Node]:
+        """`data` written at P (at `version`) through `client`, once both owners hold it;
+        the owners."""
+        await client.send_pulse(P, data, version=version)
+        owners = self.owners(client, P)
+        await poll(functools.partial(on_all, owners, P))
+        return owners
+
+    async def third_node_leaves(self, client: ClusterClient, data: bytes) -> str:
+        """A key the third node owns, holding `data` (version 5) there alone; then every node
+        drops the third from its membership (epoch "static-test-2") and `client` has seen
+        it. Returns the key."""
+        leaving = self.nodes[2]
+        path = next(
+            f"/workerbeats/g/n{i}"
+            for i in range(100)
+            if leaving in self.owners(client, f"/workerbeats/g/n{i}")
+        )
+        leaving.store.send_pulse(path, data, 5)
+        for node in self.nodes:
+            node.set_membership("static-test-2", tuple(n.node_id for n in self.nodes[:2]))
+        await client.exists("/workerbeats/anything")  # any response carries the new epoch
+        await poll(lambda: client.ring is not None and client.ring.epoch == "static-test-2")
+        return path
+
 
 @pytest.fixture
 async def cluster() -> AsyncIterator[Cluster]:
@@ -228,9 +253,7 @@ async def test_delete_is_not_undone_by_a_stale_replica(
 async def test_reads_repair_replicas_that_are_behind(
     cluster: Cluster, client: ClusterClient
 ) -> None:
-    await client.send_pulse(P, b"v1", version=1_000)
-    owners = cluster.owners(client, P)
-    await poll(lambda: all(o.store.exists(P) for o in owners))
+    owners = await cluster.on_owners(client, b"v1", 1_000)
     # An owner that lost its copy (restarted empty) gets it back from a read.
     owners[0].store.clear()
     assert await client.get_pulse(P) == Pulse(P, b"v1", 1_000)
@@ -292,9 +315,7 @@ async def test_listing_merges_across_nodes(cluster: Cluster, client: ClusterClie
 async def test_read_survives_a_stopped_owner_within_timeout(
     cluster: Cluster, client: ClusterClient
 ) -> None:
-    await client.send_pulse(P, b"v", version=7)
-    owners = cluster.owners(client, P)
-    await poll(lambda: all(o.store.exists(P) for o in owners))
+    owners = await cluster.on_owners(client, b"v", 7)
     await owners[0].stop()
     for _ in range(3):
         result, elapsed = await timed(client.get_pulse(P))
@@ -313,9 +334,7 @@ async def test_read_with_a_hung_owner_takes_at_most_one_timeout(cluster: Cluster
 
 
 async def _hung_owner_reads(cluster: Cluster, client: ClusterClient) -> None:
-    await client.send_pulse(P, b"v", version=7)
-    owners = cluster.owners(client, P)
-    await poll(lambda: all(o.store.exists(P) for o in owners))
+    owners = await cluster.on_owners(client, b"v", 7)
     await owners[0].hang()
     latencies = []
     for _ in range(5):
@@ -336,9 +355,7 @@ async def test_probes_of_a_hung_owner_do_not_delay_reads(cluster: Cluster) -> No
     a probe once the healthy owner has answered."""
     failures = FailureTracker(base_delay=0.05, max_delay=0.1, jitter=0.0)
     async with ClusterClient(cluster.client_config, failures=failures) as client:
-        await client.send_pulse(P, b"v", version=7)
-        owners = cluster.owners(client, P)
-        await poll(lambda: all(o.store.exists(P) for o in owners))
+        owners = await cluster.on_owners(client, b"v", 7)
         await owners[0].hang()
         first, elapsed = await timed(client.get_pulse(P))
         assert first == Pulse(P, b"v", 7) and elapsed >= TIMEOUT * 0.8
@@ -375,20 +392,9 @@ async def test_bad_path_is_rejected_before_any_request(client: ClusterClient) ->
 async def test_epoch_change_is_picked_up_and_old_owners_read_during_grace(
     cluster: Cluster, client: ClusterClient
 ) -> None:
-    leaving = cluster.nodes[2]
-    path = next(
-        f"/workerbeats/g/n{i}"
-        for i in range(100)
-        if leaving in cluster.owners(client, f"/workerbeats/g/n{i}")
-    )
-    leaving.store.send_pulse(path, b"only-on-the-leaving-node", 5)
-    remaining = tuple(n.node_id for n in cluster.nodes[:2])
-    for node in cluster.nodes:
-        node.set_membership("static-test-2", remaining)
-    await client.exists("/workerbeats/anything")  # any response carries the new epoch
-    await poll(lambda: client.ring is not None and client.ring.epoch == "static-test-2")
+    path = await cluster.third_node_leaves(client, b"only-on-the-leaving-node")
     assert client.ring is not None
-    assert [m.node_id for m in client.ring.members] == sorted(remaining)
+    assert [m.node_id for m in client.ring.members] == sorted(n.node_id for n in cluster.nodes[:2])
     # Within the grace window the previous ring's owners are still asked.
     assert await client.get_pulse(path) == Pulse(path, b"only-on-the-leaving-node", 5)
     assert client.stats["ring_changes"] == 1
@@ -397,17 +403,7 @@ async def test_epoch_change_is_picked_up_and_old_owners_read_during_grace(
 async def test_grace_window_ends(cluster: Cluster) -> None:
     config = dataclasses.replace(cluster.client_config, grace_secs=0.05)
     async with ClusterClient(config) as client:
-        leaving = cluster.nodes[2]
-        path = next(
-            f"/workerbeats/g/n{i}"
-            for i in range(100)
-            if leaving in cluster.owners(client, f"/workerbeats/g/n{i}")
-        )
-        leaving.store.send_pulse(path, b"stale", 5)
-        for node in cluster.nodes:
-            node.set_membership("static-test-2", tuple(n.node_id for n in cluster.nodes[:2]))
-        await client.exists("/workerbeats/anything")
-        await poll(lambda: client.ring is not None and client.ring.epoch == "static-test-2")
+        path = await cluster.third_node_leaves(client, b"stale")
         await asyncio.sleep(0.1)  # let the 50 ms grace window lapse (a time bound, not a sync)
         assert await client.get_pulse(path) is None
 
