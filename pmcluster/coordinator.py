@@ -33,7 +33,6 @@ from pmcluster.client import MAX_VERSION_RETRIES, ClusterClient
 from pmcluster.paths import normalize, normalize_key
 from pmcluster.ring import Member, Ring
 from pmcluster.store import Pulse
-from pmcluster.versionclock import MAX_VERSION
 
 __all__ = [
     "NOT_NOW",
@@ -234,16 +233,15 @@ class CoordinatingBackend:
         client = self.client
         store = local.backend.store
         for _ in range(MAX_VERSION_RETRIES - 1):
-            if held < v or v >= MAX_VERSION:
+            retry = client.retry_version(v, held)
+            if retry is None:
                 return
-            client.stats["version_retries"] += 1
-            v = client.clock.above(held)
+            v = retry
             held = 0 if store.send_pulse(key, data, v) else local.backend.held_version(key)
-        if held < v or v >= MAX_VERSION:
-            return
-        client.stats["version_retries"] += 1
-        client.clock.above(held)  # as the loop's last round does
-        log.warning("write to %s still behind its owners after %d tries", key, MAX_VERSION_RETRIES)
+        if client.retry_version(v, held) is not None:  # as the client's last round
+            log.warning(
+                "write to %s still behind its owners after %d tries", key, MAX_VERSION_RETRIES
+            )
 
     def get_pulse_now(self, path: str) -> Pulse | _NotNow | None:
         """`ClusterClient.get_pulse` when this node is the key's only owner (grace ring too)."""
