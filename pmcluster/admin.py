@@ -32,6 +32,7 @@ from typing import Any
 from aiohttp import web
 
 from pmcluster.client import ClusterClient
+from pmcluster.config import Config
 from pmcluster.coordinator import CoordinatingBackend
 from pmcluster.errors import InvalidRequest, PmclusterError
 from pmcluster.node import CONFIG_KEY, STATE_KEY, STORE_KEY, json_response
@@ -213,9 +214,9 @@ async def _drain(app: web.Application) -> None:
         admin.finished.set()
 
 
-def _leave_timeout(config: Any) -> float:
+def _leave_timeout(config: Config) -> float:
     """How long the node's own view may take to drop it: a few ZooKeeper round trips."""
-    return max(10.0, float(config.request_timeout_secs) * 10)
+    return max(10.0, config.request_timeout_secs * 10)
 
 
 async def _wait_ring_without(client: ClusterClient, node_id: str, timeout: float) -> str:
@@ -253,16 +254,15 @@ async def verify_and_resend(
                 return None
         return version >= pulse.version  # a value, or a tombstone newer than ours
 
-    async def check(pulse: Pulse) -> tuple[int, int]:
-        """(owners confirming, owners not answering) for one key."""
+    async def check(pulse: Pulse) -> tuple[int, int, int]:
+        """(owners confirming, owners not answering, owners) for one key."""
         owners = ring.owners(pulse.path)
         answers = await asyncio.gather(*(fresh_on(m, pulse) for m in owners))
-        return sum(a is True for a in answers), sum(a is None for a in answers)
+        return sum(a is True for a in answers), sum(a is None for a in answers), len(owners)
 
     results = await asyncio.gather(*(check(p) for p in pulses))
     missing: list[Pulse] = []
-    for pulse, (confirmed, silent) in zip(pulses, results, strict=True):
-        owners = len(ring.owners(pulse.path))
+    for pulse, (confirmed, silent, owners) in zip(pulses, results, strict=True):
         if confirmed == owners:
             progress.verified += 1
         elif confirmed + silent == owners and confirmed > 0:
@@ -277,7 +277,7 @@ async def verify_and_resend(
             log.warning("drain: re-sending %d pulses failed: %s", len(chunk), exc)
     progress.resent = len(missing)
     recheck = await asyncio.gather(*(check(p) for p in missing))
-    for confirmed, silent in recheck:
+    for confirmed, silent, _ in recheck:
         if confirmed == 0:
             progress.unconfirmed += 1
         elif silent:

@@ -181,14 +181,15 @@ def _choice(choices: tuple[str, ...]) -> Parser:
     return parse
 
 
-def _storm_read_mode(key: str, raw: Any) -> str:
-    value: str = _choice(tuple(m.upper() for m in STORM_READ_MODES))(key, raw)
-    return value.lower()
+def _lower_choice(choices: tuple[str, ...]) -> Parser:
+    """`_choice` of lower-case `choices`, answering in lower case (any case accepted)."""
+    upper = _choice(tuple(choice.upper() for choice in choices))
 
+    def parse(key: str, raw: Any) -> str:
+        value: str = upper(key, raw)
+        return value.lower()
 
-def _event_loop(key: str, raw: Any) -> str:
-    value: str = _choice(tuple(m.upper() for m in EVENT_LOOPS))(key, raw)
-    return value.lower()
+    return parse
 
 
 def _zk_root(key: str, raw: Any) -> str:
@@ -242,8 +243,8 @@ KEYS: dict[str, tuple[str, Parser]] = {
     "pmcluster.tls.key": ("tls_key", _optional(_nonempty_str)),
     "pmcluster.tls.ca": ("tls_ca", _optional(_nonempty_str)),
     "pmcluster.tls.verify": ("tls_verify", _bool),
-    "pmcluster.storm.read.mode": ("storm_read_mode", _storm_read_mode),
-    "pmcluster.event.loop": ("event_loop", _event_loop),
+    "pmcluster.storm.read.mode": ("storm_read_mode", _lower_choice(STORM_READ_MODES)),
+    "pmcluster.event.loop": ("event_loop", _lower_choice(EVENT_LOOPS)),
 }
 
 # Keys that a shared storm.yaml carries for other daemons: accepted silently.

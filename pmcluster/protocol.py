@@ -29,7 +29,7 @@ EPOCH_HEADER = "X-Pmcluster-Epoch"
 FORWARDED_HEADER = "X-Pmcluster-Forwarded"
 PULSES_MEDIA_TYPE = pulsecodec.MEDIA_TYPE
 
-MAX_VERSION = 2**63 - 1  # versions travel as i64 in the pulse-list encoding
+MAX_VERSION = pulsecodec.MAX_VERSION  # versions travel as i64 in the pulse-list encoding
 
 # (class, status, short error name). The node answers with the first class that matches;
 # a client maps (status, name) back, or the status alone (first row with it) for other names.

@@ -19,14 +19,14 @@ from typing import Protocol
 from pmcluster.errors import InvalidPath, InvalidRequest
 from pmcluster.paths import normalize_key
 
-__all__ = ["MEDIA_TYPE", "PulseLike", "decode", "encode"]
+__all__ = ["MAX_VERSION", "MEDIA_TYPE", "PulseLike", "decode", "encode"]
 
 MEDIA_TYPE = "application/x-pmcluster-pulses"
+MAX_VERSION = 2**63 - 1  # the largest version: records carry versions as i64
 
 _U32 = struct.Struct(">I")
 _VERSION_LEN = struct.Struct(">qI")
 _U32_MAX = 0xFFFFFFFF
-_I64_MAX = 0x7FFFFFFFFFFFFFFF
 
 
 class PulseLike(Protocol):
@@ -59,7 +59,7 @@ def encode(pulses: Iterable[tuple[str, bytes, int | None] | PulseLike]) -> bytes
             path, data, version = pulse.path, pulse.data, pulse.version
         if version is None:
             version = 0
-        if not 0 <= version <= _I64_MAX:
+        if not 0 <= version <= MAX_VERSION:
             raise InvalidRequest(f"entry {index}: version {version} outside 0..2**63-1")
         raw_path = path.encode("utf-8")
         if len(raw_path) > _U32_MAX or len(data) > _U32_MAX:

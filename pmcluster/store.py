@@ -324,14 +324,7 @@ class PulseStore(StoreDeletes, StoreRoom):
             elif version > node.version or (version == node.version and data > old_data):
                 self._check_room(len(data) - len(old_data))
         if missing >= 0:
-            for name in names[missing:]:
-                nxt = Node()
-                if node.children is None:
-                    node.children = {}
-                    self._link(nodes, names)
-                node.children[name] = nxt
-                node = nxt
-                nodes.append(node)
+            node = self._grow(nodes, names)
         old = node.data
         if old is not None:
             if version < node.version:

@@ -66,16 +66,26 @@ class StoreBase:
         for name in names:
             nxt = node.child(name)
             if nxt is None:
-                if not create:
-                    break
-                nxt = Node()
-                if node.children is None:
-                    node.children = {}
-                    self._link(nodes, names)
-                node.children[name] = nxt
+                if create:
+                    self._grow(nodes, names)
+                break
             node = nxt
             nodes.append(node)
         return nodes, names
+
+    def _grow(self, nodes: list[Node], names: list[str]) -> Node:
+        """Create the nodes for `names` below `nodes[-1]` (the chain so far, extended in place);
+        the last one."""
+        node = nodes[-1]
+        for name in names[len(nodes) - 1 :]:
+            nxt = Node()
+            if node.children is None:
+                node.children = {}
+                self._link(nodes, names)
+            node.children[name] = nxt
+            node = nxt
+            nodes.append(node)
+        return node
 
     def _find(self, path: str) -> Node | None:
         """The trie node at the normalised `path`, or None; walks from the root."""

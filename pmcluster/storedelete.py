@@ -43,16 +43,11 @@ class StoreDeletes(StoreBase):
         version = self._check_version(version)
         now = self._clock()
         self._sweep(now)
-        nodes, names = self._walk(key, create=False)
-        node = nodes[-1] if len(nodes) == len(names) + 1 else None
-        if version is None:
-            version = now if node is None else max(now, node.version)
-        removed = False
-        if node is not None and node.data is not None and node.version <= version:
-            self._drop_key(nodes, key)
-            removed = True
-        nodes, names = self._walk(key, create=True)
+        nodes, _ = self._walk(key, create=True)  # a new node holds no value: version 0
         node = nodes[-1]
+        if version is None:
+            version = max(now, node.version)
+        # The tombstone goes on first, so dropping the value below prunes nothing.
         tomb = node.tomb if node.tomb is not None else Tomb()
         node.tomb = tomb
         if version > tomb.key_version:
@@ -61,7 +56,10 @@ class StoreDeletes(StoreBase):
         if expiry > tomb.key_expiry:
             tomb.key_expiry = expiry
             self._push_tomb(expiry, key, _KEY)
-        return removed
+        if node.data is None or node.version > version:
+            return False
+        self._drop_key(nodes, key)
+        return True
 
     def tombstones(self) -> list[tuple[str, int, int]]:
         """Every live tombstone as (path, subtree version, exact-key version); 0 = none.
@@ -103,12 +101,10 @@ class StoreDeletes(StoreBase):
         version = self._check_version(version)
         now = self._clock()
         self._sweep(now)
-        if version is None:
-            probe, names = self._walk(norm, create=False)
-            found = len(probe) == len(names) + 1
-            version = max(now, probe[-1].maxv) if found else now
-        nodes, _ = self._walk(norm, create=True)
+        nodes, _ = self._walk(norm, create=True)  # a new node has nothing below: maxv 0
         top = nodes[-1]
+        if version is None:
+            version = max(now, top.maxv)
         before = top.n
         self._purge_subtree(top, norm, version)
         removed = before - top.n
@@ -144,6 +140,7 @@ class StoreDeletes(StoreBase):
         """Remove the key held by `nodes[-1]` (the full root-to-key chain), then prune."""
         node = nodes[-1]
         assert node.data is not None
+        removed = node.version
         self._key_count -= 1
         self._total_bytes -= len(node.data)
         self._path_bytes -= len(key)
@@ -153,7 +150,7 @@ class StoreDeletes(StoreBase):
             each.n -= 1
         if self._ttl is not None:
             self._written.pop(key, None)
-        refresh_maxv(nodes)
+        refresh_maxv(nodes, removed)
         self._prune(nodes, components(key))
 
     def _prune(self, nodes: list[Node], names: list[str]) -> None:

@@ -75,9 +75,17 @@ def iter_subtree(top: Node, top_path: str, *, sort: bool) -> Iterator[tuple[str,
             stack.extend((join(path, name), child) for name, child in ordered)
 
 
-def refresh_maxv(nodes: list[Node]) -> None:
-    """Recompute `maxv` bottom-up along a root-to-node chain after removals below it."""
+def refresh_maxv(nodes: list[Node], removed: int | None = None) -> None:
+    """Recompute `maxv` bottom-up along a root-to-node chain after removals below it.
+
+    `removed`: the version of the one value removed, when only one was. A node whose `maxv`
+    is newer than it took its `maxv` from another value, still there, so it and every node
+    above it are unchanged: no scan of its children (a delete among many siblings stays
+    O(depth)).
+    """
     for node in reversed(nodes):
+        if removed is not None and node.maxv > removed:
+            break
         newest = node.version if node.data is not None else 0
         if node.children:
             for child in node.children.values():

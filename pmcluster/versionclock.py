@@ -20,9 +20,10 @@ import threading
 import time
 from collections.abc import Callable
 
+from pmcluster.protocol import MAX_VERSION
+
 __all__ = ["MAX_OBSERVED_AHEAD_NS", "MAX_VERSION", "VersionClock"]
 
-MAX_VERSION = 2**63 - 1  # versions travel as i64
 MAX_OBSERVED_AHEAD_NS = 3600 * 10**9  # observe versions at most an hour ahead of our clock
 
 

@@ -40,6 +40,17 @@ def _check_parents_index(store: PulseStore) -> None:
             assert chain[depth] is node
 
 
+def _check_counts_and_newest(store: PulseStore) -> None:
+    """White-box: every node's key count `n` and newest version `maxv` are exact, as the
+    shortcuts (listings, `children_versions`, `delete_path` without a version) rely on."""
+    for path, node in iter_subtree(store._root, "/", sort=False):
+        children = list(node.children.values()) if node.children else []
+        own = node.data is not None
+        assert node.n == own + sum(child.n for child in children), path
+        newest = max([node.version if own else 0, *(child.maxv for child in children)])
+        assert node.maxv == newest, path
+
+
 @pytest.mark.parametrize("batched", [False, True])
 def test_rewrite_keeps_newer_wins_and_ties(batched: bool) -> None:
     store = PulseStore(clock=FakeClock())
@@ -146,6 +157,7 @@ def test_parents_index_follows_writes_deletes_and_expiry() -> None:
             clock.now += rng.randint(0, 3) * SEC
             store.expire()
         _check_parents_index(store)
+        _check_counts_and_newest(store)
     clock.now += 60 * SEC
     store.expire()
     assert store.key_count == 0
