@@ -52,10 +52,10 @@ def _client_config(args: argparse.Namespace) -> Config:
     return config
 
 
-def _client(args: argparse.Namespace) -> SyncClusterClient:
+def _client(args: argparse.Namespace, config: Config | None = None) -> SyncClusterClient:
     from pmcluster.client import SyncClusterClient
 
-    return SyncClusterClient(_client_config(args))
+    return SyncClusterClient(_client_config(args) if config is None else config)
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -145,9 +145,9 @@ def cmd_members(args: argparse.Namespace) -> int:
 def cmd_ring(args: argparse.Namespace) -> int:
     from pmcluster.ring import Ring, balance_estimate
 
-    with _client(args) as client:
-        snapshot = client.members()
     config = _client_config(args)
+    with _client(args, config) as client:
+        snapshot = client.members()
     ring = Ring(
         snapshot.members, snapshot.epoch, points=config.ring_points, replication=config.replication
     )

@@ -29,6 +29,7 @@ import aiohttp
 
 from pmcluster.client import ClusterClient
 from pmcluster.config import Config
+from pmcluster.status import parse_metrics
 from pmcluster.testing import HarnessError, NodeProcess, free_port_on_all, port_is_free
 
 HEADER = struct.Struct(">QQ")
@@ -147,12 +148,11 @@ async def node_figures(session: aiohttp.ClientSession, url: str) -> tuple[int, i
             text = await resp.text()
     except (aiohttp.ClientError, TimeoutError):
         return None
-    figures = {"pacemaker_size_total_keys": 0.0, "pmcluster_stored_bytes": 0.0}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in figures:
-            figures[name] = float(value)
-    return int(figures["pacemaker_size_total_keys"]), int(figures["pmcluster_stored_bytes"])
+    figures = parse_metrics(text)
+    return (
+        int(figures.get("pacemaker_size_total_keys", 0)),
+        int(figures.get("pmcluster_stored_bytes", 0)),
+    )
 
 
 class StatusPrinter:

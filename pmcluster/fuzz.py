@@ -27,6 +27,7 @@ from pathlib import Path
 
 from pmcluster.fuzzcases import KEEP_ROOT, Case, make_case
 from pmcluster.paths import to_url
+from pmcluster.storm.codec import DEFAULT_MAX_FRAME_SIZE
 
 __all__ = [
     "LOG_MARKERS",
@@ -186,7 +187,7 @@ async def fuzz(
     seed: int,
     concurrency: int = 16,
     storm: bool = True,
-    max_body: int = 10485760,
+    max_body: int = DEFAULT_MAX_FRAME_SIZE,
     timeout: float = 5.0,
     keep: int = 64,
     log_path: Path | None = None,
@@ -229,7 +230,7 @@ async def replay(
     indices: Sequence[int],
     *,
     storm: bool = True,
-    max_body: int = 10485760,
+    max_body: int = DEFAULT_MAX_FRAME_SIZE,
 ) -> list[tuple[Case, str]]:
     """Send the given cases of a run one by one; (case, outcome) for each."""
     return [
@@ -252,7 +253,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-body",
         type=int,
-        default=10485760,
+        default=DEFAULT_MAX_FRAME_SIZE,
         help="the node's pacemaker.thrift.message.size.max, for just-too-large bodies",
     )
     p.add_argument("--log", metavar="FILE", help="the node's log: scanned for tracebacks")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pmcluster import pulsecodec
 from pmcluster.store import Pulse
 from pmcluster.storm.codec import (
+    DEFAULT_MAX_FRAME_SIZE,
     HBMessage,
     HBMessageData,
     HBNodes,
@@ -272,7 +273,9 @@ def _storm(rng: random.Random) -> bytes:
     return b"\x00" + rng.randbytes(rng.randint(0, 300))
 
 
-def make_case(seed: int, index: int, *, storm: bool = True, max_body: int = 10485760) -> Case:
+def make_case(
+    seed: int, index: int, *, storm: bool = True, max_body: int = DEFAULT_MAX_FRAME_SIZE
+) -> Case:
     """Case `index` of the run seeded with `seed` (independent of every other case)."""
     rng = random.Random(f"pmcluster-fuzz-{seed}-{index}")
     roll = rng.random()

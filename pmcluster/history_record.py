@@ -179,6 +179,12 @@ class History:
             self._ops.append(entry)
         return entry
 
+    def extend(self, ops: Iterable[Op]) -> None:
+        """Append ops recorded elsewhere (another process's history), in their order."""
+        entries = list(ops)
+        with self._lock:
+            self._ops.extend(entries)
+
     def begin(self, client: str, op: str, path: str, *, value: int | None = None) -> PendingOp:
         """Start timing an op now; call `finish` on the result (or use it as a context manager)."""
         if op not in OP_KINDS:

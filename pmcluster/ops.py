@@ -37,7 +37,8 @@ from pmcluster.client import ClusterClient
 from pmcluster.config import Config, load_config
 from pmcluster.errors import PmclusterError
 from pmcluster.launch import node_argv
-from pmcluster.opshttp import OpsHttp
+from pmcluster.opshttp import OpsHttp, base_url
+from pmcluster.testing import log_tail
 
 EXIT_DONE, EXIT_REFUSED, EXIT_FAILED = 0, 1, 2
 POLL_SECS = 0.2
@@ -61,10 +62,6 @@ class NodeView:
     members: tuple[str, ...]
     addresses: dict[str, str]  # node_id -> base URL, as the node describes its members
     replication: int
-
-
-def base_url(host: str, port: int) -> str:
-    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 
 
 def _url_of(node_id: str) -> str:
@@ -211,14 +208,6 @@ def start_detached(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def _tail(path: Path) -> str:
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except FileNotFoundError:
-        return ""
-    return "\n".join(lines[-LOG_TAIL_LINES:])
-
-
 async def add_node(args: argparse.Namespace, out: dict[str, Any]) -> None:
     config_path = Path(args.config).resolve()
     config = load_config(config_path)
@@ -246,7 +235,7 @@ async def add_node(args: argparse.Namespace, out: dict[str, Any]) -> None:
             if proc is not None and proc.poll() is not None:
                 raise OpsError(
                     f"{node_id} exited with code {proc.returncode} while starting; "
-                    f"log tail:\n{_tail(Path(out['log']))}"
+                    f"log tail:\n{log_tail(Path(out['log']), LOG_TAIL_LINES)}"
                 )
             if time.monotonic() > deadline:
                 raise OpsError(f"{node_id} did not answer on {url} within {args.timeout:g}s")

@@ -14,7 +14,12 @@ from yarl import URL
 from pmcluster.auth.client import RequestAuth, make_request_auth
 from pmcluster.config import Config
 
-__all__ = ["OpsHttp"]
+__all__ = ["OpsHttp", "base_url"]
+
+
+def base_url(host: str, port: int) -> str:
+    """`http://host:port`, bracketing an IPv6 literal."""
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 
 
 class OpsHttp:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pmcluster.bench.procstats import rss_bytes
 from pmcluster.client import ClusterClient
 from pmcluster.config import Config, config_from_mapping
 from pmcluster.errors import PmclusterError
@@ -70,13 +71,6 @@ class NodeSamples:
         if len(after) < 2:
             return None
         return after[-1][1] / after[0][1] - 1.0
-
-
-def _proc_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def _proc_fds(pid: int) -> int:
@@ -219,7 +213,7 @@ def _sample(nodes: list[NodeProcess], samples: list[NodeSamples]) -> None:
     for node, sample in zip(nodes, samples, strict=True):
         if node.running():
             with contextlib.suppress(OSError):
-                sample.rss.append((now, _proc_rss(node.pid)))
+                sample.rss.append((now, rss_bytes(node.pid)))
                 sample.fds.append((now, _proc_fds(node.pid)))
 
 
@@ -273,16 +267,7 @@ def soak(spec: SoakSpec, workdir: Path, history_path: Path | None = None) -> Rep
                 if proc.is_alive():
                     proc.kill()
                 elif out.exists():
-                    for op in History.load_jsonl(out).ops:
-                        history.record(
-                            op.client,
-                            op.op,
-                            op.path,
-                            start=op.start,
-                            end=op.end,
-                            outcome=op.outcome,
-                            value=op.value,
-                        )
+                    history.extend(History.load_jsonl(out).ops)
         _sample(cluster.nodes, samples)
     if history_path is not None:
         history.dump_jsonl(history_path)

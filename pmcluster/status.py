@@ -21,7 +21,7 @@ import aiohttp
 from pmcluster.client import ClusterClient
 from pmcluster.config import Config
 from pmcluster.errors import PmclusterError
-from pmcluster.opshttp import OpsHttp
+from pmcluster.opshttp import OpsHttp, base_url
 
 OK, DEGRADED, DOWN = "OK", "DEGRADED", "DOWN"
 EXIT_CODES = {OK: 0, DEGRADED: 1, DOWN: 2}
@@ -69,7 +69,7 @@ async def _get(http: OpsHttp, url: str, timeout: float) -> str:
 async def probe(http: OpsHttp, node_id: str, host: str, port: int, timeout: float) -> NodeStatus:
     """Ask one node for its view and two metric samples."""
     status = NodeStatus(node_id)
-    base = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    base = base_url(host, port)
     try:
         view = json.loads(await _get(http, f"{base}/v1/members", timeout))
         first = parse_metrics(await _get(http, f"{base}/metrics", timeout))

@@ -152,8 +152,8 @@ def _prctl() -> Callable[..., int]:
     return prctl
 
 
-def _spawn(
-    argv: Sequence[str], log_path: Path, env: Mapping[str, str] | None
+def spawn(
+    argv: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     """Start `argv` with stdout and stderr appended to `log_path` and a parent-death signal."""
     parent = os.getpid()
@@ -192,7 +192,36 @@ def _signal_and_reap(proc: subprocess.Popen[bytes], sig: int, timeout: float) ->
     return proc.wait(10)
 
 
-class ManagedZooKeeper:
+class _Child:
+    """What the harness's process classes share: the child, its PID, SIGKILL by PID."""
+
+    _proc: subprocess.Popen[bytes] | None = None
+
+    def _label(self) -> str:
+        """How messages name the process ("ZooKeeper", "node 127.0.0.1:6699")."""
+        raise NotImplementedError
+
+    def _started(self) -> subprocess.Popen[bytes]:
+        if self._proc is None:
+            raise HarnessError(f"{self._label()} was never started")
+        return self._proc
+
+    @property
+    def pid(self) -> int:
+        """PID of the current (or last) process."""
+        return self._started().pid
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def kill(self) -> int | None:
+        """SIGKILL (a crash) and reap."""
+        if self._proc is None:
+            return None
+        return _signal_and_reap(self._proc, signal.SIGKILL, 10.0)
+
+
+class ManagedZooKeeper(_Child):
     """One standalone ZooKeeper 3.8 server on 127.0.0.1, from the jars, in its own data dir.
 
     `start()` writes `zoo.cfg`, starts the JVM and waits (bounded) until `srvr` answers
@@ -217,19 +246,15 @@ class ManagedZooKeeper:
         self.start_timeout = start_timeout
         self.classpath = tuple(classpath)
         self.java = java
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc = None
 
     @property
     def hosts(self) -> str:
         """The kazoo hosts string of this server."""
         return f"127.0.0.1:{self.port}"
 
-    @property
-    def pid(self) -> int:
-        """PID of the current (or last) server process."""
-        if self._proc is None:
-            raise HarnessError("ZooKeeper was never started")
-        return self._proc.pid
+    def _label(self) -> str:
+        return "ZooKeeper"
 
     @property
     def log_path(self) -> Path:
@@ -238,9 +263,6 @@ class ManagedZooKeeper:
     @property
     def config_path(self) -> Path:
         return self.data_dir / "zoo.cfg"
-
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self) -> Self:
         """Start the server and wait until it serves; raise `HarnessError` with its log tail."""
@@ -259,7 +281,7 @@ class ManagedZooKeeper:
             _ZOOKEEPER_MAIN,
             str(self.config_path),
         ]
-        self._proc = _spawn(argv, self.log_path, None)
+        self._proc = spawn(argv, self.log_path)
         self._wait_serving()
         return self
 
@@ -315,12 +337,6 @@ class ManagedZooKeeper:
             return None
         return _signal_and_reap(self._proc, signal.SIGTERM, timeout)
 
-    def kill(self) -> int | None:
-        """SIGKILL the server and reap it."""
-        if self._proc is None:
-            return None
-        return _signal_and_reap(self._proc, signal.SIGKILL, 10.0)
-
     def restart(self) -> Self:
         """Stop and start again on the same data dir and port."""
         self.stop()
@@ -358,7 +374,7 @@ class ManagedZooKeeper:
         self.close()
 
 
-class NodeProcess:
+class NodeProcess(_Child):
     """One `python -m pmcluster node --config FILE` process, configured by Storm YAML keys.
 
     The YAML goes to `<workdir>/node-<host>-<port>.yaml`, stdout and stderr to
@@ -383,11 +399,14 @@ class NodeProcess:
         stem = f"node-{self.host}-{self.port}"
         self.config_path = self.workdir / f"{stem}.yaml"
         self.log_path = self.workdir / f"{stem}.log"
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc = None
 
     @property
     def node_id(self) -> str:
         return f"{self.host}:{self.port}"
+
+    def _label(self) -> str:
+        return f"node {self.node_id}"
 
     @property
     def url(self) -> str:
@@ -411,18 +430,8 @@ class NodeProcess:
             raise
 
     @property
-    def pid(self) -> int:
-        """PID of the current (or last) process."""
-        if self._proc is None:
-            raise HarnessError(f"node {self.node_id} was never started")
-        return self._proc.pid
-
-    @property
     def returncode(self) -> int | None:
         return None if self._proc is None else self._proc.poll()
-
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self) -> Self:
         """Write the config and start the process (does not wait for readiness)."""
@@ -432,7 +441,7 @@ class NodeProcess:
         self.config_path.write_text(yaml.safe_dump(self.config_yaml, sort_keys=True))
         childopts = str(self.config_yaml.get("pacemaker.childopts") or "")
         argv = node_argv(self.config_path, childopts, self.python)
-        self._proc = _spawn(argv, self.log_path, self.env)
+        self._proc = spawn(argv, self.log_path, self.env)
         return self
 
     def log_text(self) -> str:
@@ -449,9 +458,7 @@ class NodeProcess:
 
     def check_alive(self) -> None:
         """Raise `HarnessError` with the log tail if the process has exited."""
-        if self._proc is None:
-            raise HarnessError(f"node {self.node_id} was never started")
-        if self._proc.poll() is not None:
+        if self._started().poll() is not None:
             raise self._died("unexpectedly")
 
     def health_status(self, timeout: float = 1.0) -> int | None:
@@ -481,10 +488,9 @@ class NodeProcess:
 
     def wait_exit(self, timeout: float = 10.0) -> int:
         """Wait for the process to exit by itself; its return code."""
-        if self._proc is None:
-            raise HarnessError(f"node {self.node_id} was never started")
+        proc = self._started()
         try:
-            return self._proc.wait(timeout)
+            return proc.wait(timeout)
         except subprocess.TimeoutExpired:
             raise HarnessError(f"node {self.node_id} still running after {timeout}s") from None
 
@@ -497,12 +503,6 @@ class NodeProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._proc.pid, signal.SIGCONT)
         return _signal_and_reap(self._proc, signal.SIGTERM, timeout)
-
-    def kill(self) -> int | None:
-        """SIGKILL (a crash) and reap."""
-        if self._proc is None:
-            return None
-        return _signal_and_reap(self._proc, signal.SIGKILL, 10.0)
 
     def stop_signal(self) -> None:
         """SIGSTOP: the node hangs (connections accepted, never answered)."""

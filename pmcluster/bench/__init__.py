@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pmcluster.bench.rows import Plan
 
-__all__ = ["SMOKE", "machine_description", "plan_from_args", "run_bench"]
+__all__ = ["ROW_NAMES", "SMOKE", "machine_description", "plan_from_args", "run_bench"]
 
-# Row execution order: each server is stopped once its rows are done, so later rows run on a
-# quiet machine. The table shows the rows in the order.
-_DISPLAY_ORDER = (
+# Every row's name, in the order: the table's order. (Rows run in another order: each
+# server is stopped once its rows are done, so later rows run on a quiet machine.)
+ROW_NAMES = (
     "zk-write",
     "baseline",
     "node-put",
@@ -37,7 +37,8 @@ _DISPLAY_ORDER = (
     "memory",
 )
 
-# --smoke: tiny sizes so CI checks that every row runs, in well under a minute.
+# --smoke: tiny sizes so CI checks that every row runs, in well under a minute. Its keys are
+# the sizes the command line sets (`plan_from_args`).
 SMOKE = {
     "workers": 200,
     "payload": 256,
@@ -61,21 +62,7 @@ def plan_from_args(args: argparse.Namespace, workdir: Path) -> Plan:
     unknown = sorted(set(rows) - set(ALL_ROWS))
     if unknown:
         raise SystemExit(f"pmcluster bench: unknown rows {unknown}; choose from {ALL_ROWS}")
-    sizes = {
-        "workers": args.workers,
-        "payload": args.payload,
-        "read_payload": args.read_payload,
-        "duration": args.duration,
-        "warmup": args.warmup,
-        "concurrency": args.concurrency,
-        "storm_connections": args.storm_connections,
-        "storm_depth": args.storm_depth,
-        "clients": args.clients,
-        "memory_keys": args.memory_keys,
-        "read_rounds": args.read_rounds,
-    }
-    if args.smoke:
-        sizes.update(SMOKE)
+    sizes = dict(SMOKE) if args.smoke else {name: getattr(args, name) for name in SMOKE}
     return Plan(
         topologies=args.topologies,
         batch=args.batch,
@@ -159,7 +146,7 @@ def run_bench(args: argparse.Namespace) -> int:
         bench.close()
         if not args.workdir and not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    rows.sort(key=lambda row: _DISPLAY_ORDER.index(row.name))
+    rows.sort(key=lambda row: ROW_NAMES.index(row.name))
     out = sys.stdout
     out.write(f"pmcluster bench — {machine_description()}\n")
     out.write(

@@ -10,9 +10,6 @@ headers. Shipped inside the benchmark so the ratio is reproducible on any machin
 from __future__ import annotations
 
 import argparse
-import ctypes
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +22,6 @@ from aiohttp import web
 
 __all__ = ["BaselineProcess", "main", "make_baseline_app"]
 
-_PR_SET_PDEATHSIG = 1
 _STORE_KEY = web.AppKey("store", dict[str, bytes])
 
 
@@ -85,20 +81,11 @@ class BaselineProcess:
 
     def start(self, timeout: float = 15.0) -> BaselineProcess:
         """Start the process and wait (bounded) until /health answers."""
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-        parent = os.getpid()
-
-        def preexec() -> None:
-            prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            if os.getppid() != parent:
-                os._exit(1)
+        from pmcluster.testing import spawn  # the harness's start: log file, parent-death signal
 
         argv = [sys.executable, "-m", "pmcluster.bench.baseline"]
         argv += ["--host", self.host, "--port", str(self.port)]
-        with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=preexec
-            )
+        self._proc = spawn(argv, self.log_path)
         deadline = time.monotonic() + timeout
         while True:
             if self._proc.poll() is not None:

@@ -59,6 +59,15 @@ class Outcome:
     errors: int = 0
     latencies: array.array[float] = field(default_factory=lambda: array.array("d"))
 
+    def count(self, ok: bool, heartbeats: int, latency: float) -> None:
+        """One request completed inside the window: `heartbeats` and its latency if `ok`."""
+        self.requests += 1
+        if ok:
+            self.heartbeats += heartbeats
+            self.latencies.append(latency)
+        else:
+            self.errors += 1
+
 
 @dataclass
 class Measured:
@@ -270,13 +279,7 @@ class Tally:
         if self.done % 512 < self.per_request:
             self.ctl.progress(self.done)
         if self.t0 <= now <= self.t1:
-            outcome = self.outcome
-            outcome.requests += 1
-            if ok:
-                outcome.heartbeats += self.per_request
-                outcome.latencies.append(now - started)
-            else:
-                outcome.errors += 1
+            self.outcome.count(ok, self.per_request, now - started)
 
     def closed(self) -> None:
         self.open -= 1
@@ -401,12 +404,7 @@ def ring_load(spec: RingSpec, ctl: Control) -> Outcome:
                     done += per_call
                     ctl.progress(done)
                     if t0 <= now <= t1:
-                        outcome.requests += 1
-                        if ok:
-                            outcome.heartbeats += per_call
-                            outcome.latencies.append(now - started)
-                        else:
-                            outcome.errors += 1
+                        outcome.count(ok, per_call, now - started)
 
             await asyncio.gather(*(worker() for _ in range(spec.in_flight)))
         return outcome

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ProcSample", "dir_disk_bytes", "sample", "sample_sum"]
+__all__ = ["ProcSample", "dir_disk_bytes", "rss_bytes", "sample", "sample_sum"]
 
 _TICKS_PER_SEC = os.sysconf("SC_CLK_TCK")
 
@@ -43,7 +43,8 @@ def _cpu_secs(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS_PER_SEC
 
 
-def _rss_bytes(pid: int) -> int:
+def rss_bytes(pid: int) -> int:
+    """`VmRSS` of `pid` in bytes (0 when the kernel does not report it)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
@@ -59,7 +60,7 @@ def _write_bytes(pid: int) -> int:
 
 def sample(pid: int) -> ProcSample:
     """Read CPU seconds, RSS and disk write bytes of `pid` now."""
-    return ProcSample(_cpu_secs(pid), _rss_bytes(pid), _write_bytes(pid))
+    return ProcSample(_cpu_secs(pid), rss_bytes(pid), _write_bytes(pid))
 
 
 def sample_sum(pids: Sequence[int]) -> ProcSample:

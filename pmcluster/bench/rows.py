@@ -207,13 +207,16 @@ class Bench:
             progress=tick,
         )
 
+    def _deal(self, paths: Sequence[str], total: int) -> list[tuple[tuple[str, ...], int]]:
+        """(paths, share of `total`) for each client process: its own keys, its connections."""
+        clients = self.plan.clients
+        return list(zip(split(paths, clients), spread(total, clients), strict=True))
+
     def _http_specs(self, host: str, port: int, kind: str, forwarded: bool) -> list[HttpSpec]:
         plan = self.plan
-        parts = split(self.write_paths, plan.clients)
-        conns = spread(plan.concurrency, plan.clients)
         return [
             HttpSpec(host, port, kind, paths, plan.payload, n, plan.batch, forwarded)
-            for paths, n in zip(parts, conns, strict=True)
+            for paths, n in self._deal(self.write_paths, plan.concurrency)
         ]
 
     # --- rows ----------------------------------------------------------------------------------
@@ -224,10 +227,9 @@ class Bench:
         self.progress.step(f"zk-write: creating {plan.workers:,} znodes of {plan.payload} B")
         paths = storm_paths(plan.workers, plan.topologies, "/storm/workerbeats")
         zk.populate_zookeeper(server.hosts, paths, plan.payload)
-        parts = split(paths, plan.clients)
         specs = [
             zk.ZkSpec(server.hosts, part, plan.payload, n)
-            for part, n in zip(parts, spread(plan.concurrency, plan.clients), strict=True)
+            for part, n in self._deal(paths, plan.concurrency)
         ]
         disk_before = dir_disk_bytes(server.data_dir)
         measured = self._drive("zk-write", zk.zk_load, specs, [server.pid])
@@ -285,11 +287,10 @@ class Bench:
     def row_storm(self) -> Row:
         plan = self.plan
         node = self.node()
-        parts = split(self.write_paths, plan.clients)
-        connections = spread(max(plan.storm_connections, plan.clients), plan.clients)
+        connections = max(plan.storm_connections, plan.clients)
         specs = [
             storm.StormSpec(node.host, node.port, part, plan.payload, n * plan.storm_depth, n)
-            for part, n in zip(parts, connections, strict=True)
+            for part, n in self._deal(self.write_paths, connections)
         ]
         measured = self._drive("storm-put", storm.storm_load, specs, [node.pid])
         return _write_row(
@@ -324,10 +325,9 @@ class Bench:
     def row_cluster(self) -> Row:
         plan = self.plan
         cluster = self.cluster()
-        parts = split(self.write_paths, plan.clients)
         specs = [
             RingSpec(tuple(cluster.hosts), cluster.port, 2, part, plan.payload, n)
-            for part, n in zip(parts, spread(plan.concurrency, plan.clients), strict=True)
+            for part, n in self._deal(self.write_paths, plan.concurrency)
         ]
         pids = [node.pid for node in cluster.nodes]
         measured = self._drive("cluster3-put", ring_load, specs, pids)

@@ -105,12 +105,7 @@ def zk_load(spec: ZkSpec, ctl: Control) -> Outcome:
                 if state["done"] % 256 == 0:
                     ctl.progress(state["done"])
                 if t0 <= now <= t1:
-                    outcome.requests += 1
-                    if ok:
-                        outcome.heartbeats += 1
-                        outcome.latencies.append(now - started)
-                    else:
-                        outcome.errors += 1
+                    outcome.count(ok, 1, now - started)
                 if now >= t1:
                     state["open"] -= 1
                     if state["open"] == 0:

@@ -13,22 +13,12 @@ import sys
 
 import pytest
 
+from pmcluster.bench import ROW_NAMES
 from pmcluster.testing import missing_zookeeper_jar
 
 pytestmark = pytest.mark.integration
 
-ROWS = (
-    "zk-write",
-    "baseline",
-    "node-put",
-    "node-batch",
-    "storm-put",
-    "cluster3-put",
-    "read-zookeeper",
-    "read-pmcluster",
-    "read-storm",
-    "memory",
-)
+ROWS = ROW_NAMES  # every row the benchmark knows
 TARGETS = 8
 
 

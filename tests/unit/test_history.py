@@ -334,6 +334,14 @@ def test_jsonl_round_trip(tmp_path: Path) -> None:
     assert History.load_jsonl(out).ops == history.ops
 
 
+def test_extend_appends_another_history_in_order() -> None:
+    """How the soak merges its writer processes' histories into its own."""
+    mine = History([w("/p", 1, 0.0, 0.1)])
+    theirs = History([w("/q", 2, 0.2, 0.3), w("/p", 3, 0.4, 0.5)])
+    mine.extend(theirs.ops)
+    assert mine.ops == [w("/p", 1, 0.0, 0.1), *theirs.ops]
+
+
 def test_load_names_the_bad_line(tmp_path: Path) -> None:
     out = tmp_path / "h.jsonl"
     History([w("/p", 1, 0.0, 0.1)]).dump_jsonl(out)
