@@ -7,9 +7,10 @@ one node, `FailureTracker` skips failing nodes, `readmerge` merges replica answe
   requests finish in the background (bounded by the request timeout, awaited by `close()`).
   With `coalesce=True`, concurrent `send_pulse` calls are coalesced (`pmcluster.coalesce`):
   the writes queued in one loop iteration leave as one `POST /v1/batch` per owner.
-- Reads ask the owners (plus, for `grace_window_secs` after a ring change, the previous
-  ring's owners) in parallel, never wait longer than one request timeout, and merge: the
-  newest of values and tombstones wins. Absent only if at least one owner answered.
+- Reads ask the owners (plus, for `grace_window_secs` after each ring change, the replaced
+  ring's owners: every ring replaced within the window, not only the last) in parallel,
+  never wait longer than one request timeout, and merge: the newest of values and
+  tombstones wins. Absent only if at least one owner answered.
 - Listing, get-all and recursive delete fan out to every member; one delete version for all.
 - Membership: ZooKeeper when `zk_servers` is set; otherwise the seeds' own `GET /v1/members`
   view, refreshed whenever a response carries an epoch different from the ring's.
@@ -89,8 +90,10 @@ class ClusterClient:
         self._session = session
         self._own_session = session is None
         self._ring: Ring | None = None
-        self._previous: Ring | None = None
-        self._previous_until = 0.0
+        # Rings replaced within the grace window, each with the time its window ends: a
+        # reader that has moved on by several ring changes still asks the owners a writer
+        # on any of those rings wrote to.
+        self._previous: list[tuple[Ring, float]] = []
         self._transports: dict[str, Transport] = {}
         # Credentials (`pacemaker.auth.method`) and TLS (`pmcluster.tls.*`) of this client; a
         # node's own client thereby authenticates to its peers with the node's credentials.
@@ -188,10 +191,13 @@ class ClusterClient:
         """The current ring snapshot (None before the first membership answer)."""
         return self._ring
 
-    def _grace_ring(self) -> Ring | None:
-        if self._previous is not None and time.monotonic() < self._previous_until:
-            return self._previous
-        return None
+    def _grace_rings(self) -> list[Ring]:
+        """The rings replaced less than `grace_window_secs` ago, newest first."""
+        previous = self._previous
+        if previous and previous[0][1] <= time.monotonic():
+            now = time.monotonic()
+            previous[:] = [(ring, until) for ring, until in previous if until > now]
+        return [ring for ring, _ in previous]
 
     def _set_ring(
         self, members: Sequence[Member], epoch: str, points: int, replication: int
@@ -206,8 +212,8 @@ class ClusterClient:
         self._ring = Ring(members, epoch, points=points, replication=replication)
         self._has_ring.set()
         if current is not None:
-            self._previous = current
-            self._previous_until = time.monotonic() + self.config.grace_window_secs
+            until = time.monotonic() + self.config.grace_window_secs
+            self._previous.insert(0, (current, until))
             self.stats["ring_changes"] += 1
             log.info("ring changed: %s -> %s (%d members)", current.epoch, epoch, len(members))
 
@@ -327,7 +333,7 @@ class ClusterClient:
         return owners
 
     def owners_now(self, path: str, *, read: bool = False) -> list[Member] | None:
-        """The members a write (`read`: a read, which also asks the grace ring's owners) of
+        """The members a write (`read`: a read, which also asks the grace rings' owners) of
         normalised key `path` asks: the current ring's owners first. None before the client
         has started and has a ring. Without waiting, for a node that answers at once when it
         owns a key alone; the async path (`_owners`) asks the same members."""
@@ -336,10 +342,13 @@ class ClusterClient:
             return None
         # One member owns everything (what `Ring.owners` answers then, without hashing).
         owners = list(ring.members) if len(ring.members) == 1 else list(ring.owners(path))
-        grace = self._grace_ring() if read else None
-        if grace is not None:
+        if read and self._previous:
             known = {m.node_id for m in owners}
-            owners += [m for m in grace.owners(path) if m.node_id not in known]
+            for grace in self._grace_rings():
+                for member in grace.owners(path):
+                    if member.node_id not in known:
+                        known.add(member.node_id)
+                        owners.append(member)
         return owners
 
     async def _all_members(self) -> list[Member]:
@@ -351,15 +360,15 @@ class ClusterClient:
 
     def members_now(self) -> list[Member] | None:
         """The members a listing or recursive delete asks: the current ring's and, during the
-        grace window, the previous ring's. None before the client has started and has a ring.
+        grace window, every replaced ring's. None before the client has started and has a ring.
         Without waiting; the async path (`_all_members`) asks the same members."""
         ring = self._ring
         if not self._started or ring is None or not ring.members:
             return None
         members = {m.node_id: m for m in ring.members}
-        grace = self._grace_ring()
-        for member in grace.members if grace is not None else ():
-            members.setdefault(member.node_id, member)
+        for grace in self._grace_rings():
+            for member in grace.members:
+                members.setdefault(member.node_id, member)
         return list(members.values())
 
     def _quorum_of_all(self, members: Sequence[Member]) -> int:
@@ -547,8 +556,8 @@ class ClusterClient:
         )
 
     async def delete_pulse_id(self, path: str, version: int | None = None) -> None:
-        """Delete the exact key on its owners (and the grace ring's); returns on the first
-        ack of a current owner (the grace ring's owners stop being read soon)."""
+        """Delete the exact key on its owners (and the grace rings'); returns on the first
+        ack of a current owner (the grace rings' owners stop being read soon)."""
         path = normalize_key(path)
         version = self.clock.now() if version is None else version
         current = {m.node_id for m in await self._owners(path)}

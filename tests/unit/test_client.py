@@ -400,6 +400,24 @@ async def test_epoch_change_is_picked_up_and_old_owners_read_during_grace(
     assert client.stats["ring_changes"] == 1
 
 
+async def test_every_ring_replaced_within_the_grace_window_is_read(
+    cluster: Cluster, client: ClusterClient
+) -> None:
+    """Two ring changes inside one window: a key only the ring from two changes back put on
+    a node (a writer still on that ring wrote there) is still read."""
+    path = await cluster.third_node_leaves(client, b"two-rings-back")
+    for node in cluster.nodes:
+        node.set_membership("static-test-3", (cluster.nodes[0].node_id,))
+    for _ in range(100):  # any response carries the new epoch; refreshes are rate-limited
+        await client.exists("/workerbeats/anything")
+        if client.ring is not None and client.ring.epoch == "static-test-3":
+            break
+        await asyncio.sleep(0.05)
+    assert client.ring is not None and client.ring.epoch == "static-test-3"
+    assert client.stats["ring_changes"] == 2
+    assert await client.get_pulse(path) == Pulse(path, b"two-rings-back", 5)
+
+
 async def test_grace_window_ends(cluster: Cluster) -> None:
     config = dataclasses.replace(cluster.client_config, grace_secs=0.05)
     async with ClusterClient(config) as client:
