@@ -122,7 +122,9 @@ class _LoadThread:
         self.load = StormLoad(config, load_spec, history=history) if not spec.load_procs else None
         self.config, self.spec, self.history = config, spec, history
         self._loop = asyncio.new_event_loop()
-        self._stop: asyncio.Event | None = None
+        # Made here, not in `_run`: a `stop()` that comes before the loop has started must
+        # still reach it (the event binds to the loop on first use).
+        self._stop = asyncio.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name="pmcluster-soak", daemon=True)
 
@@ -135,7 +137,6 @@ class _LoadThread:
             self._loop.close()
 
     async def _run(self) -> None:
-        self._stop = asyncio.Event()
         reader = _reader_rounds(
             self.config, self.paths, self.spec.read_every, self.history, self._stop
         )
@@ -148,7 +149,7 @@ class _LoadThread:
         self._thread.start()
 
     def stop(self) -> None:
-        if self._stop is not None:
+        with contextlib.suppress(RuntimeError):  # the loop already ended and closed
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(60)
         if self._error is not None:
