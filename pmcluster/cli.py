@@ -6,14 +6,16 @@ Exit codes of the client commands: 0 ok, 1 absent (get/exists/ls on nothing), 2 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pmcluster import __version__
-from pmcluster.config import LOG_LEVELS, Config, load_config
+from pmcluster.config import LOG_LEVELS, Config, add_client_arguments, client_config, load_config
 from pmcluster.errors import ConfigError, PmclusterError
 
 if TYPE_CHECKING:
@@ -22,34 +24,13 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_ABSENT, EXIT_ERROR = 0, 1, 2
 
 
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="Storm-style YAML config file")
-    parser.add_argument(
-        "--servers",
-        metavar="HOST[:PORT],...",
-        help="comma-separated seed nodes (overrides pacemaker.servers)",
-    )
-    parser.add_argument(
-        "--zookeeper",
-        metavar="HOST:PORT,...",
-        help="ZooKeeper connect string (overrides storm.zookeeper.servers)",
-    )
-    parser.add_argument("--timeout", type=float, help="request timeout in seconds")
-
-
 def _client_config(args: argparse.Namespace) -> Config:
-    overrides: dict[str, Any] = {}
-    if args.servers:
-        overrides["pacemaker.servers"] = args.servers
-    if args.zookeeper:
-        overrides["storm.zookeeper.servers"] = args.zookeeper
-    if getattr(args, "timeout", None):
-        overrides["pmcluster.request.timeout.secs"] = args.timeout
-        overrides["pmcluster.connect.timeout.secs"] = min(args.timeout, 0.5)
-    config = load_config(args.config, overrides)
-    if not config.servers and not config.zk_servers:
-        config = load_config(args.config, {**overrides, "pacemaker.servers": ["127.0.0.1"]})
-    return config
+    return client_config(
+        args.config,
+        servers=args.servers,
+        zookeeper=args.zookeeper,
+        timeout=getattr(args, "timeout", None),
+    )
 
 
 def _client(args: argparse.Namespace, config: Config | None = None) -> SyncClusterClient:
@@ -63,7 +44,7 @@ def _client(args: argparse.Namespace, config: Config | None = None) -> SyncClust
 
 def cmd_node(args: argparse.Namespace) -> int:
     """Run the node daemon in the foreground until SIGTERM/SIGINT."""
-    from pmcluster.daemon import run_node
+    from pmcluster.node.daemon import run_node
 
     overrides: dict[str, Any] = {
         "pacemaker.host": args.host,
@@ -168,40 +149,69 @@ def cmd_ring(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    from pmcluster.demo import run_up
-
-    return run_up(args)
+# --- tool commands: their modules (and arguments) are imported only when chosen ------------
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from pmcluster.status import run_status
+@dataclass(frozen=True)
+class ToolCommand:
+    """A subcommand run by a module under `pmcluster.tools`: `add_arguments(parser)` there
+    defines its options, `run(args)` runs it. Neither is imported unless the command is the
+    one chosen, so `pmcluster get` never loads the tools, the harness or the node."""
 
-    return run_status(args)
+    module: str
+    help: str
+    add_arguments: str = "add_arguments"
+    run: str = "run_command"
 
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from pmcluster.bench import run_bench
-
-    return run_bench(args)
-
-
-def cmd_soak(args: argparse.Namespace) -> int:
-    from pmcluster.soak import run_command
-
-    return run_command(args)
+    def load(self, name: str) -> Callable[..., Any]:
+        return getattr(importlib.import_module(self.module), name)  # type: ignore[no-any-return]
 
 
-def cmd_fuzz(args: argparse.Namespace) -> int:
-    from pmcluster.fuzz import run_command
+TOOL_COMMANDS: dict[str, ToolCommand] = {
+    "up": ToolCommand(
+        "pmcluster.tools.demo",
+        "start a local cluster and drive a simulated Storm load",
+        run="run_up",
+    ),
+    "status": ToolCommand(
+        "pmcluster.tools.status",
+        "cluster health: every node's view, figures and a verdict",
+        run="run_status",
+    ),
+    "bench": ToolCommand(
+        "pmcluster.tools.bench",
+        "benchmark nodes against ZooKeeper and a bare aiohttp server",
+        run="run_bench",
+    ),
+    "add-node": ToolCommand(
+        "pmcluster.tools.ops",
+        "start a node and wait until every node agrees on a ring with it",
+        "add_node_arguments",
+        "run_add_node",
+    ),
+    "remove-node": ToolCommand(
+        "pmcluster.tools.ops",
+        "drain a node without loss (leave, grace window, verify copies, stop)",
+        "remove_node_arguments",
+        "run_remove_node",
+    ),
+    "fuzz": ToolCommand("pmcluster.tools.fuzz", "fuzz a running node, then check it is intact"),
+    "soak": ToolCommand("pmcluster.tools.soak", "long run: 3 nodes, Storm-sized load, kill -9s"),
+}
 
-    return run_command(args)
+
+def _run_tool(args: argparse.Namespace) -> int:
+    tool = TOOL_COMMANDS[args.command]
+    result: int = tool.load(tool.run)(args)
+    return result
 
 
 # --- parser ----------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
+    """The `pmcluster` parser; a tool command's own options are added only when it is
+    `chosen` (the first argument), so building the parser imports no tool module."""
     parser = argparse.ArgumentParser(
         prog="pmcluster", description="pmcluster: a replicated heartbeat store for Storm"
     )
@@ -224,91 +234,45 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("put", cmd_put, "store a heartbeat (send_pulse) from FILE or stdin")
     p.add_argument("path")
     p.add_argument("file", nargs="?", help="file with the value, or - for stdin (default)")
-    _add_config_args(p)
+    add_client_arguments(p)
 
     p = command("get", cmd_get, "print a heartbeat's bytes (get_pulse)")
     p.add_argument("path")
-    _add_config_args(p)
+    add_client_arguments(p)
 
     p = command("exists", cmd_exists, "is there a heartbeat at exactly PATH")
     p.add_argument("path")
-    _add_config_args(p)
+    add_client_arguments(p)
 
     p = command("ls", cmd_ls, "list the direct children of PATH (get_all_nodes_for_path)")
     p.add_argument("path", nargs="?", default="/")
-    _add_config_args(p)
+    add_client_arguments(p)
 
     p = command("rm", cmd_rm, "delete a heartbeat (delete_pulse_id), or with -r a whole subtree")
     p.add_argument("-r", "--recursive", action="store_true", help="delete_path: PATH and below")
     p.add_argument("path")
-    _add_config_args(p)
+    add_client_arguments(p)
 
     p = command("members", cmd_members, "a node's view of the cluster: epoch and members")
     p.add_argument("--json", action="store_true", help="print the raw JSON view")
-    _add_config_args(p)
+    add_client_arguments(p)
 
     p = command("ring", cmd_ring, "owners of PATH, or the keys-per-node balance estimate")
     p.add_argument("path", nargs="?")
     p.add_argument("--keys", type=int, default=100_000, help="synthetic keys for the estimate")
-    _add_config_args(p)
+    add_client_arguments(p)
 
-    p = command("up", cmd_up, "start a local cluster and drive a simulated Storm load")
-    p.add_argument("--nodes", type=int, default=3, help="nodes on 127.0.0.1, .2, ... (3)")
-    p.add_argument("--workers", type=int, default=200, help="simulated workers (200)")
-    p.add_argument("--topologies", type=int, default=4, help="topologies (4)")
-    p.add_argument("--payload", type=int, default=5 * 1024, help="heartbeat bytes (5120)")
-    p.add_argument("--period", type=float, default=3.0, help="heartbeat period, s (3)")
-    p.add_argument("--read-period", type=float, default=10.0, help="reader round, s (10)")
-    p.add_argument("--port", default="auto", help="node port, or auto (6699 if free, else any)")
-    p.add_argument("--zookeeper", help="use this ZooKeeper (HOST:PORT) instead of static members")
-    p.add_argument("--duration", type=float, help="run this many seconds, then exit")
-    p.add_argument("--workdir", help="where node configs and logs go (a temp dir)")
-
-    p = command("status", cmd_status, "cluster health: every node's view, figures and a verdict")
-    _add_config_args(p)
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--expect-nodes", type=int, help="DEGRADED when fewer members than this")
-
-    p = command("bench", cmd_bench, "benchmark nodes against ZooKeeper and a bare aiohttp server")
-    p.add_argument("--workers", type=int, default=10_000, help="heartbeat keys (10000)")
-    p.add_argument("--payload", type=int, default=1024, help="write heartbeat bytes (1024)")
-    p.add_argument("--read-payload", type=int, default=5120, help="read round bytes (5120)")
-    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per row (10)")
-    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first (2)")
-    p.add_argument("--concurrency", type=int, default=64, help="requests in flight (64)")
-    p.add_argument("--storm-connections", type=int, default=8, help="Storm row: connections (8)")
-    p.add_argument(
-        "--storm-depth",
-        type=int,
-        default=100,
-        help="Storm row: SEND_PULSEs in flight per connection (100, Storm's client limit)",
-    )
-    p.add_argument("--clients", type=int, default=2, help="load generator processes (2)")
-    p.add_argument("--topologies", type=int, default=10, help="topologies (10)")
-    p.add_argument("--batch", type=int, default=100, help="heartbeats per batch request (100)")
-    p.add_argument("--memory-keys", type=int, default=100_000, help="keys for memory (100000)")
-    p.add_argument("--read-rounds", type=int, default=3, help="measured read rounds (3)")
-    p.add_argument("--rows", help="comma list of zk,baseline,put,batch,storm,cluster,read,memory")
-    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks every row runs")
-    p.add_argument("--no-zookeeper", action="store_true", help="skip the ZooKeeper rows")
-    p.add_argument("--workdir", help="keep configs and logs here (default: a temp dir)")
-    p.add_argument("--keep", action="store_true", help="keep the temp work dir")
-
-    from pmcluster.ops import add_subcommands  # add-node, remove-node
-
-    add_subcommands(sub)
-    from pmcluster.fuzz import add_arguments as add_fuzz_arguments
-
-    add_fuzz_arguments(command("fuzz", cmd_fuzz, "fuzz a running node, then check it is intact"))
-    from pmcluster.soak import add_arguments as add_soak_arguments
-
-    add_soak_arguments(command("soak", cmd_soak, "long run: 3 nodes, Storm-sized load, kill -9s"))
+    for name, tool in TOOL_COMMANDS.items():
+        p = command(name, _run_tool, tool.help)
+        if name == chosen:
+            tool.load(tool.add_arguments)(p)
 
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING,

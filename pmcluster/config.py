@@ -8,7 +8,7 @@ warned about, because a real storm.yaml carries many keys that pmcluster does no
 
 from __future__ import annotations
 
-import dataclasses
+import argparse
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -337,6 +337,41 @@ def load_config(
     return config_from_mapping(values)
 
 
-def with_overrides(config: Config, **changes: Any) -> Config:
-    """A copy of `config` with attributes replaced (for tools and tests)."""
-    return dataclasses.replace(config, **changes)
+def client_config(
+    path: str | Path | None = None,
+    *,
+    servers: str | None = None,
+    zookeeper: str | None = None,
+    timeout: float | None = None,
+) -> Config:
+    """A client's config: the file, then the command-line seeds, ZooKeeper and timeout (the
+    connect timeout at most 0.5 s of it); with neither seeds nor ZooKeeper, the local node
+    127.0.0.1. Shared by the CLI's data commands and the operator tools."""
+    overrides: dict[str, Any] = {}
+    if servers:
+        overrides["pacemaker.servers"] = servers
+    if zookeeper:
+        overrides["storm.zookeeper.servers"] = zookeeper
+    if timeout:
+        overrides["pmcluster.request.timeout.secs"] = timeout
+        overrides["pmcluster.connect.timeout.secs"] = min(timeout, 0.5)
+    config = load_config(path, overrides)
+    if not config.servers and not config.zk_servers:
+        config = load_config(path, {**overrides, "pacemaker.servers": ["127.0.0.1"]})
+    return config
+
+
+def add_client_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags `client_config` takes: --config, --servers, --zookeeper, --timeout."""
+    parser.add_argument("--config", metavar="FILE", help="Storm-style YAML config file")
+    parser.add_argument(
+        "--servers",
+        metavar="HOST[:PORT],...",
+        help="comma-separated seed nodes (overrides pacemaker.servers)",
+    )
+    parser.add_argument(
+        "--zookeeper",
+        metavar="HOST:PORT,...",
+        help="ZooKeeper connect string (overrides storm.zookeeper.servers)",
+    )
+    parser.add_argument("--timeout", type=float, help="request timeout in seconds")

@@ -1,6 +1,6 @@
 """One exception tree for pmcluster: callers catch `PmclusterError` or one precise subclass.
 
-The HTTP layer maps each class to a status code in one table (`pmcluster.protocol`), so the
+The HTTP layer maps each class to a status code in one table (`pmcluster.protocol.http`), so the
 mapping lives in exactly one place.
 """
 

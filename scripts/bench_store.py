@@ -5,7 +5,7 @@ topologies of 1000 keys (10^6 keys), the small one 100 topologies of 1000 keys (
 topology listing or delete answers ~1000 in both: if the times match, cost follows the
 answer size, not the store size. Listing `/workerbeats` answers 1000 vs 100 (it is O(children)).
 
-It also times the pulse-list codec (`pmcluster.pulsecodec`) on 1 KiB entries, and the
+It also times the pulse-list codec (`pmcluster.protocol.pulsecodec`) on 1 KiB entries, and the
 per-entry cost of `POST /v1/batch`'s store work in its steady state: bodies of 100 x 1 KiB
 heartbeats rewriting 10,000 keys, each body decoded then stored with
 `send_pulses(..., trusted=True)` under a memory cap (as a node does), plus single
@@ -24,7 +24,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-from pmcluster import pulsecodec
+from pmcluster.protocol import pulsecodec
 from pmcluster.store import PulseStore
 
 NODES_PER_TOPOLOGY = 1000
@@ -110,7 +110,7 @@ def bench_codec(entries: int = 100_000, size: int = 1024) -> tuple[float, float]
 
 
 def _batch_key(i: int, topologies: int = 10) -> str:
-    """The load generator's heartbeat paths (`pmcluster.loadgen`)."""
+    """The load generator's heartbeat paths (`pmcluster.tools.loadgen`)."""
     return f"/workerbeats/topo-{i % topologies}-1700000000/node-{i // 4:03d}-{6700 + i % 4}"
 
 

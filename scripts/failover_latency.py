@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pmcluster.client import ClusterClient
 from pmcluster.config import config_from_mapping
-from pmcluster.testing import NodeCluster
+from pmcluster.tools.localcluster import NodeCluster
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pmcluster.testing import ManagedZooKeeper, missing_zookeeper_jar
-from pmcluster.testing_kdc import missing_kdc_tools
+from pmcluster.testing.kdc import missing_kdc_tools
+from pmcluster.tools.localcluster import ManagedZooKeeper, missing_zookeeper_jar
 
 
 def require_zookeeper() -> None:

@@ -50,9 +50,9 @@ from kazoo.retry import KazooRetry, RetryFailedError
 
 from pmcluster.config import Config
 from pmcluster.errors import ClusterUnavailable, ConfigError, NotAuthorized, PmclusterError
-from pmcluster.paths import normalize
+from pmcluster.membership.zookeeper import kazoo_hosts
+from pmcluster.protocol.paths import normalize
 from pmcluster.state.interface import Acls, ConnectionListener, StateChangedCallback, VersionedData
-from pmcluster.zkmembership import kazoo_hosts
 
 __all__ = ["ZooKeeperStateStorage"]
 

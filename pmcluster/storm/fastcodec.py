@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from pmcluster.store import Pulse
+from pmcluster.protocol.pulse import Pulse
 from pmcluster.storm.codec import HBServerMessageType as T
 
 __all__ = [

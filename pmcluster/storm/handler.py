@@ -25,10 +25,9 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from pmcluster.backend import Backend
-from pmcluster.coordinator import NOT_NOW, NowBackend
 from pmcluster.errors import InvalidPath, ProtocolError
-from pmcluster.paths import normalize, normalize_key
+from pmcluster.protocol.backend import NOT_NOW, Backend, NowBackend
+from pmcluster.protocol.paths import normalize, normalize_key
 from pmcluster.storm import fastcodec
 from pmcluster.storm.codec import (
     HBMessage,

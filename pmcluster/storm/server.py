@@ -12,7 +12,7 @@ Authentication is a seam: each connection consults a `ConnectionAuth` for CONTRO
 and for whether it may read; `NoAuth` (pacemaker.auth.method NONE) refuses every such frame.
 A CONTROL/SASL frame after the first ordinary frame closes the connection (Storm: the first
 ordinary frame ends the chance to authenticate).
-The port it shares with HTTP is `pmcluster.sharedport`.
+The port it shares with HTTP is `pmcluster.node.sharedport`.
 
 The fast lane: a frame in Storm's usual layout (`fastcodec.decode_request`) whose answer needs
 no waiting (`StormHandler.answer_now`: this node alone answers for the key) is answered inside

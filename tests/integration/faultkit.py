@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from pmcluster.config import Config, config_from_mapping
-from pmcluster.history import History
-from pmcluster.loadgen import BackgroundLoad, LoadSpec, StormLoad, heartbeat_paths
-from pmcluster.testing import NodeCluster, NodeProcess, wait_until, zk_yaml
+from pmcluster.tools.history import History
+from pmcluster.tools.loadgen import BackgroundLoad, LoadSpec, StormLoad, heartbeat_paths
+from pmcluster.tools.localcluster import NodeCluster, NodeProcess, wait_until, zk_yaml
 
 PERIOD = 0.5
 TIMEOUT = 0.5

@@ -21,7 +21,7 @@ from pmcluster.auth.digest import DigestClient
 from pmcluster.client import SyncClusterClient
 from pmcluster.config import Config, config_from_mapping
 from pmcluster.errors import AuthError, ClusterUnavailable, PmclusterError
-from pmcluster.testing import HarnessError, NodeCluster, NodeProcess
+from pmcluster.tools.localcluster import HarnessError, NodeCluster, NodeProcess
 
 pytestmark = pytest.mark.integration
 

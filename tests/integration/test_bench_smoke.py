@@ -13,8 +13,8 @@ import sys
 
 import pytest
 
-from pmcluster.bench import ROW_NAMES
-from pmcluster.testing import missing_zookeeper_jar
+from pmcluster.tools.bench import ROW_NAMES
+from pmcluster.tools.localcluster import missing_zookeeper_jar
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pmcluster.testing import NodeCluster
+from pmcluster.tools.localcluster import NodeCluster
 
 pytestmark = pytest.mark.integration
 

@@ -35,10 +35,10 @@ from faultkit import (
 from pmcluster.client import SyncClusterClient
 from pmcluster.config import config_from_mapping
 from pmcluster.membership import FixedMembership
-from pmcluster.paths import to_url
+from pmcluster.protocol.paths import to_url
 from pmcluster.ring import Member
-from pmcluster.testing import ManagedZooKeeper, NodeCluster, NodeProcess, wait_until
-from pmcluster.testing_dns import DnsServer
+from pmcluster.testing.dns import DnsServer
+from pmcluster.tools.localcluster import ManagedZooKeeper, NodeCluster, NodeProcess, wait_until
 
 pytestmark = pytest.mark.integration
 

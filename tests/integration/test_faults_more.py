@@ -40,10 +40,11 @@ from faultkit import (
 from yarl import URL
 
 from pmcluster.client import SyncClusterClient
-from pmcluster.history import History, check
-from pmcluster.loadgen import heartbeat_paths
-from pmcluster.paths import to_url
-from pmcluster.testing import (
+from pmcluster.protocol.paths import to_url
+from pmcluster.testing.proxy import TcpProxy
+from pmcluster.tools.history import History, check
+from pmcluster.tools.loadgen import heartbeat_paths
+from pmcluster.tools.localcluster import (
     ManagedZooKeeper,
     NodeCluster,
     NodeProcess,
@@ -51,7 +52,6 @@ from pmcluster.testing import (
     wait_until,
     zk_yaml,
 )
-from pmcluster.testing_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pmcluster.fuzz import fuzz
-from pmcluster.testing import NodeProcess, free_port
+from pmcluster.tools.fuzz import fuzz
+from pmcluster.tools.localcluster import NodeProcess, free_port
 
 pytestmark = pytest.mark.integration
 

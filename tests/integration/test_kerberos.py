@@ -25,12 +25,12 @@ from pmcluster.auth.client import KerberosAuth, RequestAuth, make_request_auth
 from pmcluster.auth.middleware import cluster_secret
 from pmcluster.auth.tokens import COOKIE_NAME, CookieSigner
 from pmcluster.client import SyncClusterClient
+from pmcluster.client.transport import NodeTransport
 from pmcluster.config import Config, config_from_mapping
 from pmcluster.errors import NotAuthorized
-from pmcluster.node import make_app
-from pmcluster.testing import NodeCluster
-from pmcluster.testing_kdc import PacemakerRealm, pacemaker_realm
-from pmcluster.transport import NodeTransport
+from pmcluster.node.app import make_app
+from pmcluster.testing.kdc import PacemakerRealm, pacemaker_realm
+from pmcluster.tools.localcluster import NodeCluster
 
 pytestmark = pytest.mark.integration
 

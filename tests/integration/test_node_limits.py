@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pmcluster.testing import NodeProcess, free_port, wait_until
+from pmcluster.tools.localcluster import NodeProcess, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pmcluster.testing import free_port, process_alive, wait_until
+from pmcluster.tools.localcluster import free_port, process_alive, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -142,7 +142,7 @@ def test_port_in_use_fails_fast_with_nonzero_exit(tmp_path: Path) -> None:
 
 def test_launchers_apply_childopts_as_interpreter_options(tmp_path: Path) -> None:
     """`pacemaker.childopts` reach the node's Python interpreter (here: -X faulthandler)."""
-    from pmcluster.testing import NodeProcess
+    from pmcluster.tools.localcluster import NodeProcess
 
     conf = {
         "pacemaker.host": "127.0.0.2",

@@ -35,8 +35,8 @@ from faultkit import (
 
 from pmcluster.client import SyncClusterClient
 from pmcluster.config import config_from_mapping
-from pmcluster.loadgen import BackgroundLoad
-from pmcluster.testing import NodeCluster, process_alive, wait_until, zk_yaml
+from pmcluster.tools.loadgen import BackgroundLoad
+from pmcluster.tools.localcluster import NodeCluster, process_alive, wait_until, zk_yaml
 
 pytestmark = pytest.mark.integration
 

@@ -28,7 +28,13 @@ from pmcluster.state import (
     ZooKeeperStateStorage,
     make_state,
 )
-from pmcluster.testing import ManagedZooKeeper, NodeCluster, NodeProcess, free_port, zk_yaml
+from pmcluster.tools.localcluster import (
+    ManagedZooKeeper,
+    NodeCluster,
+    NodeProcess,
+    free_port,
+    zk_yaml,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -37,7 +37,7 @@ from typing import Any
 import pytest
 
 from pmcluster.state import PacemakerStateStorage, StateStorage, make_state
-from pmcluster.testing import (
+from pmcluster.tools.localcluster import (
     ManagedZooKeeper,
     NodeCluster,
     NodeProcess,

@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from pmcluster.paths import to_url
+from pmcluster.protocol.paths import to_url
 from pmcluster.storm.client import StormClient
 from pmcluster.storm.codec import HBMessage, HBMessageData, HBPulse, encode_frame
 from pmcluster.storm.codec import HBServerMessageType as T
-from pmcluster.testing import NodeCluster, NodeProcess, wait_until, zk_yaml
+from pmcluster.tools.localcluster import NodeCluster, NodeProcess, wait_until, zk_yaml
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,9 @@ import pytest
 from aiohttp import web
 
 from pmcluster.errors import AuthError, NodeUnavailable, NotAuthorized
-from pmcluster.node import make_app
-from pmcluster.sharedport import SharedSite
+from pmcluster.node.app import make_app
+from pmcluster.node.sharedport import SharedSite
+from pmcluster.node.stormfront import storm_factory
 from pmcluster.storm.auth import (
     SASL_COMPLETE_REQUEST,
     SASL_TOKEN_MESSAGE_REQUEST,
@@ -29,9 +30,8 @@ from pmcluster.storm.auth import (
 from pmcluster.storm.client import StormClient
 from pmcluster.storm.codec import FrameDecoder, HBMessage, HBMessageData, encode_frame
 from pmcluster.storm.codec import HBServerMessageType as T
-from pmcluster.storm.frontend import storm_factory
 from pmcluster.storm.metrics import StormMetrics
-from pmcluster.testing_kdc import PacemakerRealm, pacemaker_realm
+from pmcluster.testing.kdc import PacemakerRealm, pacemaker_realm
 
 pytestmark = pytest.mark.integration
 

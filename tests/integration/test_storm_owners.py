@@ -23,7 +23,7 @@ import pytest
 from pmcluster.storm.client import StormClient
 from pmcluster.storm.codec import FrameDecoder, HBMessage, HBMessageData, HBPulse, encode_frame
 from pmcluster.storm.codec import HBServerMessageType as T
-from pmcluster.testing import NodeCluster, NodeProcess
+from pmcluster.tools.localcluster import NodeCluster, NodeProcess
 
 pytestmark = pytest.mark.integration
 

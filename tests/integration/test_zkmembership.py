@@ -20,10 +20,15 @@ from kazoo.client import KazooClient
 from pmcluster.config import Config
 from pmcluster.errors import ClusterUnavailable
 from pmcluster.membership import MembershipSnapshot
+from pmcluster.membership.zookeeper import (
+    ZooKeeperMembership,
+    kazoo_hosts,
+    members_path,
+    parse_member,
+)
 from pmcluster.ring import Member
-from pmcluster.testing import ManagedZooKeeper, free_port, split_zk_hosts
-from pmcluster.testing_proxy import TcpProxy
-from pmcluster.zkmembership import ZooKeeperMembership, kazoo_hosts, members_path, parse_member
+from pmcluster.testing.proxy import TcpProxy
+from pmcluster.tools.localcluster import ManagedZooKeeper, free_port, split_zk_hosts
 
 LONG_SESSION = 10.0  # seconds: long enough that only an explicit leave removes a member
 
@@ -209,7 +214,7 @@ _MEMBER_SCRIPT = """
 import asyncio, sys
 from pmcluster.config import Config
 from pmcluster.ring import Member
-from pmcluster.zkmembership import ZooKeeperMembership
+from pmcluster.membership.zookeeper import ZooKeeperMembership
 
 async def main() -> None:
     servers, root, port = sys.argv[1].split(","), sys.argv[2], int(sys.argv[3])

@@ -16,7 +16,8 @@ import pytest
 import yaml
 from kazoo.client import KazooClient
 
-from pmcluster.testing import (
+from pmcluster.testing.proxy import TcpProxy
+from pmcluster.tools.localcluster import (
     HarnessError,
     ManagedZooKeeper,
     NodeCluster,
@@ -28,7 +29,6 @@ from pmcluster.testing import (
     wait_until,
     zk_yaml,
 )
-from pmcluster.testing_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
 
@@ -104,7 +104,7 @@ def test_server_that_dies_at_start_reports_its_log(tmp_path: Path) -> None:
 _ORPHAN_SCRIPT = """
 import sys, time
 from pathlib import Path
-from pmcluster.testing import ManagedZooKeeper
+from pmcluster.tools.localcluster import ManagedZooKeeper
 zk = ManagedZooKeeper(Path(sys.argv[1])).start()
 print(zk.pid, flush=True)
 time.sleep(120)

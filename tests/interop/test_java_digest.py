@@ -16,7 +16,7 @@ import pytest
 
 from pmcluster.errors import NotAuthorized
 from pmcluster.storm.client import StormClient
-from pmcluster.testing import NodeProcess, free_port
+from pmcluster.tools.localcluster import NodeProcess, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -19,12 +19,12 @@ import pytest
 from aiohttp import web
 
 from pmcluster.errors import NotAuthorized
-from pmcluster.node import make_app
-from pmcluster.sharedport import SharedSite
+from pmcluster.node.app import make_app
+from pmcluster.node.sharedport import SharedSite
+from pmcluster.node.stormfront import storm_factory
 from pmcluster.storm.client import StormClient
-from pmcluster.storm.frontend import storm_factory
 from pmcluster.storm.metrics import StormMetrics
-from pmcluster.testing_kdc import PacemakerRealm, pacemaker_realm
+from pmcluster.testing.kdc import PacemakerRealm, pacemaker_realm
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pmcluster.backend import LocalBackend
+from pmcluster.node.local import LocalBackend
 from pmcluster.store import PulseStore
 from pmcluster.storm.codec import (
     HBMessage,

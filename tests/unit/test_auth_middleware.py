@@ -16,16 +16,16 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
-from pmcluster import pulsecodec
 from pmcluster.auth.client import DigestAuth, make_request_auth
 from pmcluster.auth.digest import DigestClient
 from pmcluster.auth.middleware import cluster_secret, make_auth_middleware
 from pmcluster.auth.tokens import NonceSigner
+from pmcluster.client.transport import NodeTransport
 from pmcluster.config import Config
 from pmcluster.errors import AuthError, ConfigError
-from pmcluster.node import make_app
-from pmcluster.store import Pulse
-from pmcluster.transport import NodeTransport
+from pmcluster.node.app import make_app
+from pmcluster.protocol import pulsecodec
+from pmcluster.protocol.pulse import Pulse
 
 Client = TestClient[web.Request, web.Application]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -272,8 +272,8 @@ def test_digest_never_imports_gssapi(config: Config) -> None:
     code = (
         "import sys\n"
         "from pmcluster.config import Config\n"
-        "from pmcluster.node import make_app\n"
-        "from pmcluster.client import ClusterClient\n"
+        "from pmcluster.node.app import make_app\n"
+        "from pmcluster.client.cluster import ClusterClient\n"
         f"make_app(Config(auth_method='DIGEST', jaas_path={config.jaas_path!r}))\n"
         "assert 'gssapi' not in sys.modules, 'gssapi imported'\n"
     )
@@ -283,7 +283,7 @@ def test_digest_never_imports_gssapi(config: Config) -> None:
 async def test_admin_routes_always_need_credentials(
     aiohttp_client: AiohttpClient, config: Config
 ) -> None:
-    from pmcluster.admin import install_admin
+    from pmcluster.node.admin import install_admin
 
     app = make_app(config)
     install_admin(app, lambda: None)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 
-from pmcluster import pulsecodec
-from pmcluster.bench.load import HttpSpec, build_requests, split, spread
-from pmcluster.bench.procstats import sample
-from pmcluster.bench.report import Row, percentile, targets
-from pmcluster.bench.rows import storm_paths
+from pmcluster.protocol import pulsecodec
+from pmcluster.tools.bench.load import HttpSpec, build_requests, split, spread
+from pmcluster.tools.bench.procstats import sample
+from pmcluster.tools.bench.report import Row, percentile, targets
+from pmcluster.tools.bench.rows import storm_paths
 
 
 def test_percentile_is_nearest_rank() -> None:

@@ -20,6 +20,8 @@ import pytest
 from aiohttp import web
 
 from pmcluster.client import ClusterClient, SyncClusterClient
+from pmcluster.client.failures import FailureTracker
+from pmcluster.client.transport import NodeTransport
 from pmcluster.config import Config
 from pmcluster.errors import (
     ClusterUnavailable,
@@ -28,13 +30,13 @@ from pmcluster.errors import (
     NodeUnavailable,
     PayloadTooLarge,
 )
-from pmcluster.failures import FailureTracker
 from pmcluster.membership import FixedMembership
-from pmcluster.node import METRICS_KEY, STATE_KEY, make_app
+from pmcluster.node.app import make_app
+from pmcluster.node.appstate import METRICS_KEY, STATE_KEY
+from pmcluster.protocol.pulse import Pulse
 from pmcluster.ring import Member
-from pmcluster.store import Pulse, PulseStore
-from pmcluster.testing import free_port_on_all
-from pmcluster.transport import NodeTransport
+from pmcluster.store import PulseStore
+from pmcluster.tools.localcluster import free_port_on_all
 
 HOSTS = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
 TIMEOUT = 0.5
@@ -528,7 +530,7 @@ async def test_node_errors_map_to_the_error_tree() -> None:
             await dead.get_pulse("/a/b")
 
 
-# --- write coalescing (pmcluster.coalesce) -------------------------------------------------------
+# --- write coalescing (pmcluster.client.coalesce) ----------------------------------------
 
 
 @pytest.fixture

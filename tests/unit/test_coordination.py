@@ -12,11 +12,12 @@ from aiohttp import web
 
 from pmcluster.client import ClusterClient
 from pmcluster.config import Config
-from pmcluster.coordinator import CoordinatingBackend, LocalTransport
 from pmcluster.membership import FixedMembership
-from pmcluster.node import LOCAL_BACKEND_KEY, STATE_KEY, make_app, members_doc
+from pmcluster.node.app import make_app, members_doc
+from pmcluster.node.appstate import LOCAL_BACKEND_KEY, STATE_KEY
+from pmcluster.node.coordinator import CoordinatingBackend, LocalTransport
 from pmcluster.ring import Member
-from pmcluster.testing import free_port
+from pmcluster.tools.localcluster import free_port
 
 
 @dataclass

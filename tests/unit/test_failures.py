@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from pmcluster.failures import FailureTracker
+from pmcluster.client.failures import FailureTracker
 
 
 class FakeClock:

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from pmcluster.client.failures import FailureTracker
+from pmcluster.client.fanout import FanOut
 from pmcluster.errors import ClusterUnavailable, NodeUnavailable
-from pmcluster.failures import FailureTracker
-from pmcluster.fanout import FanOut
 from pmcluster.ring import Member
 
 TIMEOUT = 0.3

@@ -1,4 +1,4 @@
-"""The HTTP fast path (`pmcluster.fasthttp`): forwarded heartbeat writes and reads answered
+"""The HTTP fast path (`pmcluster.node.fasthttp`): forwarded heartbeat writes and reads answered
 without aiohttp, everything else handed to aiohttp on the same connection.
 
 A node's app is served twice, on the shared port with and without the fast path; the same
@@ -17,13 +17,15 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from pmcluster import fasthttp, pulsecodec
 from pmcluster.config import Config
-from pmcluster.fasthttp import FastPath, parse_head
-from pmcluster.limits import ConnectionCap
-from pmcluster.metrics import Metrics
-from pmcluster.node import LOCAL_BACKEND_KEY, METRICS_KEY, STATE_KEY, STORE_KEY, make_app
-from pmcluster.sharedport import SharedServer, start_shared_server
+from pmcluster.node import fasthttp
+from pmcluster.node.app import make_app
+from pmcluster.node.appstate import LOCAL_BACKEND_KEY, METRICS_KEY, STATE_KEY, STORE_KEY
+from pmcluster.node.fasthttp import FastPath, parse_head
+from pmcluster.node.limits import ConnectionCap
+from pmcluster.node.metrics import Metrics
+from pmcluster.node.sharedport import SharedServer, start_shared_server
+from pmcluster.protocol import pulsecodec
 from pmcluster.store import PulseStore
 from pmcluster.storm.codec import HBMessage, HBMessageData, HBPulse, encode_frame
 from pmcluster.storm.codec import HBServerMessageType as T

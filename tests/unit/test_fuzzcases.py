@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from pmcluster.fuzzcases import KEEP_ROOT, make_case
+from pmcluster.tools.fuzzcases import KEEP_ROOT, make_case
 
 
 def test_same_seed_and_index_give_the_same_bytes() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pmcluster.history import Finding, History, Op, Report, check, main
+from pmcluster.tools.history import Finding, History, Op, Report, check, main
 
 PERIOD = 3.0
 TIMEOUT = 2.0
@@ -362,7 +362,16 @@ def test_cli_verdict_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert lines[0].startswith("miss /p: ") and lines[-1].startswith("FAILED: 2 ops, 1 misses")
     assert main([str(tmp_path / "none.jsonl"), "--period", "3", "--timeout", "2"]) == 2
     proc = subprocess.run(
-        [sys.executable, "-m", "pmcluster.history", str(bad), "--period", "3", "--timeout", "2"],
+        [
+            sys.executable,
+            "-m",
+            "pmcluster.tools.history",
+            str(bad),
+            "--period",
+            "3",
+            "--timeout",
+            "2",
+        ],
         capture_output=True,
         text=True,
         timeout=60,

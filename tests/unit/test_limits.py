@@ -13,19 +13,21 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
-from pmcluster import pulsecodec
-from pmcluster.backend import LocalBackend
 from pmcluster.config import Config, config_from_mapping
 from pmcluster.errors import ConfigError, InsufficientStorage
-from pmcluster.limits import (
+from pmcluster.node.app import make_app
+from pmcluster.node.appstate import STORE_KEY
+from pmcluster.node.limits import (
     ConnectionCap,
     default_memory_limit,
     memory_limit,
     raise_open_file_limit,
 )
-from pmcluster.metrics import Metrics
-from pmcluster.node import STORE_KEY, make_app
-from pmcluster.store import KEY_OVERHEAD_BYTES, Pulse, PulseStore
+from pmcluster.node.local import LocalBackend
+from pmcluster.node.metrics import Metrics
+from pmcluster.protocol import pulsecodec
+from pmcluster.protocol.pulse import Pulse
+from pmcluster.store import KEY_OVERHEAD_BYTES, PulseStore
 
 Client = TestClient[web.Request, web.Application]
 

@@ -19,7 +19,7 @@ from pmcluster.membership import (
     parse_nameserver,
 )
 from pmcluster.ring import Member
-from pmcluster.testing_dns import DnsServer, query
+from pmcluster.testing.dns import DnsServer, query
 
 NAME = "pm.cluster.test"
 
@@ -317,7 +317,8 @@ def test_make_membership_without_anything_is_a_config_error() -> None:
 
 
 def test_make_membership_picks_zookeeper_when_configured() -> None:
-    zkmembership = pytest.importorskip("pmcluster.zkmembership")
+    from pmcluster.membership import zookeeper as zkmembership
+
     config = Config(zk_servers=("127.0.0.1",), zk_port=1)  # never contacted: not started
     source = make_membership(config, Member.at("127.0.0.1", 6699))
     assert isinstance(source, zkmembership.ZooKeeperMembership)
@@ -338,7 +339,7 @@ async def test_subscriber_error_does_not_stop_others() -> None:
 
 async def test_system_resolver_reads_the_hosts_file() -> None:
     # Without configured name servers, names go through getaddrinfo (/etc/hosts first).
-    from pmcluster.membership import _SystemResolver
+    from pmcluster.membership.seeds import _SystemResolver
 
     assert "127.0.0.1" in await _SystemResolver(2.0).addresses("localhost")
 
@@ -346,7 +347,7 @@ async def test_system_resolver_reads_the_hosts_file() -> None:
 async def test_a_refused_aaaa_query_does_not_hide_the_a_records(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from pmcluster import membership as mod
+    from pmcluster.membership import seeds as mod
 
     resolver = mod._DnsResolver([("127.0.0.1", 53)], timeout=1.0)
 

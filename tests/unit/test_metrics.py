@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from pmcluster.metrics import OPS, Histogram, Metrics, Registry, format_value
+from pmcluster.node.metrics import OPS, Histogram, Metrics, Registry, format_value
 
 SAMPLE = re.compile(
     r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\\n]|\\["\\n])*",?)*\})? \S+$'

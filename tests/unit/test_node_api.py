@@ -14,13 +14,16 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 from yarl import URL
 
-from pmcluster import pulsecodec
-from pmcluster.backend import LocalBackend, PulseEntry
 from pmcluster.config import Config
 from pmcluster.errors import ClusterUnavailable, NotAuthorized
-from pmcluster.node import STATE_KEY, make_app
-from pmcluster.paths import to_url
-from pmcluster.store import Pulse, PulseStore
+from pmcluster.node.app import make_app
+from pmcluster.node.appstate import STATE_KEY
+from pmcluster.node.local import LocalBackend
+from pmcluster.protocol import pulsecodec
+from pmcluster.protocol.backend import PulseEntry
+from pmcluster.protocol.paths import to_url
+from pmcluster.protocol.pulse import Pulse
+from pmcluster.store import PulseStore
 
 Client = TestClient[web.Request, web.Application]
 

@@ -21,10 +21,10 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from pmcluster import pulsecodec
 from pmcluster.config import Config
-from pmcluster.node import make_app
-from pmcluster.paths import to_url
+from pmcluster.node.app import make_app
+from pmcluster.protocol import pulsecodec
+from pmcluster.protocol.paths import to_url
 
 LIMIT = 64 * 1024
 # request_timeout_secs 0.3 -> a body must arrive within 1.5 s (BODY_TIMEOUT_FACTOR = 5).

@@ -10,15 +10,16 @@ from pathlib import Path
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
-from pmcluster.admin import DRAIN_ROUTE, install_admin
 from pmcluster.client import ClusterClient
 from pmcluster.config import Config
-from pmcluster.coordinator import CoordinatingBackend
-from pmcluster.demo import choose_port
-from pmcluster.launch import node_argv
-from pmcluster.node import LOCAL_BACKEND_KEY, STATE_KEY, make_app
-from pmcluster.ops import NodeView, agreed_epoch, systemd_commands
-from pmcluster.status import NodeStatus, verdict
+from pmcluster.node.admin import DRAIN_ROUTE, install_admin
+from pmcluster.node.app import make_app
+from pmcluster.node.appstate import LOCAL_BACKEND_KEY, STATE_KEY
+from pmcluster.node.coordinator import CoordinatingBackend
+from pmcluster.tools.demo import choose_port
+from pmcluster.tools.launch import node_argv
+from pmcluster.tools.ops import NodeView, agreed_epoch, systemd_commands
+from pmcluster.tools.status import NodeStatus, verdict
 
 
 def up(node_id: str, epoch: str = "zk-3", members: tuple[str, ...] = ("a:1", "b:1")) -> NodeStatus:

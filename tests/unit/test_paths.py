@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pmcluster.errors import InvalidPath
-from pmcluster.paths import from_url, normalize, normalize_key, to_url
+from pmcluster.protocol.paths import from_url, normalize, normalize_key, to_url
 
 AWKWARD = [
     "/workerbeats/wc(1)+$[x]%?#~,/node é-6700",

@@ -7,9 +7,9 @@ import struct
 import pytest
 
 from pmcluster.errors import InvalidPath, InvalidRequest
-from pmcluster.paths import normalize_key
-from pmcluster.pulsecodec import decode, encode
-from pmcluster.store import Pulse
+from pmcluster.protocol.paths import normalize_key
+from pmcluster.protocol.pulse import Pulse
+from pmcluster.protocol.pulsecodec import decode, encode
 
 
 def _record(path: bytes, version: int, data: bytes) -> bytes:

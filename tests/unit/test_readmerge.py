@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import itertools
 
-from pmcluster.readmerge import covering_tombstone, merge_children, merge_pulse, merge_pulses
-from pmcluster.store import Pulse, PulseStore
+from pmcluster.client.readmerge import covering_tombstone, merge_children, merge_pulse, merge_pulses
+from pmcluster.protocol.pulse import Pulse
+from pmcluster.store import PulseStore
 
 P = "/workerbeats/topo-1/node-6700"
 

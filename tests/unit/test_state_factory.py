@@ -18,7 +18,7 @@ from pmcluster.state import (
     zookeeper_state_factory,
 )
 from pmcluster.state.zookeeper import event_name
-from pmcluster.testing import free_port
+from pmcluster.tools.localcluster import free_port
 
 built: list[Config] = []
 

@@ -8,7 +8,8 @@ from collections.abc import Iterable
 import pytest
 
 from pmcluster.errors import InvalidPath, InvalidRequest
-from pmcluster.store import Pulse, PulseStore
+from pmcluster.protocol.pulse import Pulse
+from pmcluster.store import PulseStore
 
 SEC = 1_000_000_000
 

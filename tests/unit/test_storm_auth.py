@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pmcluster.backend import LocalBackend
 from pmcluster.config import Config
 from pmcluster.errors import AuthError, ConfigError, NotAuthorized
+from pmcluster.node.local import LocalBackend
 from pmcluster.store import PulseStore
 from pmcluster.storm.auth import (
     DigestAuth,

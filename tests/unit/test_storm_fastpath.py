@@ -13,20 +13,16 @@ from dataclasses import dataclass
 
 import pytest
 
-from pmcluster.backend import LocalBackend
 from pmcluster.client import ClusterClient
 from pmcluster.config import Config
-from pmcluster.coordinator import (
-    NOT_NOW,
-    CoordinatingBackend,
-    LocalNow,
-    LocalTransport,
-    NowBackend,
-)
 from pmcluster.errors import ProtocolError
 from pmcluster.membership import FixedMembership
+from pmcluster.node.coordinator import CoordinatingBackend, LocalNow, LocalTransport
+from pmcluster.node.local import LocalBackend
+from pmcluster.protocol.backend import NOT_NOW, NowBackend
+from pmcluster.protocol.pulse import Pulse
 from pmcluster.ring import Member
-from pmcluster.store import Pulse, PulseStore
+from pmcluster.store import PulseStore
 from pmcluster.storm import fastcodec
 from pmcluster.storm.codec import (
     FrameDecoder,
@@ -41,7 +37,7 @@ from pmcluster.storm.codec import (
 )
 from pmcluster.storm.codec import HBServerMessageType as T
 from pmcluster.storm.handler import REQUEST_TYPES, StormHandler
-from pmcluster.testing import free_port
+from pmcluster.tools.localcluster import free_port
 
 PATH_TYPES = sorted(REQUEST_TYPES - {T.SEND_PULSE})
 SEED = 20260511
@@ -361,7 +357,7 @@ async def test_sync_write_retries_above_a_held_version_like_the_client(
     single_nodes: list[Node],
 ) -> None:
     """A key holding a version ahead of the clock: the write lands above it, as the async
-    client's write does (version feedback, pmcluster.versionclock)."""
+    client's write does (version feedback, pmcluster.client.versionclock)."""
     ahead = 2**62
     for node in single_nodes:
         node.store.send_pulse("/k", b"old", ahead)

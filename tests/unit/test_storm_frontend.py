@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from pmcluster.backend import LocalBackend
 from pmcluster.config import Config
-from pmcluster.node import METRICS_KEY, STATE_KEY, STORE_KEY, make_app
+from pmcluster.node.app import make_app
+from pmcluster.node.appstate import METRICS_KEY, STATE_KEY, STORE_KEY
+from pmcluster.node.local import LocalBackend
+from pmcluster.node.stormfront import storm_factory
 from pmcluster.store import PulseStore
 from pmcluster.storm.codec import HBMessage, HBMessageData, HBPulse
 from pmcluster.storm.codec import HBServerMessageType as T
-from pmcluster.storm.frontend import storm_factory
 
 
 def pulse(path: str, data: bytes) -> HBMessage:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from pmcluster.backend import LocalBackend
 from pmcluster.errors import ProtocolError
+from pmcluster.node.local import LocalBackend
 from pmcluster.store import PulseStore
 from pmcluster.storm.codec import HBMessage, HBMessageData, HBNodes, HBPulse, HBRecords
 from pmcluster.storm.codec import HBServerMessageType as T

@@ -12,11 +12,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from pmcluster.backend import LocalBackend
-from pmcluster.coordinator import NOT_NOW, LocalNow, NotNow
 from pmcluster.errors import NodeUnavailable, NotAuthorized, ProtocolError
-from pmcluster.sharedport import SharedSite, start_shared_server
-from pmcluster.store import Pulse, PulseStore
+from pmcluster.node.coordinator import LocalNow
+from pmcluster.node.local import LocalBackend
+from pmcluster.node.sharedport import SharedSite, start_shared_server
+from pmcluster.protocol.backend import NOT_NOW, NotNow
+from pmcluster.protocol.pulse import Pulse
+from pmcluster.store import PulseStore
 from pmcluster.storm.client import StormClient
 from pmcluster.storm.codec import (
     FrameDecoder,

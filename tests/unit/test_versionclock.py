@@ -10,12 +10,13 @@ import pytest
 from aiohttp import web
 
 from pmcluster.client import ClusterClient
+from pmcluster.client.versionclock import MAX_OBSERVED_AHEAD_NS, MAX_VERSION, VersionClock
 from pmcluster.config import Config
-from pmcluster.node import STATE_KEY, make_app
-from pmcluster.protocol import HELD_HEADER
+from pmcluster.node.app import make_app
+from pmcluster.node.appstate import STATE_KEY
+from pmcluster.protocol.http import HELD_HEADER
 from pmcluster.store import PulseStore
-from pmcluster.testing import free_port_on_all
-from pmcluster.versionclock import MAX_OBSERVED_AHEAD_NS, MAX_VERSION, VersionClock
+from pmcluster.tools.localcluster import free_port_on_all
 
 HOSTS = ("127.0.0.1", "127.0.0.2")
 SECOND = 10**9

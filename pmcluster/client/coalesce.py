@@ -1,0 +1,184 @@
+"""Write coalescing: concurrent single writes leave as one `POST /v1/batch` per owner.
+
+Opt-in (`ClusterClient(..., coalesce=True)`) until the rolling-restart fault test passes
+reliably with it (see `ClusterClient.__init__`).
+
+Many heartbeats from one process (workers of a supervisor, a coordinating node forwarding
+Storm or HTTP writes) would otherwise cost one HTTP request per heartbeat per owner. A caller
+of `WriteCoalescer.write` enqueues its entry and awaits a future; the queue is flushed on the
+next loop iteration (`call_soon`: no timer, so a lone write waits one iteration, not a time
+slice) or as soon as it reaches `max_entries` or `max_bytes`. A flush groups the entries by
+owner on the current ring and sends each owner its share in one batch through the client's
+`FanOut` (failure tracking, one request timeout, suspects only probed).
+
+Outcome per entry (the caller's future), matching the single-write semantics:
+- `first_ack` entries (the writer gave a version) resolve True on the first owner ack that
+  covers them, while the other owners' batches finish in the background;
+- other entries (versions the client assigned) resolve once every owner asked has answered or
+  timed out: True when every answering owner stored its whole batch; False when an owner
+  ignored some entry of it, because the batch answer does not say which, so the caller asks
+  its owners on its own (`PUT`, which reports the version that won) and retries above it;
+- an entry no owner acknowledged fails with `ClusterUnavailable`;
+- when a batch fails with a caller's error (auth, memory cap, a refused body), the entries
+  left unresolved resolve False: each caller repeats its write alone and gets its own
+  outcome, so one caller's problem never becomes another's. A flush of a single entry also
+  resolves False at once: at low load writes travel exactly as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from pmcluster.client.fanout import FanOut
+from pmcluster.client.transport import Transport
+from pmcluster.client.versionclock import MAX_VERSION
+from pmcluster.errors import ClusterUnavailable
+from pmcluster.ring import Member
+
+__all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_ENTRIES", "WriteCoalescer"]
+
+MAX_BATCH_ENTRIES = 500  # entries per flush
+MAX_BATCH_BYTES = 1 << 20  # payload and path bytes per flush (bounded by the message size too)
+_RECORD_OVERHEAD = 16  # u32 path_len + i64 version + u32 data_len
+
+
+@dataclass(slots=True, eq=False)
+class _Entry:
+    path: str
+    data: bytes
+    version: int
+    first_ack: bool
+    future: asyncio.Future[bool]
+    acks: int = 0
+    ignored: bool = False
+    owners: tuple[str, ...] = field(default=())
+
+
+class WriteCoalescer:
+    """Merges concurrent writes into batches per owner; see the module docstring."""
+
+    def __init__(
+        self,
+        owners: Callable[[str], Sequence[Member]],
+        fanout: FanOut,
+        stats: dict[str, int] | None = None,
+        *,
+        max_entries: int = MAX_BATCH_ENTRIES,
+        max_bytes: int = MAX_BATCH_BYTES,
+    ) -> None:
+        """`owners(path)`: the path's owners on the current ring."""
+        self._owners = owners
+        self._fanout = fanout
+        self._stats: dict[str, int] = stats if stats is not None else {}
+        self.max_entries = max(1, max_entries)
+        self.max_bytes = max(1, max_bytes)
+        self._queue: list[_Entry] = []
+        self._queued_bytes = 0
+        self._scheduled = False
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def accepts(self, data: bytes, version: int) -> bool:
+        """Whether a write can join a batch: bytes no larger than a quarter batch, a valid
+        i64 version. Anything else travels alone (and meets its own errors alone)."""
+        return (
+            isinstance(data, bytes)
+            and len(data) <= self.max_bytes // 4
+            and type(version) is int
+            and 0 < version <= MAX_VERSION
+        )
+
+    def write(
+        self, path: str, data: bytes, version: int, *, first_ack: bool
+    ) -> asyncio.Future[bool]:
+        """Enqueue one write of a normalised key path; see the module docstring for outcomes."""
+        loop = asyncio.get_running_loop()
+        size = len(path) + len(data) + _RECORD_OVERHEAD
+        if self._queue and self._queued_bytes + size > self.max_bytes:
+            self.flush()
+        entry = _Entry(path, data, version, first_ack, loop.create_future())
+        self._queue.append(entry)
+        self._queued_bytes += size
+        if len(self._queue) >= self.max_entries:
+            self.flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self.flush)
+        return entry.future
+
+    def flush(self) -> None:
+        """Send what has accumulated now (normally called by the loop, once per iteration)."""
+        self._scheduled = False
+        entries, self._queue, self._queued_bytes = self._queue, [], 0
+        if not entries:
+            return
+        if len(entries) == 1:
+            _settle(entries[0], False)  # nothing to merge with: the caller writes it alone
+            return
+        task = asyncio.get_running_loop().create_task(self._send(entries))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def close(self) -> None:
+        """Flush what is queued and wait for the batches in flight (each bounded by the
+        request timeout)."""
+        self.flush()
+        if self._sending:
+            await asyncio.gather(*self._sending, return_exceptions=True)
+
+    async def _send(self, entries: list[_Entry]) -> None:
+        by_node: dict[str, list[_Entry]] = {}
+        members: dict[str, Member] = {}
+        try:
+            for entry in entries:
+                owners = self._owners(entry.path)
+                entry.owners = tuple(m.node_id for m in owners)
+                for member in owners:
+                    by_node.setdefault(member.node_id, []).append(entry)
+                    members[member.node_id] = member
+        except ClusterUnavailable as exc:
+            for entry in entries:
+                _fail(entry, exc)
+            return
+        self._stats["coalesced_batches"] = self._stats.get("coalesced_batches", 0) + 1
+        self._stats["coalesced_writes"] = self._stats.get("coalesced_writes", 0) + len(entries)
+
+        async def call(transport: Transport) -> None:
+            share = by_node[transport.node_id]
+            _, ignored = await transport.batch([(e.path, e.data, e.version) for e in share])
+            for entry in share:
+                entry.acks += 1
+                if ignored:
+                    entry.ignored = True
+                if entry.first_ack:
+                    _settle(entry, True)
+
+        try:
+            await self._fanout.gather(list(members.values()), call, "write")
+        except ClusterUnavailable:
+            pass  # no owner answered: every entry left fails below
+        except Exception:
+            # A caller's error (auth, memory cap, ...) for the whole batch: each caller whose
+            # write is not acknowledged yet repeats it alone, to get its own outcome.
+            for entry in entries:
+                _settle(entry, False)
+            return
+        for entry in entries:
+            if entry.acks == 0:
+                _fail(
+                    entry,
+                    ClusterUnavailable(f"write: none of {list(entry.owners)} acknowledged"),
+                )
+            else:
+                _settle(entry, not entry.ignored)
+
+
+def _settle(entry: _Entry, done: bool) -> None:
+    if not entry.future.done():
+        entry.future.set_result(done)
+
+
+def _fail(entry: _Entry, exc: BaseException) -> None:
+    if not entry.future.done():
+        entry.future.set_exception(exc)

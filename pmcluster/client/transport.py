@@ -1,0 +1,289 @@
+"""Async HTTP calls to ONE node, with timeouts and the error tree of `pmcluster.errors`.
+
+A `NodeTransport` shares the client's `aiohttp.ClientSession` (one pooled, keep-alive session
+per client). URLs are built already encoded (`paths.to_url` + `yarl.URL(..., encoded=True)`)
+so a path round-trips byte for byte. Every response's `X-Pmcluster-Epoch` is reported to the
+`on_epoch` callback: that is how a client learns that the ring changed.
+
+Connection errors, timeouts and 5xx raise `NodeUnavailable`; 4xx raise the precise error the
+server named (`InvalidPath`, `InvalidRequest`, `PayloadTooLarge`, `AuthError`, `NotAuthorized`).
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import aiohttp
+from yarl import URL
+
+from pmcluster.errors import (
+    InvalidRequest,
+    NodeUnavailable,
+    PmclusterError,
+    ProtocolError,
+)
+from pmcluster.protocol import pulsecodec
+from pmcluster.protocol.http import (
+    EPOCH_HEADER,
+    FORWARDED_HEADER,
+    HELD_HEADER,
+    PULSES_MEDIA_TYPE,
+    TOMBSTONE_HEADER,
+    VERSION_HEADER,
+    caller_error,
+)
+from pmcluster.protocol.paths import to_url
+from pmcluster.protocol.pulse import Pulse
+
+if TYPE_CHECKING:
+    from pmcluster.auth.client import RequestAuth
+
+__all__ = ["NodeTransport", "Transport"]
+
+EpochCallback = Callable[[str, str], None]
+
+
+class Transport(Protocol):
+    """What the client needs of one node: `NodeTransport` over HTTP, or a node's own store."""
+
+    node_id: str
+
+    # put_pulse: 0 when stored, else the newer version the node holds (which won).
+    async def put_pulse(self, path: str, data: bytes, version: int) -> int: ...
+    async def get_pulse(self, path: str) -> tuple[Pulse | None, int]: ...
+    async def exists(self, path: str) -> tuple[bool, int]: ...
+    async def children(self, path: str) -> list[str]: ...
+    async def children_versions(self, path: str) -> tuple[dict[str, int], dict[str, int]]: ...
+    async def pulses(self, path: str) -> list[Pulse]: ...
+    async def delete_pulse_id(self, path: str, version: int) -> None: ...
+    async def delete_path(self, path: str, version: int) -> None: ...
+    async def create_path(self, path: str) -> None: ...
+    async def batch(self, pulses: Sequence[tuple[str, bytes, int]]) -> tuple[int, int]: ...
+    async def members(self) -> dict[str, Any]: ...
+
+
+def _int_header(headers: Mapping[str, str], name: str) -> int:
+    raw = headers.get(name)
+    if raw is None:
+        return 0
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ProtocolError(f"header {name}: not an integer: {raw!r}") from exc
+
+
+class _Answer:
+    """What the caller needs of a response, read while the connection was held."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body)
+        except ValueError as exc:
+            raise ProtocolError(f"expected JSON, got {self.body[:80]!r}") from exc
+
+
+class NodeTransport:
+    """HTTP to one node `host:port`; stateless apart from the shared session."""
+
+    def __init__(
+        self,
+        node_id: str,
+        host: str,
+        port: int,
+        session: aiohttp.ClientSession,
+        *,
+        connect_timeout_secs: float,
+        request_timeout_secs: float,
+        on_epoch: EpochCallback | None = None,
+        forwarded: bool = False,
+        auth: RequestAuth | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        """`auth` adds credentials and answers challenges (`pmcluster.auth.client`);
+        `ssl_context` switches to https with that context (`pmcluster.auth.tls`)."""
+        self.node_id = node_id
+        scheme = "http" if ssl_context is None else "https"
+        self._base = str(URL.build(scheme=scheme, host=host, port=port))
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
+        self._auth = auth
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(
+            total=request_timeout_secs, sock_connect=connect_timeout_secs
+        )
+        self._on_epoch = on_epoch
+        self._forwarded = forwarded
+
+    def __repr__(self) -> str:
+        return f"NodeTransport({self.node_id!r})"
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    def _url(self, route: str, path: str | None = None, query: str = "") -> URL:
+        tail = "" if path is None else to_url(path)
+        return URL(f"{self._base}/v1/{route}{tail}{query}", encoded=True)
+
+    async def _request(
+        self,
+        method: str,
+        url: URL,
+        *,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> _Answer:
+        """One request; returns 200, 204 and 404 answers, raises for everything else."""
+        send_headers = dict(headers or {})
+        if self._forwarded:
+            send_headers[FORWARDED_HEADER] = "1"
+        pending = None if self._auth is None else await self._auth.begin(method, url)
+        while True:
+            sent = send_headers if pending is None else {**send_headers, **pending.headers}
+            try:
+                async with self._session.request(
+                    method,
+                    url,
+                    data=data,
+                    headers=sent,
+                    timeout=self._timeout,
+                    ssl=self._ssl,
+                ) as resp:
+                    body = await resp.read()
+                    answer = _Answer(resp.status, resp.headers, body)
+                    # A challenge answered: send once more with credentials (bounded by auth).
+                    if pending is None or not await pending.finish(resp.status, resp.headers):
+                        break
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                raise NodeUnavailable(self.node_id, f"{type(exc).__name__}: {exc}") from exc
+        epoch = answer.headers.get(EPOCH_HEADER)
+        if epoch is not None and self._on_epoch is not None:
+            self._on_epoch(self.node_id, epoch)
+        if answer.status in (200, 204, 404):
+            return answer
+        raise self._error(answer)
+
+    def _error(self, answer: _Answer) -> PmclusterError:
+        detail = answer.body[:500].decode("utf-8", "replace")
+        short = ""
+        try:
+            doc = json.loads(answer.body)
+            if isinstance(doc, dict):
+                short = str(doc.get("error", ""))
+                detail = str(doc.get("detail", short or detail))
+        except ValueError:
+            pass
+        status = answer.status
+        error = caller_error(status, short)
+        if error is not None:
+            return error(detail)
+        if status >= 500:
+            return NodeUnavailable(self.node_id, f"HTTP {status}: {detail}")
+        return ProtocolError(f"node {self.node_id}: HTTP {status}: {detail}")
+
+    def _not_404(self, answer: _Answer, what: str) -> _Answer:
+        if answer.status == 404:
+            raise ProtocolError(f"node {self.node_id}: {what}: HTTP 404: unknown route?")
+        return answer
+
+    # --- the routes --------------------------------------------------------------------------
+
+    async def put_pulse(self, path: str, data: bytes, version: int) -> int:
+        """PUT /v1/pulse/{path} with the writer's version; 0 when stored, else the newer
+        version the node holds (its `X-Pulse-Held`), which won over this write."""
+        answer = await self._request(
+            "PUT", self._url("pulse/", path), data=data, headers={VERSION_HEADER: str(version)}
+        )
+        return _int_header(self._not_404(answer, "put_pulse").headers, HELD_HEADER)
+
+    async def get_pulse(self, path: str) -> tuple[Pulse | None, int]:
+        """GET /v1/pulse/{path} -> (value or None, newest tombstone version or 0)."""
+        answer = await self._request("GET", self._url("pulse/", path))
+        if answer.status == 404:
+            return None, _int_header(answer.headers, TOMBSTONE_HEADER)
+        return Pulse(path, answer.body, _int_header(answer.headers, VERSION_HEADER)), 0
+
+    async def exists(self, path: str) -> tuple[bool, int]:
+        """HEAD /v1/pulse/{path} -> (exists, newest tombstone version or 0)."""
+        answer = await self._request("HEAD", self._url("pulse/", path))
+        if answer.status == 404:
+            return False, _int_header(answer.headers, TOMBSTONE_HEADER)
+        return True, _int_header(answer.headers, VERSION_HEADER)
+
+    async def children(self, path: str) -> list[str]:
+        """GET /v1/children/{path} -> sorted child names."""
+        answer = self._not_404(await self._request("GET", self._url("children/", path)), "children")
+        names = answer.json()
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ProtocolError(f"node {self.node_id}: children: not a list of names")
+        return names
+
+    async def children_versions(self, path: str) -> tuple[dict[str, int], dict[str, int]]:
+        """GET /v1/children/{path}?versions=1 -> ({child: version}, {child: tombstone})."""
+        url = self._url("children/", path, "?versions=1")
+        doc = self._not_404(await self._request("GET", url), "children").json()
+        try:
+            children = {str(k): int(v) for k, v in doc["children"].items()}
+            tombstones = {str(k): int(v) for k, v in doc.get("tombstones", {}).items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ProtocolError(f"node {self.node_id}: bad children versions: {exc}") from exc
+        return children, tombstones
+
+    async def pulses(self, path: str) -> list[Pulse]:
+        """GET /v1/pulses/{path} in the binary pulse-list encoding."""
+        answer = self._not_404(
+            await self._request(
+                "GET", self._url("pulses/", path), headers={"Accept": PULSES_MEDIA_TYPE}
+            ),
+            "pulses",
+        )
+        try:
+            entries = pulsecodec.decode(answer.body)
+        except InvalidRequest as exc:
+            raise ProtocolError(f"node {self.node_id}: bad pulse list: {exc}") from exc
+        return [Pulse(p, data, version) for p, data, version in entries]
+
+    async def delete_pulse_id(self, path: str, version: int) -> None:
+        """DELETE /v1/pulse/{path}: tombstone the exact key at `version`."""
+        await self._request(
+            "DELETE", self._url("pulse/", path), headers={VERSION_HEADER: str(version)}
+        )
+
+    async def delete_path(self, path: str, version: int) -> None:
+        """DELETE /v1/path/{path}: tombstone the subtree at `version`."""
+        await self._request(
+            "DELETE", self._url("path/", path), headers={VERSION_HEADER: str(version)}
+        )
+
+    async def create_path(self, path: str) -> None:
+        """POST /v1/path/{path}: validated, no effect (Storm's no-op)."""
+        self._not_404(await self._request("POST", self._url("path/", path)), "create_path")
+
+    async def batch(self, pulses: Sequence[tuple[str, bytes, int]]) -> tuple[int, int]:
+        """POST /v1/batch -> (stored, ignored)."""
+        body = pulsecodec.encode([Pulse(p, d, v) for p, d, v in pulses])
+        answer = await self._request(
+            "POST",
+            self._url("batch"),
+            data=body,
+            headers={"Content-Type": PULSES_MEDIA_TYPE},
+        )
+        doc = self._not_404(answer, "batch").json()
+        try:
+            return int(doc["stored"]), int(doc.get("ignored", 0))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"node {self.node_id}: bad batch answer: {exc}") from exc
+
+    async def members(self) -> dict[str, Any]:
+        """GET /v1/members -> this node's view (epoch, members, ring parameters)."""
+        doc = self._not_404(await self._request("GET", self._url("members")), "members").json()
+        if not isinstance(doc, dict):
+            raise ProtocolError(f"node {self.node_id}: members: not an object")
+        return doc

@@ -1,0 +1,70 @@
+"""The node's shared state: `NodeState` (identity, epoch, drain) and the typed `AppKey`s
+under which the app holds its config, store, backends, metrics and limiters.
+
+Every module of the node (handlers, fast path, admin, cluster, Storm front end) reads these;
+keeping them apart from the handlers means none of them imports `app` for a key."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from pmcluster.config import Config
+from pmcluster.node.local import LocalBackend
+from pmcluster.node.metrics import Metrics
+from pmcluster.protocol.backend import Backend
+from pmcluster.store import PulseStore
+
+
+@dataclass
+class NodeState:
+    """The node's mutable identity as answered in headers and `/v1/members`; the membership
+    layer replaces `epoch` and `members` when the ring changes."""
+
+    node_id: str
+    epoch: str = "static-local"
+    members: tuple[str, ...] = field(default_factory=tuple)
+    # Set when the node takes part in a cluster (`pmcluster.node.cluster`): the backend that
+    # coordinates plain requests, the members' JSON form, and what to do first on shutdown.
+    coordinator: Backend | None = None
+    member_docs: list[dict[str, object]] | None = None
+    leave: Callable[[], Awaitable[None]] | None = None
+    in_flight: int = 0  # requests inside the middleware (body read + handler)
+    draining: bool = False  # shutting down: answer with `Connection: close`
+    _idle: asyncio.Event | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            self.members = (self.node_id,)
+
+    def request_done(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Mark the node draining and wait until no request is in flight; False on timeout."""
+        self.draining = True
+        self._idle = asyncio.Event()
+        if self.in_flight == 0:
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+
+CONFIG_KEY = web.AppKey("config", Config)
+STATE_KEY = web.AppKey("state", NodeState)
+STORE_KEY = web.AppKey("store", PulseStore)
+BACKEND_KEY: web.AppKey[Backend] = web.AppKey("backend")
+LOCAL_BACKEND_KEY = web.AppKey("local_backend", LocalBackend)
+METRICS_KEY = web.AppKey("metrics", Metrics)
+LIMITER_KEY = web.AppKey("limiter", asyncio.Semaphore)
+FORWARD_LIMITER_KEY = web.AppKey("forward_limiter", asyncio.Semaphore)
+BODY_KEY = web.RequestKey("body", bytes)

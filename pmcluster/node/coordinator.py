@@ -1,0 +1,304 @@
+"""Any node answers any request: coordination of plain requests across the ring.
+
+A request without `X-Pmcluster-Forwarded` (curl, a load balancer, DNS round-robin) reaches a
+`CoordinatingBackend`, which runs it through the node's own ring-aware `ClusterClient`: writes
+go to the path's owners, reads ask the owners and merge (newest of values and tombstones),
+listings and recursive deletes fan out to every member. The client's requests to other nodes
+carry `X-Pmcluster-Forwarded: 1`, so they are answered from the receiver's store and never
+forwarded again; its requests to this node itself go through `LocalTransport`, straight to the
+local store without HTTP.
+
+Answering at once (`NowBackend`): a Storm connection answers every request of one read in one
+pass, without a task per request, when the answer needs no waiting: when this node is the
+only member its client would ask for a key (a single-node cluster, or reads of keys whose
+every current and grace-ring owner is this node). The `*_now` methods then do exactly what
+the client's async path does in that case (same versions from the client's clock, same retry
+above a held version, same merges, same stats and failure-tracker updates) and return
+`NOT_NOW` otherwise, before any side effect, so the caller takes the async path.
+Writes to a key another node also owns always take the async path: an unversioned write must
+hear every owner before it is acknowledged (docs/reliability.md, clock skew).
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pmcluster.client import readmerge
+from pmcluster.client.cluster import MAX_VERSION_RETRIES, ClusterClient
+from pmcluster.node.local import LocalBackend
+from pmcluster.protocol.backend import NOT_NOW, NotNowType, PulseEntry
+from pmcluster.protocol.paths import normalize, normalize_key
+from pmcluster.protocol.pulse import Pulse
+from pmcluster.ring import Member, Ring
+
+__all__ = ["CoordinatingBackend", "LocalNow", "LocalTransport"]
+
+log = logging.getLogger(__name__)
+_path = operator.attrgetter("path")
+
+
+class LocalNow:
+    """`NowBackend` of a `LocalBackend`: always answers, exactly as its async calls do."""
+
+    def __init__(self, local: LocalBackend) -> None:
+        self.store = local.store
+
+    def send_pulse_now(self, path: str, data: bytes) -> bool:
+        self.store.send_pulse(normalize_key(path), data, None)
+        return True
+
+    def send_pulses_now(self, pulses: Sequence[tuple[str, bytes]]) -> int:
+        return 0  # rare (a node not yet in its cluster): one by one
+
+    def get_pulse_now(self, path: str) -> Pulse | None:
+        return self.store.get_pulse(normalize_key(path))
+
+    def exists_now(self, path: str) -> bool:
+        return self.store.exists(normalize_key(path))
+
+    def get_all_nodes_for_path_now(self, path: str) -> list[str]:
+        return self.store.get_all_nodes_for_path(normalize(path))
+
+    def get_all_pulse_for_path_now(self, path: str) -> list[Pulse]:
+        return self.store.get_all_pulse_for_path(normalize(path))
+
+
+class LocalTransport:
+    """The `Transport` of a node to itself: the local store, no HTTP, no forwarding."""
+
+    def __init__(
+        self, node_id: str, local: LocalBackend, members_doc: Callable[[], dict[str, Any]]
+    ) -> None:
+        self.node_id = node_id
+        self._local = local
+        self._members_doc = members_doc
+
+    def __repr__(self) -> str:
+        return f"LocalTransport({self.node_id!r})"
+
+    @property
+    def backend(self) -> LocalBackend:
+        """The local store's backend this transport writes to."""
+        return self._local
+
+    async def put_pulse(self, path: str, data: bytes, version: int) -> int:
+        if await self._local.send_pulse(path, data, version):
+            return 0
+        return self._local.held_version(path)
+
+    async def get_pulse(self, path: str) -> tuple[Pulse | None, int]:
+        return await self._local.get_pulse(path)
+
+    async def exists(self, path: str) -> tuple[bool, int]:
+        pulse, tombstone = await self._local.get_pulse(path)
+        return (True, pulse.version) if pulse is not None else (False, tombstone)
+
+    async def children(self, path: str) -> list[str]:
+        return await self._local.get_all_nodes_for_path(path)
+
+    async def children_versions(self, path: str) -> tuple[dict[str, int], dict[str, int]]:
+        return await self._local.children_versions(path)
+
+    async def pulses(self, path: str) -> list[Pulse]:
+        return await self._local.get_all_pulse_for_path(path)
+
+    async def delete_pulse_id(self, path: str, version: int) -> None:
+        await self._local.delete_pulse_id(path, version)
+
+    async def delete_path(self, path: str, version: int) -> None:
+        await self._local.delete_path(path, version)
+
+    async def create_path(self, path: str) -> None:
+        await self._local.create_path(path)
+
+    async def batch(self, pulses: Sequence[tuple[str, bytes, int]]) -> tuple[int, int]:
+        return await self._local.send_pulses(pulses)
+
+    async def members(self) -> dict[str, Any]:
+        return self._members_doc()
+
+
+class CoordinatingBackend:
+    """`Backend` that answers for the whole cluster through the node's ring-aware client."""
+
+    def __init__(self, local: LocalBackend, client: ClusterClient) -> None:
+        self.local = local
+        self.client = client
+        # A ring of one member: whether that member is served locally, decided once per ring.
+        self._solo_ring: Ring | None = None
+        self._solo_local: LocalTransport | None = None
+
+    # --- answers without waiting (see the module docstring) ---------------------------------
+
+    def _alone(self, members: list[Member] | None) -> LocalTransport | None:
+        """The local transport when `members` is exactly this node, served locally."""
+        if members is None or len(members) != 1:
+            return None
+        transport = self.client.transport(members[0])
+        return transport if isinstance(transport, LocalTransport) else None
+
+    def send_pulse_now(self, path: str, data: bytes) -> bool:
+        """`ClusterClient.send_pulse(path, data)` when this node is the key's only owner."""
+        key = normalize_key(path)
+        client = self.client
+        ring = client.ring
+        if ring is not None and ring is self._solo_ring:
+            local = self._solo_local
+        else:
+            owners = client.owners_now(key)
+            local = self._alone(owners)
+            if owners is not None and ring is not None and len(ring.members) == 1:
+                self._solo_ring, self._solo_local = ring, local
+        if local is None:
+            return False
+        v = client.clock.now()
+        stored = local.backend.store.send_pulse(key, data, v)
+        client.failures.record_success(local.node_id)
+        if not stored:  # an owner holding a newer version: the client's retry above it
+            self._retry_above(local, key, data, v, local.backend.held_version(key))
+        return True
+
+    def send_pulses_now(self, pulses: Sequence[tuple[str, bytes]]) -> int:
+        """`send_pulse_now` of each, in one pass, when the ring is this node alone (the
+        membership and failure-tracker bookkeeping then happens once, not per entry)."""
+        client = self.client
+        ring = client.ring
+        local = self._solo_local
+        if ring is None or ring is not self._solo_ring or local is None:
+            return 0  # `send_pulse_now` decides (and caches) whether this ring is ours alone
+        store = local.backend.store
+        clock = client.clock
+        done = 0
+        try:
+            for path, data in pulses:
+                key = normalize_key(path)
+                v = clock.now()
+                if not store.send_pulse(key, data, v):
+                    # An owner holding a newer version: the client's retry, for this one.
+                    self._retry_above(local, key, data, v, local.backend.held_version(key))
+                done += 1
+        except Exception:  # an invalid path, a full store: that entry goes one by one
+            pass
+        if done:
+            client.failures.record_success(local.node_id)
+        return done
+
+    def _retry_above(self, local: LocalTransport, key: str, data: bytes, v: int, held: int) -> None:
+        """The rest of `ClusterClient.send_pulse`'s retry loop (one owner: this node) after a
+        first try at `v` lost to `held`."""
+        client = self.client
+        store = local.backend.store
+        for _ in range(MAX_VERSION_RETRIES - 1):
+            retry = client.retry_version(v, held)
+            if retry is None:
+                return
+            v = retry
+            held = 0 if store.send_pulse(key, data, v) else local.backend.held_version(key)
+        if client.retry_version(v, held) is not None:  # as the client's last round
+            log.warning(
+                "write to %s still behind its owners after %d tries", key, MAX_VERSION_RETRIES
+            )
+
+    def get_pulse_now(self, path: str) -> Pulse | NotNowType | None:
+        """`ClusterClient.get_pulse` when this node is the key's only owner (grace ring too)."""
+        key = normalize_key(path)
+        client = self.client
+        local = self._alone(client.owners_now(key, read=True))
+        if local is None:
+            return NOT_NOW
+        store = local.backend.store
+        value = store.get_pulse(key)
+        tomb = 0 if value is not None else store.tombstone_version(key)
+        pulse = readmerge.merge_pulse([(value, tomb)])
+        if pulse is None and value is not None:
+            return NOT_NOW  # a read repair to start: the async path does that
+        client.failures.record_success(local.node_id)
+        if pulse is not None:
+            client.clock.observe(pulse.version)
+        return pulse
+
+    def exists_now(self, path: str) -> bool | NotNowType:
+        """`ClusterClient.exists` when this node is the key's only owner (grace ring too)."""
+        key = normalize_key(path)
+        local = self._alone(self.client.owners_now(key, read=True))
+        if local is None:
+            return NOT_NOW
+        found = local.backend.store.get_pulse(key) is not None
+        self.client.failures.record_success(local.node_id)
+        return found
+
+    def get_all_nodes_for_path_now(self, path: str) -> list[str] | NotNowType:
+        """`ClusterClient.get_all_nodes_for_path` when this node is the only member."""
+        norm = normalize(path)
+        local = self._alone(self.client.members_now())
+        if local is None:
+            return NOT_NOW
+        answer = local.backend.store.children_versions(norm)
+        self.client.failures.record_success(local.node_id)
+        return readmerge.merge_children([answer])
+
+    def get_all_pulse_for_path_now(self, path: str) -> list[Pulse] | NotNowType:
+        """`ClusterClient.get_all_pulse_for_path` when this node is the only member."""
+        norm = normalize(path)
+        local = self._alone(self.client.members_now())
+        if local is None:
+            return NOT_NOW
+        store = local.backend.store
+        pulses = store.get_all_pulse_for_path(norm)
+        _, child_tombs = store.children_versions(norm)
+        prefix = norm.rstrip("/")
+        tombs = {f"{prefix}/{name}": v for name, v in child_tombs.items() if name}
+        if norm != "/" and store.get_pulse(norm) is None:
+            version = store.tombstone_version(norm)
+            if version:
+                tombs[norm] = version
+        self.client.failures.record_success(local.node_id)
+        # `readmerge.merge_pulses([pulses], tombs)`: one store's keys are unique, so merging
+        # is sorting by path (and the tombstone filter, when there are tombstones).
+        merged = sorted(pulses, key=_path)
+        if tombs:
+            merged = [p for p in merged if readmerge.covering_tombstone(p.path, tombs) < p.version]
+        return merged
+
+    async def send_pulse(self, path: str, data: bytes, version: int | None = None) -> bool:
+        await self.client.send_pulse(path, data, version)
+        return True
+
+    async def send_pulses(
+        self, pulses: Sequence[PulseEntry], *, trusted: bool = False
+    ) -> tuple[int, int]:
+        await self.client.send_pulses(pulses)
+        return len(pulses), 0
+
+    def held_version(self, path: str) -> int:
+        return 0  # the client already retried above what the owners held
+
+    async def get_pulse(self, path: str) -> tuple[Pulse | None, int]:
+        return await self.client.get_pulse(path), 0
+
+    async def exists(self, path: str) -> tuple[bool, int]:
+        return await self.client.exists(path), 0
+
+    async def get_all_nodes_for_path(self, path: str) -> list[str]:
+        return await self.client.get_all_nodes_for_path(path)
+
+    async def children_versions(self, path: str) -> tuple[dict[str, int], dict[str, int]]:
+        # Only coordinators ask for versions, and they ask each member themselves.
+        return await self.local.children_versions(path)
+
+    async def get_all_pulse_for_path(self, path: str) -> list[Pulse]:
+        return await self.client.get_all_pulse_for_path(path)
+
+    async def delete_path(self, path: str, version: int | None = None) -> int:
+        await self.client.delete_path(path, version)
+        return 0
+
+    async def delete_pulse_id(self, path: str, version: int | None = None) -> bool:
+        await self.client.delete_pulse_id(path, version)
+        return True
+
+    async def create_path(self, path: str) -> None:
+        await self.client.create_path(path)

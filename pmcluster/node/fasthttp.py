@@ -1,0 +1,414 @@
+"""The node's HTTP fast path: forwarded heartbeat writes and reads without the framework.
+
+A ring-aware client (and a coordinating node) sends each heartbeat straight to its owners as
+`PUT /v1/pulse/<path>` or `POST /v1/batch` with `X-Pmcluster-Forwarded: 1`: the owner only has
+to store it. That request is most of a node's traffic, and aiohttp's request machinery
+(request and response objects, middleware, routing) costs more CPU than the store itself
+(docs/benchmarks.md). `FastHttpConnection` is the first protocol of every HTTP connection on
+the shared port: it parses HTTP/1.1 requests itself and answers, synchronously and with the
+same store calls, headers and metrics as the aiohttp handlers, exactly these requests:
+
+- `PUT /v1/pulse/<key>` and `POST /v1/batch` (when writes need no authentication);
+- `GET /v1/pulse/<key>` that finds a value (when reads need no authentication: method NONE);
+
+all with `X-Pmcluster-Forwarded: 1` and a `Content-Length` body (none for GET). Anything
+else — another route, no forwarded mark, a chunked body, `Expect`, `Connection: close`, a
+query string on a write, any header it does not find plainly well-formed, an invalid path,
+version or batch, a full store, a draining node, a body still arriving after `STALL_SECS` —
+makes it hand the connection to aiohttp *before* answering that request: aiohttp gets the
+unanswered bytes as if it had read them itself and answers from there on (with its errors,
+timeouts and auth), so every error response stays aiohttp's and nothing is stored twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from email.utils import formatdate
+from typing import cast
+
+from pmcluster.config import Config
+from pmcluster.errors import PmclusterError
+from pmcluster.node.appstate import NodeState
+from pmcluster.node.local import LocalBackend
+from pmcluster.node.metrics import Metrics
+from pmcluster.node.requests import key_path, parse_version
+from pmcluster.protocol import pulsecodec
+from pmcluster.protocol.http import EPOCH_HEADER, HELD_HEADER, NODE_HEADER, VERSION_HEADER
+from pmcluster.store import PulseStore
+
+__all__ = ["STALL_SECS", "FastHttpConnection", "FastPath", "HttpFactory", "parse_head"]
+
+log = logging.getLogger(__name__)
+
+HttpFactory = Callable[[], asyncio.Protocol]
+
+STALL_SECS = 0.5  # a request still incomplete this long goes to aiohttp (its timeouts apply)
+IDLE_SECS = 75.0  # keep-alive: an idle connection is closed (aiohttp's default)
+MAX_HEAD = 16384  # a request head longer than this goes to aiohttp (it answers 400/431)
+MAX_LINE = 8190  # aiohttp's limit for the request line and each header line
+WRITE_CHUNK = 65536  # answers of one read are written in pieces of about this size
+
+_PULSE = b"/v1/pulse/"
+_BATCH = b"/v1/batch"
+_FORWARDED = b"x-pmcluster-forwarded"
+_CONTENT_LENGTH = b"content-length"
+_VERSION = VERSION_HEADER.lower().encode()
+_PLAIN = bytes(range(0x20, 0x7F)) + b"\r\n\t"  # the bytes a plain request head is made of
+# Headers the fast path understands or may ignore; any other header hands over.
+_HARMLESS = frozenset(
+    {
+        b"host",
+        b"user-agent",
+        b"accept",
+        b"accept-encoding",
+        b"content-type",
+        b"connection",
+        b"keep-alive",
+        b"date",
+    }
+)
+
+
+class FastPath:
+    """What the fast path of one node answers with: its store, identity, metrics and rules."""
+
+    def __init__(
+        self, config: Config, state: NodeState, local: LocalBackend, metrics: Metrics
+    ) -> None:
+        self.state = state
+        self.local = local
+        self.store: PulseStore = local.store
+        self.metrics = metrics
+        self.max_body = config.max_message_size
+        self.writes_open = config.auth_method == "NONE" or not config.auth_writes
+        self.reads_open = config.auth_method == "NONE"
+        self._head_key: tuple[int, str, str] | None = None
+        self._head = b""
+
+    def common_head(self) -> bytes:
+        """`Date` and the node headers every response carries, rebuilt once a second."""
+        now = int(time.time())
+        key = (now, self.state.node_id, self.state.epoch)
+        if key != self._head_key:
+            self._head_key = key
+            self._head = (
+                f"Date: {formatdate(now, usegmt=True)}\r\n"
+                f"{NODE_HEADER}: {key[1]}\r\n{EPOCH_HEADER}: {key[2]}\r\n"
+            ).encode("latin-1")
+        return self._head
+
+    def answer(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: dict[bytes, bytes],
+        buf: bytes,
+        start: int,
+        stop: int,
+    ) -> bytes | None:
+        """The whole response to one request whose body is `buf[start:stop]` (left in the
+        receive buffer: a batch is decoded in place), or None: aiohttp must answer it."""
+        if self.state.draining or headers.get(_FORWARDED) != b"1":
+            return None
+        began = time.perf_counter()
+        response: bytes | None
+        try:
+            if method == b"PUT" and target.startswith(_PULSE) and self.writes_open:
+                op, response = "send_pulse", self._put(target, headers, buf[start:stop])
+            elif method == b"POST" and target == _BATCH and self.writes_open:
+                op, response = "batch", self._batch(buf, start, stop)
+            elif method == b"GET" and target.startswith(_PULSE) and self.reads_open:
+                if stop > start:
+                    return None  # a GET with a body: aiohttp's to judge
+                op, response = "get_pulse", self._get(target)
+            else:
+                return None
+        except (PmclusterError, UnicodeError):
+            return None  # aiohttp answers it (400, 413, 507, ...): nothing was stored
+        except Exception:
+            log.exception("fast path: unexpected error; aiohttp answers the request instead")
+            return None
+        if response is not None:
+            status = 204 if op == "send_pulse" else 200
+            self.metrics.record(op, time.perf_counter() - began, status)
+        return response
+
+    def _put(self, target: bytes, headers: dict[bytes, bytes], body: bytes) -> bytes:
+        path = key_path(target[len(_PULSE) :].decode("ascii"), "/v1/pulse/")
+        raw_version = headers.get(_VERSION)
+        version = None if raw_version is None else parse_version(raw_version.decode("ascii"))
+        stored = self.store.send_pulse(path, body, version)
+        self.metrics.received(len(body))
+        if stored:
+            return b"HTTP/1.1 204 No Content\r\n" + self.common_head() + b"\r\n"
+        held = f"{HELD_HEADER}: {self.local.held_version(path)}\r\n".encode()
+        return b"HTTP/1.1 204 No Content\r\n" + held + self.common_head() + b"\r\n"
+
+    def _batch(self, buf: bytes, start: int, stop: int) -> bytes:
+        # The decoder's entries go to the store unchanged: trusted entries take 0 as "now".
+        entries = pulsecodec.decode(buf, start=start, stop=stop)
+        stored = self.store.send_pulses(entries, trusted=True)
+        self.metrics.received_many([len(data) for _, data, _ in entries])
+        # json.dumps's exact output for this dict, without its per-call machinery
+        payload = b'{"stored": %d, "ignored": %d}' % (stored, len(entries) - stored)
+        return (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n" % len(payload) + self.common_head() + b"\r\n" + payload
+        )
+
+    def _get(self, target: bytes) -> bytes | None:
+        path = key_path(target[len(_PULSE) :].decode("ascii"), "/v1/pulse/")
+        pulse = self.store.get_pulse(path)
+        if pulse is None:
+            return None  # the 404 carries the tombstone's version: aiohttp's handler says it
+        self.metrics.get_pulse_count.value += 1
+        self.metrics.sent(len(pulse.data))
+        return (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Length: %d\r\n%s: %d\r\n"
+            % (len(pulse.data), VERSION_HEADER.encode(), pulse.version)
+            + self.common_head()
+            + b"\r\n"
+            + pulse.data
+        )
+
+
+def parse_head(head: bytes) -> tuple[bytes, bytes, dict[bytes, bytes]] | None:
+    """Method, target and lower-cased headers of a request head, or None when it is anything
+    but plain HTTP/1.1 with unique, simple, well-formed headers (aiohttp then judges it)."""
+    if head.translate(None, _PLAIN):
+        return None  # a control or non-ASCII byte: aiohttp decides what it is
+    crlf = head.count(b"\r\n")
+    if head.count(b"\r") != crlf or head.count(b"\n") != crlf:
+        return None  # a bare CR or LF: framing only llhttp may judge (no smuggling)
+    lines = head.split(b"\r\n")
+    if b"\t" in lines[0] or max(map(len, lines)) > MAX_LINE:
+        return None
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or parts[2] != b"HTTP/1.1" or not parts[1].startswith(b"/"):
+        return None
+    method, target = parts[0], parts[1]
+    if b"?" in target or b"#" in target:
+        return None
+    headers: dict[bytes, bytes] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        name = name.lower()
+        if not sep or name in headers or not name.replace(b"-", b"").isalnum():
+            return None
+        headers[name] = value.strip(b" \t")
+    if b"host" not in headers:
+        return None  # aiohttp answers 400: HTTP/1.1 requires Host
+    for name, value in headers.items():
+        if name in (_FORWARDED, _CONTENT_LENGTH, _VERSION):
+            continue
+        if name not in _HARMLESS:
+            return None
+        if name == b"connection" and value.lower() != b"keep-alive":
+            return None
+    return method, target, headers
+
+
+class FastHttpConnection(asyncio.Protocol):
+    """One HTTP connection, answered by `FastPath` until a request needs aiohttp.
+
+    Answers of one read leave in as few writes as possible, but in pieces of `WRITE_CHUNK`:
+    after each piece a peer that does not read (`pause_writing`) stops the loop, so pipelined
+    reads of large values cannot pile up in memory. A body arriving in several reads is
+    collected in pieces and joined once."""
+
+    def __init__(self, fast: FastPath, fallback: HttpFactory) -> None:
+        self._fast = fast
+        self._fallback = fallback
+        self._transport: asyncio.Transport | None = None
+        self._buf = b""  # unanswered bytes, from the start of the next request
+        self._more: list[bytes] = []  # pieces after `_buf` while a body arrives
+        self._have = 0  # len(_buf) + len(pieces) while `_need` > 0
+        self._need = 0  # bytes the current request needs in all (0: not waiting for a body)
+        self._eof = False
+        self._write_paused = False
+        self._stall: asyncio.TimerHandle | None = None
+        self._waiting_since: float | None = None
+        self._idle: asyncio.TimerHandle | None = None
+        self._last = 0.0
+        self.handed_over = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        loop = asyncio.get_running_loop()
+        self._last = loop.time()
+        self._idle = loop.call_later(IDLE_SECS, self._check_idle)
+
+    def data_received(self, data: bytes) -> None:
+        if self._need:
+            self._more.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                return
+            self._buf = b"".join([self._buf, *self._more])
+            self._more, self._need = [], 0
+        else:
+            self._buf = self._buf + data if self._buf else data
+        self._process()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        if self._buf or self._more:
+            # A half-sent request: aiohttp answers it and decides whether to close.
+            return self._hand_over()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timers()
+
+    def shutdown(self) -> None:
+        """The node is stopping: aiohttp takes the connection, so it is drained and closed
+        exactly like aiohttp's own (a request racing in is answered `Connection: close`)."""
+        self._hand_over()
+
+    def pause_writing(self) -> None:
+        # The peer does not read its responses: stop reading its requests too.
+        self._write_paused = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._transport is not None and not self.handed_over:
+            self._transport.resume_reading()
+            if not self._need:
+                self._process()
+
+    # ------------------------------------------------------------------ internals
+
+    def _process(self) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing() or self.handed_over:
+            return
+        buf, pos, answered = self._buf, 0, False
+        out: list[bytes] = []
+        size = 0
+        while pos < len(buf) and not self._write_paused:
+            end = buf.find(b"\r\n\r\n", pos)
+            if end < 0:
+                if len(buf) - pos > MAX_HEAD:
+                    break  # hand over below
+                self._wait(buf[pos:], 0, out, answered)
+                return
+            parsed = parse_head(buf[pos:end])
+            if parsed is None:
+                break
+            method, target, headers = parsed
+            length_raw = headers.get(_CONTENT_LENGTH, b"0")
+            if not length_raw.isdigit() or len(length_raw) > 12:
+                break
+            length = int(length_raw)
+            if length > self._fast.max_body:
+                break
+            body_end = end + 4 + length
+            if body_end > len(buf):
+                self._wait(buf[pos:], body_end - pos, out, answered)
+                return
+            response = self._fast.answer(method, target, headers, buf, end + 4, body_end)
+            if response is None:
+                break
+            out.append(response)
+            size += len(response)
+            pos, answered = body_end, True
+            if size >= WRITE_CHUNK:  # may pause writing: then the loop stops here
+                self._flush(out)
+                out, size = [], 0
+        else:
+            # Everything received was answered (or writing paused with requests waiting).
+            self._buf = buf[pos:]
+            self._flush(out)
+            self._disarm_stall()
+            self._last = asyncio.get_running_loop().time()
+            return
+        self._buf = buf[pos:]
+        self._flush(out)
+        self._hand_over()
+
+    def _wait(self, rest: bytes, need: int, out: list[bytes], answered: bool) -> None:
+        """Keep `rest` (an incomplete request; `need`: its full size when known) and wait."""
+        self._buf = rest
+        if need:
+            self._need, self._have = need, len(rest)
+        self._flush(out)
+        if answered:
+            self._disarm_stall()  # the stall clock runs per request
+        self._arm_stall()
+
+    def _flush(self, out: list[bytes]) -> None:
+        if out and self._transport is not None:
+            self._transport.write(b"".join(out) if len(out) > 1 else out[0])
+
+    def _hand_over(self) -> bool:
+        """Give the connection, with every unanswered byte, to aiohttp for good; returns what
+        aiohttp's `eof_received` answered when the peer had already half-closed."""
+        transport = self._transport
+        if transport is None or self.handed_over or transport.is_closing():
+            return False
+        self.handed_over = True
+        self._cancel_timers()
+        inner = self._fallback()
+        transport.set_protocol(inner)
+        inner.connection_made(transport)
+        if self._write_paused:
+            inner.pause_writing()
+        transport.resume_reading()  # aiohttp keeps its own flow control from here
+        rest = b"".join([self._buf, *self._more]) if self._more else self._buf
+        self._buf, self._more, self._need = b"", [], 0
+        if rest:
+            inner.data_received(rest)
+        if self._eof and not transport.is_closing():
+            return bool(inner.eof_received())
+        return False
+
+    # The stall clock: `_waiting_since` is when the incomplete request began to wait; one
+    # timer per connection checks it and re-arms itself while requests keep completing, so a
+    # large body arriving in several reads costs no timer of its own.
+
+    def _arm_stall(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._waiting_since is None:
+            self._waiting_since = loop.time()
+        if self._stall is None:
+            self._stall = loop.call_at(self._waiting_since + STALL_SECS, self._stalled)
+
+    def _disarm_stall(self) -> None:
+        self._waiting_since = None
+
+    def _stalled(self) -> None:
+        self._stall = None
+        since = self._waiting_since
+        if since is None:
+            return  # nothing is waiting: the next wait arms the clock again
+        loop = asyncio.get_running_loop()
+        if loop.time() < since + STALL_SECS:
+            self._stall = loop.call_at(since + STALL_SECS, self._stalled)
+            return
+        self._hand_over()
+
+    def _check_idle(self) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing() or self.handed_over:
+            return
+        loop = asyncio.get_running_loop()
+        idle_until = self._last + IDLE_SECS
+        if self._buf or self._more or loop.time() < idle_until:
+            self._idle = loop.call_at(max(idle_until, loop.time() + 1.0), self._check_idle)
+            return
+        transport.close()
+
+    def _cancel_timers(self) -> None:
+        self._waiting_since = None
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None

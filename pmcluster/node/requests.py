@@ -1,0 +1,130 @@
+"""Request parsing shared by the node's HTTP handlers and its HTTP fast path: key and tree
+paths from the raw target, the version header, the bounded body read, the JSON answers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from pmcluster.errors import InvalidPath, InvalidRequest, PayloadTooLarge
+from pmcluster.node.appstate import BACKEND_KEY, LOCAL_BACKEND_KEY, STATE_KEY
+from pmcluster.protocol import paths
+from pmcluster.protocol.backend import Backend
+from pmcluster.protocol.http import FORWARDED_HEADER, MAX_VERSION, TOMBSTONE_HEADER, VERSION_HEADER
+
+BODY_TIMEOUT_FACTOR = 5.0  # a body must arrive within request_timeout_secs * this
+
+
+def _remainder(request: web.Request, prefix: str) -> str:
+    """The raw (still percent-encoded) part of the request target after `prefix`."""
+    raw = request.raw_path.split("?", 1)[0]
+    if not raw.startswith(prefix):
+        raise InvalidPath(f"request target must start with {prefix} (encode only the path)")
+    return raw[len(prefix) :]
+
+
+def request_key(request: web.Request, prefix: str) -> str:
+    """A path naming one key: the root and the empty path are refused."""
+    return key_path(_remainder(request, prefix), prefix)
+
+
+def key_path(raw: str, prefix: str) -> str:
+    """The key named by `raw`, the percent-encoded remainder of a target after `prefix`."""
+    if not raw:
+        raise InvalidPath("empty path: a key path is required after " + prefix)
+    path = paths.from_url(raw)  # decoded and normalised
+    if path == "/":
+        raise InvalidPath("the root '/' is not a key")
+    return path
+
+
+def request_tree(request: web.Request, prefix: str) -> str:
+    """A path naming a subtree: an empty remainder means the root `/`."""
+    raw = _remainder(request, prefix)
+    return paths.from_url(raw)  # "" decodes to "/"
+
+
+def request_version(request: web.Request) -> int | None:
+    return parse_version(request.headers.get(VERSION_HEADER))
+
+
+def parse_version(raw: str | None) -> int | None:
+    """`X-Pulse-Version` as a non-negative i64; absent or 0 means "now" (store's clock)."""
+    if raw is None:
+        return None
+    text = raw.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 19 or int(text) > MAX_VERSION:
+        raise InvalidRequest(f"{VERSION_HEADER} must be an integer in [0, 2^63): {raw[:40]!r}")
+    return int(text) or None
+
+
+def request_backend(request: web.Request) -> Backend:
+    if request.headers.get(FORWARDED_HEADER) == "1":
+        return request.app[LOCAL_BACKEND_KEY]
+    coordinator = request.app[STATE_KEY].coordinator
+    return coordinator if coordinator is not None else request.app[BACKEND_KEY]
+
+
+async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
+    """The whole body, at most `limit` bytes, arriving within `timeout` seconds."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"body of {length} bytes exceeds the limit of {limit} bytes")
+    content = request.content
+    if content.is_eof() and content.exception() is None:
+        # Fast path (the usual heartbeat): the whole body arrived with the headers, so take it
+        # without a timeout context and a read loop (measured: ~4% of a PUT's CPU).
+        body = content.read_nowait()
+        if len(body) > limit:
+            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+        return body
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout):
+            while chunk := await request.content.readany():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(text=f"body not received within {timeout:g}s") from None
+    except ConnectionError:
+        raise InvalidRequest("connection lost before the body was complete") from None
+    except RuntimeError as exc:
+        # aiohttp raises a bare RuntimeError("Connection closed.") when the peer left while
+        # the body was awaited (seen by the fuzzer): the same as a lost connection.
+        if "closed" not in str(exc).lower():
+            raise
+        raise InvalidRequest("connection lost before the body was complete") from None
+    except HttpProcessingError as exc:  # e.g. a malformed chunked encoding
+        raise InvalidRequest(f"malformed body: {exc.message}") from None
+    return b"".join(chunks)
+
+
+# --- responses ---------------------------------------------------------------------------------
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    """A JSON answer (every route of the API, admin routes included)."""
+    return web.Response(
+        status=status, body=json.dumps(data).encode(), content_type="application/json"
+    )
+
+
+def error_response(status: int, error: str, detail: str) -> web.Response:
+    """The one error body shape: `{"error": short name, "detail": reason}`."""
+    return json_response({"error": error, "detail": detail}, status)
+
+
+def absent_response(request: web.Request, path: str, tombstone: int) -> web.Response:
+    headers = {TOMBSTONE_HEADER: str(tombstone)} if tombstone > 0 else {}
+    if request.method == "HEAD":
+        return web.Response(status=404, headers=headers)
+    response = error_response(404, "not_found", f"no pulse at {path}")
+    response.headers.update(headers)
+    return response

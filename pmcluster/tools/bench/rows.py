@@ -1,0 +1,501 @@
+"""The benchmark's rows: each starts (or reuses) what it measures, drives it, returns a `Row`.
+
+Every server is a real process on loopback (nodes through `localcluster.NodeProcess` on
+127.0.0.x, ZooKeeper from its jars, the baseline dict server), stopped by PID when the run
+ends. Node processes run with `PYTHONDONTWRITEBYTECODE=1` and log level WARNING, so any byte
+they write to disk is the node's own doing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from pmcluster.protocol import pulsecodec
+from pmcluster.tools.bench import storm, zk
+from pmcluster.tools.bench.baseline import BaselineProcess
+from pmcluster.tools.bench.load import (
+    HttpSpec,
+    Measured,
+    RingSpec,
+    drive,
+    http_load,
+    ring_load,
+    split,
+    spread,
+)
+from pmcluster.tools.bench.procstats import ProcSample, dir_disk_bytes, sample, sample_sum
+from pmcluster.tools.bench.report import Progress, Row, percentile
+from pmcluster.tools.localcluster import ManagedZooKeeper, NodeCluster, NodeProcess, free_port
+
+__all__ = ["ALL_ROWS", "Bench", "Plan", "storm_paths"]
+
+ALL_ROWS = ("zk", "baseline", "put", "batch", "storm", "cluster", "read", "memory")
+_MiB = 1024 * 1024
+_POPULATE_BATCH = 1000  # heartbeats per POST /v1/batch while filling a store
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The workload: sizes, durations and which rows run."""
+
+    workers: int
+    payload: int
+    read_payload: int
+    duration: float
+    warmup: float
+    concurrency: int
+    topologies: int
+    batch: int
+    clients: int
+    memory_keys: int
+    read_rounds: int
+    zookeeper: bool
+    rows: tuple[str, ...]
+    workdir: Path
+    storm_connections: int = 8
+    storm_depth: int = 100  # SEND_PULSEs in flight per Storm connection (Storm's client: 100)
+
+
+def storm_paths(count: int, topologies: int, root: str = "/workerbeats") -> list[str]:
+    """Storm-shaped worker heartbeat paths: `<root>/<storm-id>/<supervisor-uuid>-<port>`."""
+    return [
+        f"{root}/topology-{i % topologies:03d}-1-1700000000/"
+        f"{uuid.UUID(int=0x5EED << 64 | i // 4)}-{6700 + i % 4}"
+        for i in range(count)
+    ]
+
+
+def _node_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def _node_yaml(host: str, port: int, servers: Sequence[str]) -> dict[str, Any]:
+    return {
+        "pacemaker.host": host,
+        "pacemaker.port": port,
+        "pacemaker.servers": list(servers),
+        "pmcluster.log.level": "WARNING",
+    }
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else value * 1000.0
+
+
+def _write_row(name: str, system: str, measured: Measured, **extra: Any) -> Row:
+    beats = measured.heartbeats
+    return Row(
+        name=name,
+        system=system,
+        heartbeats_per_sec=beats / measured.seconds,
+        p50_ms=_ms(percentile(measured.latencies, 0.50)),
+        p99_ms=_ms(percentile(measured.latencies, 0.99)),
+        cpu_us_per_hb=measured.server.cpu_secs * 1e6 / beats if beats else None,
+        cpu_cores=measured.server.cpu_secs / measured.seconds,
+        rss_mb=measured.server.rss_bytes / _MiB,
+        disk_bytes=measured.server.write_bytes,
+        errors=measured.errors,
+        extra={
+            "seconds": measured.seconds,
+            "requests": measured.requests,
+            "client_cores": measured.client_cpu_secs / measured.seconds,
+            "load_average_1m": os.getloadavg()[0],
+            **extra,
+        },
+    )
+
+
+class Bench:
+    """Runs the rows of a `Plan`, owning every process it starts (closed by `close`)."""
+
+    def __init__(self, plan: Plan, progress: Progress) -> None:
+        self.plan = plan
+        self.progress = progress
+        self._stack = contextlib.ExitStack()
+        self._zk: ManagedZooKeeper | None = None
+        self._node: NodeProcess | None = None
+        self._cluster: NodeCluster | None = None
+        self.write_paths = storm_paths(plan.workers, plan.topologies)
+        self.node_lifetime_writes = 0  # write_bytes of every node process, start to stop
+
+    def close(self) -> None:
+        self.stop_node()
+        self.stop_cluster()
+        self._stack.close()
+
+    def _retire_nodes(self, nodes: Sequence[NodeProcess]) -> None:
+        """Note the nodes' lifetime disk writes, then SIGKILL them by PID."""
+        for node in nodes:
+            if node.running():
+                with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                    self.node_lifetime_writes += sample(node.pid).write_bytes
+            node.kill()
+
+    def stop_zookeeper(self) -> None:
+        if self._zk is not None:
+            self._zk.stop()
+            self._zk = None
+
+    def stop_node(self) -> None:
+        if self._node is not None:
+            self._retire_nodes([self._node])
+            self._node = None
+
+    def stop_cluster(self) -> None:
+        if self._cluster is not None:
+            self._retire_nodes(self._cluster.nodes)
+            self._cluster = None
+
+    # --- shared servers ----------------------------------------------------------------------
+
+    def zookeeper(self) -> ManagedZooKeeper:
+        if self._zk is None:
+            self.progress.step("starting ZooKeeper 3.8 (tickTime 2000, data dir on disk)")
+            server = zk.start_zookeeper(self.plan.workdir)
+            self._stack.callback(server.stop)
+            self._zk = server
+        return self._zk
+
+    def node(self) -> NodeProcess:
+        if self._node is None:
+            port = free_port("127.0.0.1")
+            node = NodeProcess(
+                _node_yaml("127.0.0.1", port, ["127.0.0.1"]),
+                workdir=self.plan.workdir,
+                env=_node_env(),
+            )
+            self.progress.step(f"starting a pmcluster node on 127.0.0.1:{port}")
+            self._stack.enter_context(node)
+            self._node = node
+        return self._node
+
+    def cluster(self) -> NodeCluster:
+        if self._cluster is None:
+            cluster = NodeCluster(
+                3,
+                workdir=self.plan.workdir,
+                extra={"pmcluster.replication": 2, "pmcluster.log.level": "WARNING"},
+                env=_node_env(),
+            )
+            self.progress.step(f"starting 3 nodes on 127.0.0.1-3:{cluster.port} (replication 2)")
+            self._stack.enter_context(cluster)
+            self._cluster = cluster
+        return self._cluster
+
+    def _drive(
+        self, label: str, target: Any, specs: Sequence[Any], pids: Sequence[int], per: str = "hb"
+    ) -> Measured:
+        plan = self.plan
+        tick = self.progress.ticker(label, plan.duration, per)
+        return drive(
+            target,
+            specs,
+            warmup=plan.warmup,
+            duration=plan.duration,
+            server_pids=pids,
+            progress=tick,
+        )
+
+    def _deal(self, paths: Sequence[str], total: int) -> list[tuple[tuple[str, ...], int]]:
+        """(paths, share of `total`) for each client process: its own keys, its connections."""
+        clients = self.plan.clients
+        return list(zip(split(paths, clients), spread(total, clients), strict=True))
+
+    def _http_specs(self, host: str, port: int, kind: str, forwarded: bool) -> list[HttpSpec]:
+        plan = self.plan
+        return [
+            HttpSpec(host, port, kind, paths, plan.payload, n, plan.batch, forwarded)
+            for paths, n in self._deal(self.write_paths, plan.concurrency)
+        ]
+
+    # --- rows ----------------------------------------------------------------------------------
+
+    def row_zk(self) -> Row:
+        plan = self.plan
+        server = self.zookeeper()
+        self.progress.step(f"zk-write: creating {plan.workers:,} znodes of {plan.payload} B")
+        paths = storm_paths(plan.workers, plan.topologies, "/storm/workerbeats")
+        zk.populate_zookeeper(server.hosts, paths, plan.payload)
+        specs = [
+            zk.ZkSpec(server.hosts, part, plan.payload, n)
+            for part, n in self._deal(paths, plan.concurrency)
+        ]
+        disk_before = dir_disk_bytes(server.data_dir)
+        measured = self._drive("zk-write", zk.zk_load, specs, [server.pid])
+        return _write_row(
+            "zk-write",
+            f"ZooKeeper 3.8 (1 server, fsync on), kazoo set_async, {plan.concurrency} in flight "
+            f"over {plan.clients} sessions, {plan.payload} B",
+            measured,
+            data_dir_growth_bytes=dir_disk_bytes(server.data_dir) - disk_before,
+        )
+
+    def row_baseline(self) -> Row:
+        plan = self.plan
+        port = free_port("127.0.0.1")
+        server = BaselineProcess("127.0.0.1", port, plan.workdir / "baseline.log").start()
+        self._stack.callback(server.stop)
+        self.progress.step(f"baseline: bare aiohttp dict server on 127.0.0.1:{port}")
+        specs = self._http_specs("127.0.0.1", port, "put", forwarded=False)
+        measured = self._drive("baseline", http_load, specs, [server.pid])
+        server.stop()
+        return _write_row(
+            "baseline",
+            f"bare aiohttp dict server (web.Application, one route), one PUT per heartbeat, "
+            f"{plan.concurrency} connections from {plan.clients} processes",
+            measured,
+        )
+
+    def row_put(self) -> Row:
+        plan = self.plan
+        node = self.node()
+        specs = self._http_specs(node.host, node.port, "put", forwarded=True)
+        measured = self._drive("node-put", http_load, specs, [node.pid])
+        return _write_row(
+            "node-put",
+            f"pmcluster node, one PUT /v1/pulse per heartbeat, {plan.concurrency} keep-alive "
+            f"connections from {plan.clients} processes",
+            measured,
+            pmcluster_node=True,
+        )
+
+    def row_batch(self) -> Row:
+        plan = self.plan
+        node = self.node()
+        specs = self._http_specs(node.host, node.port, "batch", forwarded=True)
+        measured = self._drive("node-batch", http_load, specs, [node.pid])
+        return _write_row(
+            "node-batch",
+            f"pmcluster node, POST /v1/batch of {plan.batch} heartbeats (pulse-list encoding), "
+            f"{plan.concurrency} connections: a supervisor sending its workers' heartbeats",
+            measured,
+            pmcluster_node=True,
+            batch=plan.batch,
+        )
+
+    def row_storm(self) -> Row:
+        plan = self.plan
+        node = self.node()
+        connections = max(plan.storm_connections, plan.clients)
+        specs = [
+            storm.StormSpec(node.host, node.port, part, plan.payload, n * plan.storm_depth, n)
+            for part, n in self._deal(self.write_paths, connections)
+        ]
+        measured = self._drive("storm-put", storm.storm_load, specs, [node.pid])
+        return _write_row(
+            "storm-put",
+            f"pmcluster node, Storm protocol: one SEND_PULSE per heartbeat, "
+            f"{plan.storm_depth} in flight pipelined on each of "
+            f"{sum(s.connections for s in specs)} connections",
+            measured,
+            pmcluster_node=True,
+        )
+
+    def row_read_storm(self) -> Row:
+        plan = self.plan
+        node = self.node()
+        root = "/stormbeats"
+        paths = storm_paths(plan.workers, plan.topologies, root)
+        self.progress.step(
+            f"read-storm: storing {plan.workers:,} heartbeats of {plan.read_payload} B over the "
+            "Storm protocol"
+        )
+        asyncio.run(storm.storm_populate(node.host, node.port, paths, plan.read_payload))
+        return self._read_rounds(
+            "read-storm",
+            f"Nimbus round on one node over the Storm protocol: GET_ALL_NODES_FOR_PATH + "
+            f"GET_ALL_PULSE_FOR_PATH per topology ({plan.workers:,} workers, "
+            f"{plan.read_payload} B)",
+            [node.pid],
+            lambda: asyncio.run(storm.storm_read_round(node.host, node.port, root)),
+            pmcluster_node=True,
+        )
+
+    def row_cluster(self) -> Row:
+        plan = self.plan
+        cluster = self.cluster()
+        specs = [
+            RingSpec(tuple(cluster.hosts), cluster.port, 2, part, plan.payload, n)
+            for part, n in self._deal(self.write_paths, plan.concurrency)
+        ]
+        pids = [node.pid for node in cluster.nodes]
+        measured = self._drive("cluster3-put", ring_load, specs, pids)
+        return _write_row(
+            "cluster3-put",
+            f"3 nodes, replication 2, ring-aware ClusterClient.send_pulse, {plan.concurrency} "
+            f"in flight from {plan.clients} processes (CPU is the sum of the 3 nodes)",
+            measured,
+            pmcluster_node=True,
+        )
+
+    def row_read_zookeeper(self) -> Row:
+        plan = self.plan
+        server = self.zookeeper()
+        root = "/storm/readbeats"
+        paths = storm_paths(plan.workers, plan.topologies, root)
+        self.progress.step(
+            f"read-zookeeper: creating {plan.workers:,} znodes of {plan.read_payload} B"
+        )
+        zk.populate_zookeeper(server.hosts, paths, plan.read_payload)
+        return self._read_rounds(
+            "read-zookeeper",
+            f"Nimbus round on ZooKeeper: get_children per topology + get_async of all "
+            f"{plan.workers:,} workers ({plan.read_payload} B)",
+            [server.pid],
+            lambda: zk.zk_read_round(server.hosts, root),
+        )
+
+    def row_read_pmcluster(self) -> Row:
+        plan = self.plan
+        cluster = self.cluster()
+        root = "/readbeats"
+        paths = storm_paths(plan.workers, plan.topologies, root)
+        self.progress.step(
+            f"read-pmcluster: storing {plan.workers:,} heartbeats of "
+            f"{plan.read_payload} B through the ring-aware client"
+        )
+        servers, port = tuple(cluster.hosts), cluster.port
+        asyncio.run(_ring_populate(servers, port, paths, plan.read_payload))
+        return self._read_rounds(
+            "read-pmcluster",
+            f"Nimbus round on the 3-node cluster: ClusterClient get_all_nodes_for_path + "
+            f"get_all_pulse_for_path per topology ({plan.workers:,} workers, "
+            f"{plan.read_payload} B)",
+            [node.pid for node in cluster.nodes],
+            lambda: asyncio.run(_ring_read_round(servers, port, root)),
+            pmcluster_node=True,
+        )
+
+    def _read_rounds(
+        self,
+        name: str,
+        system: str,
+        pids: Sequence[int],
+        one_round: Callable[[], tuple[float, int, int]],
+        **extra: Any,
+    ) -> Row:
+        plan = self.plan
+        one_round()  # warm-up round (connections, JIT), not counted
+        before = sample_sum(pids)
+        times: list[float] = []
+        for n in range(plan.read_rounds):
+            seconds, count, size = one_round()
+            if count != plan.workers or size != plan.workers * plan.read_payload:
+                raise RuntimeError(
+                    f"{name}: read {count} heartbeats / {size} B, expected "
+                    f"{plan.workers} / {plan.workers * plan.read_payload}"
+                )
+            times.append(seconds)
+            self.progress.step(f"  {name}: round {n + 1}/{plan.read_rounds} {seconds:.3f}s")
+        used: ProcSample = sample_sum(pids) - before
+        beats = plan.workers * plan.read_rounds
+        median = statistics.median(times)
+        return Row(
+            name=name,
+            system=system,
+            heartbeats_per_sec=plan.workers / median,
+            p50_ms=_ms(percentile(times, 0.5)),
+            p99_ms=_ms(percentile(times, 0.99)),
+            cpu_us_per_hb=used.cpu_secs * 1e6 / beats,
+            cpu_cores=used.cpu_secs / sum(times),
+            rss_mb=used.rss_bytes / _MiB,
+            disk_bytes=used.write_bytes,
+            extra={"seconds": sum(times), "round_secs": median, "rounds": times, **extra},
+        )
+
+    def row_memory(self) -> Row:
+        plan = self.plan
+        port = free_port("127.0.0.1")
+        node = NodeProcess(
+            _node_yaml("127.0.0.1", port, ["127.0.0.1"]),
+            workdir=plan.workdir / "memory",
+            env=_node_env(),
+        )
+        self.progress.step(
+            f"memory: a fresh node on 127.0.0.1:{port}, {plan.memory_keys:,} keys "
+            f"of {plan.payload} B"
+        )
+        with node:
+            warm = storm_paths(1000, plan.topologies, "/warmup")
+            asyncio.run(_http_populate(node.url, warm, plan.payload))
+            before = sample(node.pid)
+            paths = storm_paths(plan.memory_keys, max(plan.topologies, plan.memory_keys // 10_000))
+            started = time.monotonic()
+            asyncio.run(_http_populate(node.url, paths, plan.payload))
+            seconds = time.monotonic() - started
+            time.sleep(0.5)  # let the allocator settle before reading RSS
+            after = sample(node.pid)
+            self._retire_nodes([node])
+        per_key = (after.rss_bytes - before.rss_bytes) / plan.memory_keys
+        return Row(
+            name="memory",
+            system=f"pmcluster node RSS growth for {plan.memory_keys:,} Storm-shaped keys of "
+            f"{plan.payload} B (stored by POST /v1/batch)",
+            heartbeats_per_sec=plan.memory_keys / seconds,
+            cpu_us_per_hb=(after.cpu_secs - before.cpu_secs) * 1e6 / plan.memory_keys,
+            rss_mb=after.rss_bytes / _MiB,
+            disk_bytes=after.write_bytes - before.write_bytes,
+            extra={
+                "seconds": seconds,
+                "rss_bytes_per_key": per_key,
+                "keys": plan.memory_keys,
+                "rss_before_mb": before.rss_bytes / _MiB,
+                "pmcluster_node": True,
+            },
+        )
+
+
+async def _http_populate(url: str, paths: Sequence[str], payload: int) -> None:
+    data = b"m" * payload
+    async with aiohttp.ClientSession() as session:
+        for start in range(0, len(paths), _POPULATE_BATCH):
+            group = paths[start : start + _POPULATE_BATCH]
+            body = pulsecodec.encode([(path, data, None) for path in group])
+            headers = {"Content-Type": pulsecodec.MEDIA_TYPE, "X-Pmcluster-Forwarded": "1"}
+            async with session.post(f"{url}/v1/batch", data=body, headers=headers) as response:
+                response.raise_for_status()
+
+
+def _ring_config(servers: tuple[str, ...], port: int) -> Any:
+    from pmcluster.config import Config
+
+    return Config(servers=servers, port=port, replication=2, request_timeout_secs=30.0)
+
+
+async def _ring_populate(
+    servers: tuple[str, ...], port: int, paths: Sequence[str], payload: int
+) -> None:
+    from pmcluster.client import ClusterClient
+
+    data = b"r" * payload
+    async with ClusterClient(_ring_config(servers, port)) as client:
+        for start in range(0, len(paths), _POPULATE_BATCH):
+            group = paths[start : start + _POPULATE_BATCH]
+            await client.send_pulses([(path, data) for path in group])
+
+
+async def _ring_read_round(
+    servers: tuple[str, ...], port: int, root: str
+) -> tuple[float, int, int]:
+    from pmcluster.client import ClusterClient
+
+    async with ClusterClient(_ring_config(servers, port)) as client:
+        started = time.monotonic()
+        topologies = await client.get_all_nodes_for_path(root)
+        results = await asyncio.gather(
+            *(client.get_all_pulse_for_path(f"{root}/{t}") for t in topologies)
+        )
+        seconds = time.monotonic() - started
+    pulses = [p for result in results for p in result]
+    return seconds, len(pulses), sum(len(p.data) for p in pulses)
