@@ -124,7 +124,7 @@ def cmd_members(args: argparse.Namespace) -> int:
 
 
 def cmd_ring(args: argparse.Namespace) -> int:
-    from pmcluster.ring import Ring, balance_estimate
+    from pmcluster.ring import Ring, balance_estimate, balance_summary
 
     config = _client_config(args)
     with _client(args, config) as client:
@@ -145,7 +145,7 @@ def cmd_ring(args: argparse.Namespace) -> int:
     for node_id, count in sorted(counts.items()):
         print(f"  {node_id:24} {count:8}  {count / mean if mean else 0:.3f} x mean")
     if mean:
-        print(f"max/mean = {max(counts.values()) / mean:.3f}")
+        print(f"max/mean = {balance_summary(counts)['max_over_mean']:.3f}")
     return EXIT_OK
 
 

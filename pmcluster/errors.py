@@ -56,5 +56,13 @@ class ClusterUnavailable(PmclusterError):
     """No owner of a path could serve a request (HTTP 503)."""
 
 
+class HttpStatusError(PmclusterError):
+    """A node answered outside 2xx where the caller needed success (operator tools)."""
+
+    def __init__(self, what: str, status: int, detail: str = "") -> None:
+        super().__init__(f"{what}: HTTP {status}" + (f": {detail}" if detail else ""))
+        self.status = status
+
+
 class ProtocolError(PmclusterError):
     """A peer sent something that breaks the wire contract."""

@@ -130,13 +130,9 @@ class Ring:
 
         Capped at the number of members; empty for an empty ring. The first is the primary.
         """
-        keys = self._keys
-        count = len(keys)
-        if not count:
+        if not self._keys:
             return ()
-        pos = bisect_right(keys, int.from_bytes(md5(str(path).encode()).digest(), "big"))
-        if pos == count:
-            pos = 0
+        pos = self._position(path)
         members = self.members
         wanted = self._wanted
         if wanted == 1:
@@ -148,12 +144,14 @@ class Ring:
 
     def primary(self, path: str) -> Member:
         """The first owner of `path`; `ClusterUnavailable` when the ring has no members."""
-        keys = self._keys
-        count = len(keys)
-        if not count:
+        if not self._keys:
             raise ClusterUnavailable(f"ring {self.epoch} has no members")
-        pos = bisect_right(keys, int.from_bytes(md5(str(path).encode()).digest(), "big"))
-        return self.members[self._owner_index[pos if pos < count else 0]]
+        return self.members[self._owner_index[self._position(path)]]
+
+    def _position(self, path: str) -> int:
+        """Index of the first point clockwise from `path`'s hash (the ring is not empty)."""
+        pos = bisect_right(self._keys, hash_key(str(path)))
+        return 0 if pos == len(self._keys) else pos
 
     def member(self, node_id: str) -> Member | None:
         """The member with this id, or None when it is not in this ring."""

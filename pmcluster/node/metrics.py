@@ -100,9 +100,6 @@ class GaugeChild:
     def inc(self, amount: float = 1.0) -> None:
         self.value += amount
 
-    def dec(self, amount: float = 1.0) -> None:
-        self.value -= amount
-
     def set_function(self, function: Callable[[], float] | None) -> None:
         """Compute the value with `function` whenever it is read (None: back to `set`)."""
         self._function = function

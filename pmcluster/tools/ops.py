@@ -32,6 +32,7 @@ from typing import Any
 
 import aiohttp
 
+from pmcluster.auth.tls import tls_enabled
 from pmcluster.client import ClusterClient
 from pmcluster.config import Config, load_config
 from pmcluster.errors import PmclusterError
@@ -64,9 +65,9 @@ class NodeView:
     replication: int
 
 
-def _url_of(node_id: str) -> str:
+def _url_of(http: OpsHttp, node_id: str) -> str:
     host, _, port = node_id.rpartition(":")
-    return base_url(host.strip("[]"), int(port))
+    return http.url(host.strip("[]"), int(port))
 
 
 async def fetch_view(http: OpsHttp, url: str, timeout: float) -> NodeView:
@@ -77,10 +78,10 @@ async def fetch_view(http: OpsHttp, url: str, timeout: float) -> NodeView:
     for item in doc.get("members", []):
         if isinstance(item, dict):
             node_id = str(item["node_id"])
-            addresses[node_id] = base_url(str(item["host"]), int(item["port"]))
+            addresses[node_id] = http.url(str(item["host"]), int(item["port"]))
         else:
             node_id = str(item)
-            addresses[node_id] = _url_of(node_id)
+            addresses[node_id] = _url_of(http, node_id)
         members.append(node_id)
     return NodeView(
         node_id=str(doc.get("node")),
@@ -99,7 +100,7 @@ async def gather_views(
     async def one(url: str) -> NodeView | None:
         try:
             return await fetch_view(http, url, timeout)
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError, KeyError):
+        except (aiohttp.ClientError, TimeoutError, OSError, PmclusterError, ValueError, KeyError):
             return None
 
     views = await asyncio.gather(*(one(u) for u in urls.values()))
@@ -124,7 +125,8 @@ async def membership_urls(config: Config) -> dict[str, str]:
     """node_id -> base URL of every member, from ZooKeeper or the seeds' own view."""
     async with ClusterClient(config) as client:
         snapshot = await client.members()
-    return {m.node_id: base_url(m.host, m.port) for m in snapshot.members}
+    tls = tls_enabled(config)
+    return {m.node_id: base_url(m.host, m.port, tls=tls) for m in snapshot.members}
 
 
 async def wait_converged(
@@ -138,7 +140,7 @@ async def wait_converged(
     and exclude `must_not_list`; (epoch, views). Raises `OpsError` on timeout."""
     wanted, unwanted = set(must_list), set(must_not_list)
     urls = await membership_urls(config)
-    urls.update({n: _url_of(n) for n in wanted if n not in urls})
+    urls.update({n: _url_of(http, n) for n in wanted if n not in urls})
     deadline = time.monotonic() + timeout
     views: dict[str, NodeView | None] = {}
     while True:
@@ -211,7 +213,7 @@ def start_detached(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
 async def add_node(args: argparse.Namespace, out: dict[str, Any]) -> None:
     config_path = Path(args.config).resolve()
     config = load_config(config_path)
-    node_id, url = config.node_id, base_url(config.host, config.port)
+    node_id, url = config.node_id, base_url(config.host, config.port, tls=tls_enabled(config))
     out["node"] = node_id
     async with OpsHttp(config) as http:
         proc: subprocess.Popen[bytes] | None = None
@@ -323,7 +325,7 @@ async def follow_drain(http: OpsHttp, url: str, deadline: float) -> dict[str, An
         wait = max(min(deadline - time.monotonic(), 5.0), 0.1)
         try:
             last = await http.get_json(f"{url}{DRAIN_ROUTE}?wait={wait:.1f}", timeout=wait + 5)
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+        except (aiohttp.ClientError, TimeoutError, OSError, PmclusterError, ValueError) as exc:
             if last.get("state") in ("stopping", "done"):
                 return {**last, "state": "done"}
             if time.monotonic() > deadline:

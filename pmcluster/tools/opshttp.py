@@ -1,7 +1,9 @@
 """HTTP from the operator tools (status, add-node, remove-node) to one node, with the cluster's
-credentials: when `pacemaker.auth.method` is not NONE, requests carry the JAAS user's
-credentials and answer the node's challenge once (`pmcluster.auth.client`), so the gated
-routes (`/v1/members`, the admin routes) work from an operator's machine too."""
+credentials and transport: when `pacemaker.auth.method` is not NONE, requests carry the JAAS
+user's credentials and answer the node's challenge once (`pmcluster.auth.client`), so the
+gated routes (`/v1/members`, the admin routes) work from an operator's machine too; when the
+configuration speaks TLS (`pmcluster.tls.*`), URLs are `https` and certificates are verified
+with the same context the cluster client uses (`pmcluster.auth.tls`)."""
 
 from __future__ import annotations
 
@@ -12,14 +14,17 @@ import aiohttp
 from yarl import URL
 
 from pmcluster.auth.client import RequestAuth, make_request_auth
+from pmcluster.auth.tls import client_ssl_context, tls_enabled
 from pmcluster.config import Config
+from pmcluster.errors import HttpStatusError
 
 __all__ = ["OpsHttp", "base_url"]
 
 
-def base_url(host: str, port: int) -> str:
-    """`http://host:port`, bracketing an IPv6 literal."""
-    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+def base_url(host: str, port: int, *, tls: bool = False) -> str:
+    """`http://host:port` (`https` with `tls`), bracketing an IPv6 literal."""
+    scheme = "https" if tls else "http"
+    return f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}"
 
 
 class OpsHttp:
@@ -28,10 +33,17 @@ class OpsHttp:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._auth: RequestAuth | None = make_request_auth(config)
+        self._tls = tls_enabled(config)
+        self._ssl = client_ssl_context(config)
         self._session: aiohttp.ClientSession | None = None
 
+    def url(self, host: str, port: int) -> str:
+        """The base URL of the node at host:port, in this configuration's scheme."""
+        return base_url(host, port, tls=self._tls)
+
     async def __aenter__(self) -> OpsHttp:
-        self._session = aiohttp.ClientSession()
+        connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else True)
+        self._session = aiohttp.ClientSession(connector=connector)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -62,9 +74,14 @@ class OpsHttp:
                 if pending is None or not await pending.finish(resp.status, resp.headers):
                     return resp.status, raw
 
-    async def get_json(self, url: str, *, timeout: float | None = None) -> Any:
-        """GET a JSON document; a non-2xx status raises `ValueError` naming it."""
+    async def get_text(self, url: str, *, timeout: float | None = None) -> str:
+        """GET a body as text; a non-2xx status raises `HttpStatusError` naming it."""
         status, raw = await self.request("GET", url, timeout=timeout)
         if not 200 <= status < 300:
-            raise ValueError(f"GET {url}: HTTP {status}: {raw[:200].decode(errors='replace')}")
-        return json.loads(raw)
+            raise HttpStatusError(f"GET {url}", status, raw[:200].decode(errors="replace"))
+        return raw.decode(errors="replace")
+
+    async def get_json(self, url: str, *, timeout: float | None = None) -> Any:
+        """GET a JSON document; a non-2xx status raises `HttpStatusError`, a body that is not
+        JSON `ValueError`."""
+        return json.loads(await self.get_text(url, timeout=timeout))

@@ -21,7 +21,7 @@ import aiohttp
 from pmcluster.client import ClusterClient
 from pmcluster.config import Config, add_client_arguments, client_config
 from pmcluster.errors import PmclusterError
-from pmcluster.tools.opshttp import OpsHttp, base_url
+from pmcluster.tools.opshttp import OpsHttp
 
 OK, DEGRADED, DOWN = "OK", "DEGRADED", "DOWN"
 EXIT_CODES = {OK: 0, DEGRADED: 1, DOWN: 2}
@@ -59,25 +59,18 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
-async def _get(http: OpsHttp, url: str, timeout: float) -> str:
-    status, raw = await http.request("GET", url, timeout=timeout)
-    if not 200 <= status < 300:
-        raise ValueError(f"HTTP {status}")
-    return raw.decode(errors="replace")
-
-
 async def probe(http: OpsHttp, node_id: str, host: str, port: int, timeout: float) -> NodeStatus:
     """Ask one node for its view and two metric samples."""
     status = NodeStatus(node_id)
-    base = base_url(host, port)
+    base = http.url(host, port)
     try:
-        view = json.loads(await _get(http, f"{base}/v1/members", timeout))
-        first = parse_metrics(await _get(http, f"{base}/metrics", timeout))
+        view = json.loads(await http.get_text(f"{base}/v1/members", timeout=timeout))
+        first = parse_metrics(await http.get_text(f"{base}/metrics", timeout=timeout))
         started = time.monotonic()
         await asyncio.sleep(SAMPLE_GAP_SECS)
-        second = parse_metrics(await _get(http, f"{base}/metrics", timeout))
+        second = parse_metrics(await http.get_text(f"{base}/metrics", timeout=timeout))
         gap = max(time.monotonic() - started, 1e-6)
-    except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as exc:
+    except (aiohttp.ClientError, TimeoutError, PmclusterError, ValueError, OSError) as exc:
         status.problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         return status
     status.up = True

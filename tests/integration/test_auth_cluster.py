@@ -7,7 +7,6 @@ import dataclasses
 import shutil
 import ssl
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,7 +20,8 @@ from pmcluster.auth.digest import DigestClient
 from pmcluster.client import SyncClusterClient
 from pmcluster.config import Config, config_from_mapping
 from pmcluster.errors import AuthError, ClusterUnavailable, PmclusterError
-from pmcluster.tools.localcluster import HarnessError, NodeCluster, NodeProcess
+from pmcluster.testing.tls import https_url, wait_https_ready, write_tls
+from pmcluster.tools.localcluster import NodeCluster
 
 pytestmark = pytest.mark.integration
 
@@ -170,43 +170,6 @@ def test_digest_wrong_password_client_fails_and_auth_writes_closes_writes(
 @pytest.fixture(scope="module")
 def ca() -> trustme.CA:
     return trustme.CA()
-
-
-def write_tls(ca: trustme.CA, workdir: Path) -> dict[str, str]:
-    cert = ca.issue_cert("127.0.0.1", "127.0.0.2", "127.0.0.3", "localhost")
-    workdir.mkdir(parents=True, exist_ok=True)
-    chain, key, ca_file = workdir / "node.pem", workdir / "node.key", workdir / "ca.pem"
-    chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
-    key.write_bytes(cert.private_key_pem.bytes())
-    ca.cert_pem.write_to_path(str(ca_file))
-    return {
-        "pmcluster.tls.cert": str(chain),
-        "pmcluster.tls.key": str(key),
-        "pmcluster.tls.ca": str(ca_file),
-    }
-
-
-def https_url(node: NodeProcess) -> str:
-    return f"https://{node.host}:{node.port}"
-
-
-def wait_https_ready(node: NodeProcess, context: ssl.SSLContext, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        node.check_alive()
-        try:
-            with urllib.request.urlopen(
-                https_url(node) + "/health", timeout=1, context=context
-            ) as r:
-                if r.status == 200:
-                    return
-        except (OSError, urllib.error.URLError):
-            pass
-        if time.monotonic() > deadline:
-            raise HarnessError(
-                f"node {node.node_id} not ready over TLS:\n{node.log_text()[-2000:]}"
-            )
-        time.sleep(0.05)
 
 
 @pytest.fixture
