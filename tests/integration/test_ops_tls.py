@@ -39,9 +39,7 @@ def status(config: Path) -> tuple[int, dict[str, Any]]:
 
 
 @pytest.fixture
-def tls_zk_cluster(
-    zk_hosts: str, tmp_path: Path
-) -> Iterator[tuple[NodeCluster, dict[str, str], Path]]:
+def tls_zk_cluster(zk_hosts: str, tmp_path: Path) -> Iterator[tuple[NodeCluster, Path]]:
     ca = trustme.CA()
     tls = write_tls(ca, tmp_path / "tls")
     keys = {**NODE_KEYS, **tls}
@@ -54,15 +52,15 @@ def tls_zk_cluster(
             node.start()
         for node in cluster.nodes:
             wait_https_ready(node, context)
-        yield cluster, tls, config
+        yield cluster, config
     finally:
         cluster.kill()
 
 
 def test_status_and_remove_node_reach_a_tls_cluster(
-    tls_zk_cluster: tuple[NodeCluster, dict[str, str], Path], tmp_path: Path
+    tls_zk_cluster: tuple[NodeCluster, Path], tmp_path: Path
 ) -> None:
-    cluster, tls, config = tls_zk_cluster
+    cluster, config = tls_zk_cluster
     wait_until(lambda: status(config)[0] == 0, timeout=15, what="3 TLS nodes to agree")
     code, doc = status(config)
     assert doc["verdict"] == "OK" and len(doc["nodes"]) == 3, doc
