@@ -68,10 +68,8 @@ from pmcluster.node.requests import (
 from pmcluster.protocol import pulsecodec
 from pmcluster.protocol.backend import Backend, PulseEntry
 from pmcluster.protocol.http import (
-    EPOCH_HEADER,
     FORWARDED_HEADER,
     HELD_HEADER,
-    NODE_HEADER,
     PULSES_MEDIA_TYPE,
     VERSION_HEADER,
     status_for,
@@ -108,9 +106,7 @@ async def get_pulse(request: web.Request) -> web.StreamResponse:
     pulse, tombstone = await request_backend(request).get_pulse(path)
     if pulse is None:
         return absent_response(request, path, tombstone)
-    metrics = request.app[METRICS_KEY]
-    metrics.get_pulse_count.value += 1
-    metrics.sent(len(pulse.data))
+    request.app[METRICS_KEY].pulse_read(len(pulse.data))
     return web.Response(
         body=pulse.data,
         content_type="application/octet-stream",
@@ -255,8 +251,7 @@ async def _node_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = await _answer(request, handler, route)
     finally:
         state.request_done()
-    response.headers[NODE_HEADER] = state.node_id
-    response.headers[EPOCH_HEADER] = state.epoch
+    response.headers.update(state.identity_headers())
     if state.draining:
         response.force_close()
     app[METRICS_KEY].record(op, time.perf_counter() - start, response.status)

@@ -16,6 +16,7 @@ from pmcluster.config import Config
 from pmcluster.node.local import LocalBackend
 from pmcluster.node.metrics import Metrics
 from pmcluster.protocol.backend import Backend
+from pmcluster.protocol.http import EPOCH_HEADER, NODE_HEADER
 from pmcluster.store import PulseStore
 
 
@@ -39,6 +40,10 @@ class NodeState:
     def __post_init__(self) -> None:
         if not self.members:
             self.members = (self.node_id,)
+
+    def identity_headers(self) -> tuple[tuple[str, str], tuple[str, str]]:
+        """The headers every answer carries, on either HTTP path: who answered, at which epoch."""
+        return ((NODE_HEADER, self.node_id), (EPOCH_HEADER, self.epoch))
 
     def request_done(self) -> None:
         self.in_flight -= 1

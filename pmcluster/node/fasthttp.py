@@ -36,7 +36,7 @@ from pmcluster.node.local import LocalBackend
 from pmcluster.node.metrics import Metrics
 from pmcluster.node.requests import key_path, parse_version
 from pmcluster.protocol import pulsecodec
-from pmcluster.protocol.http import EPOCH_HEADER, HELD_HEADER, NODE_HEADER, VERSION_HEADER
+from pmcluster.protocol.http import HELD_HEADER, VERSION_HEADER
 from pmcluster.store import PulseStore
 
 __all__ = ["STALL_SECS", "FastHttpConnection", "FastPath", "HttpFactory", "parse_head"]
@@ -94,10 +94,8 @@ class FastPath:
         key = (now, self.state.node_id, self.state.epoch)
         if key != self._head_key:
             self._head_key = key
-            self._head = (
-                f"Date: {formatdate(now, usegmt=True)}\r\n"
-                f"{NODE_HEADER}: {key[1]}\r\n{EPOCH_HEADER}: {key[2]}\r\n"
-            ).encode("latin-1")
+            lines = [("Date", formatdate(now, usegmt=True)), *self.state.identity_headers()]
+            self._head = "".join(f"{name}: {value}\r\n" for name, value in lines).encode("latin-1")
         return self._head
 
     def answer(
@@ -164,8 +162,7 @@ class FastPath:
         pulse = self.store.get_pulse(path)
         if pulse is None:
             return None  # the 404 carries the tombstone's version: aiohttp's handler says it
-        self.metrics.get_pulse_count.value += 1
-        self.metrics.sent(len(pulse.data))
+        self.metrics.pulse_read(len(pulse.data))
         return (
             b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
             b"Content-Length: %d\r\n%s: %d\r\n"

@@ -360,6 +360,11 @@ class Metrics:
         """`size` bytes of pulse data went out in a reply."""
         self.total_sent_size.value += size
 
+    def pulse_read(self, size: int) -> None:
+        """One pulse of `size` bytes was read and answered (GET, from either HTTP path)."""
+        self.get_pulse_count.value += 1
+        self.total_sent_size.value += size
+
     def bind_store(self, key_count: Callable[[], float], stored_bytes: Callable[[], float]) -> None:
         """Read the store's figures at render time rather than tracking them per write."""
         self.size_total_keys.set_function(key_count)
