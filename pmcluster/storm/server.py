@@ -1,4 +1,5 @@
-"""Storm protocol connections, and one listening port shared by HTTP and Storm.
+"""Storm protocol connections (the listening port they share with HTTP is the node's:
+`pmcluster.node.sharedport`).
 
 `StormConnection` is the `asyncio.Protocol` of one Storm client connection: it decodes frames,
 runs up to `max_in_flight` requests at once (Storm clients pipeline up to 100 and match replies
@@ -12,7 +13,6 @@ Authentication is a seam: each connection consults a `ConnectionAuth` for CONTRO
 and for whether it may read; `NoAuth` (pacemaker.auth.method NONE) refuses every such frame.
 A CONTROL/SASL frame after the first ordinary frame closes the connection (Storm: the first
 ordinary frame ends the chance to authenticate).
-The port it shares with HTTP is `pmcluster.node.sharedport`.
 
 The fast lane: a frame in Storm's usual layout (`fastcodec.decode_request`) whose answer needs
 no waiting (`StormHandler.answer_now`: this node alone answers for the key) is answered inside
