@@ -1,23 +1,29 @@
-"""The node's HTTP fast path: forwarded heartbeat writes and reads without the framework.
+"""The node's HTTP fast path: heartbeat writes and reads without the framework.
 
 A ring-aware client (and a coordinating node) sends each heartbeat straight to its owners as
 `PUT /v1/pulse/<path>` or `POST /v1/batch` with `X-Pmcluster-Forwarded: 1`: the owner only has
-to store it. That request is most of a node's traffic, and aiohttp's request machinery
-(request and response objects, middleware, routing) costs more CPU than the store itself
-(docs/benchmarks.md). `FastHttpConnection` is the first protocol of every HTTP connection on
-the shared port: it parses HTTP/1.1 requests itself and answers, synchronously and with the
-same store calls, headers and metrics as the aiohttp handlers, exactly these requests:
+to store it. A plain client (curl, a load balancer) sends the same `PUT`/`GET` without the
+mark: when the node's coordinator can answer it at once (`NowBackend`: this node is the key's
+only owner, as in a one-node cluster), the fast path answers it too, with the coordinator's
+versions and bookkeeping; otherwise aiohttp's handler coordinates it. That traffic is most
+of a node's, and aiohttp's request machinery (request and response objects, middleware,
+routing) costs more CPU than the store itself (docs/benchmarks.md). `FastHttpConnection` is
+the first protocol of every HTTP connection on the shared port: it parses HTTP/1.1 requests
+itself and answers, synchronously and with the same store calls, headers and metrics as the
+aiohttp handlers, exactly these requests:
 
 - `PUT /v1/pulse/<key>` and `POST /v1/batch` (when writes need no authentication);
 - `GET /v1/pulse/<key>` that finds a value (when reads need no authentication: method NONE);
 
-all with `X-Pmcluster-Forwarded: 1` and a `Content-Length` body (none for GET). Anything
-else — another route, no forwarded mark, a chunked body, `Expect`, `Connection: close`, a
-query string on a write, any header it does not find plainly well-formed, an invalid path,
-version or batch, a full store, a draining node, a body still arriving after `STALL_SECS` —
-makes it hand the connection to aiohttp *before* answering that request: aiohttp gets the
-unanswered bytes as if it had read them itself and answers from there on (with its errors,
-timeouts and auth), so every error response stays aiohttp's and nothing is stored twice.
+with `X-Pmcluster-Forwarded: 1` (or, for `PUT`/`GET` without `X-Pulse-Version`, plain and
+answerable at once) and a `Content-Length` body (none for GET). Anything else — another
+route, a plain request the owners must answer, a chunked body, `Expect`, `Connection:
+close`, a query string on a write, any header it does not find plainly well-formed, an
+invalid path, version or batch, a full store, a draining node, a body still arriving after
+`STALL_SECS` — makes it hand the connection to aiohttp *before* answering that request:
+aiohttp gets the unanswered bytes as if it had read them itself and answers from there on
+(with its errors, timeouts and auth), so every error response stays aiohttp's and nothing is
+stored twice.
 """
 
 from __future__ import annotations
@@ -32,11 +38,14 @@ from typing import cast
 from pmcluster.config import Config
 from pmcluster.errors import PmclusterError
 from pmcluster.node.appstate import NodeState
+from pmcluster.node.coordinator import CoordinatingBackend
 from pmcluster.node.local import LocalBackend
 from pmcluster.node.metrics import Metrics
 from pmcluster.node.requests import key_path, parse_version
 from pmcluster.protocol import pulsecodec
+from pmcluster.protocol.backend import NOT_NOW, NowBackend
 from pmcluster.protocol.http import HELD_HEADER, VERSION_HEADER
+from pmcluster.protocol.pulse import Pulse
 from pmcluster.store import PulseStore
 
 __all__ = ["STALL_SECS", "FastHttpConnection", "FastPath", "HttpFactory", "parse_head"]
@@ -109,19 +118,30 @@ class FastPath:
     ) -> bytes | None:
         """The whole response to one request whose body is `buf[start:stop]` (left in the
         receive buffer: a batch is decoded in place), or None: aiohttp must answer it."""
-        if self.state.draining or headers.get(_FORWARDED) != b"1":
+        if self.state.draining:
+            return None
+        coordinator = self.state.coordinator
+        if headers.get(_FORWARDED) == b"1" or coordinator is None:
+            now = None  # this node's own store answers (as the aiohttp handlers do)
+        elif isinstance(coordinator, CoordinatingBackend) and _VERSION not in headers:
+            now = coordinator  # a plain request: for the cluster, when it needs no waiting
+        else:
             return None
         began = time.perf_counter()
         response: bytes | None
         try:
             if method == b"PUT" and target.startswith(_PULSE) and self.writes_open:
-                op, response = "send_pulse", self._put(target, headers, buf[start:stop])
-            elif method == b"POST" and target == _BATCH and self.writes_open:
+                body = buf[start:stop]
+                if now is None:
+                    op, response = "send_pulse", self._put(target, headers, body)
+                else:
+                    op, response = "send_pulse", self._put_now(now, target, body)
+            elif method == b"POST" and target == _BATCH and self.writes_open and now is None:
                 op, response = "batch", self._batch(buf, start, stop)
             elif method == b"GET" and target.startswith(_PULSE) and self.reads_open:
                 if stop > start:
                     return None  # a GET with a body: aiohttp's to judge
-                op, response = "get_pulse", self._get(target)
+                op, response = "get_pulse", self._get(target, now)
             else:
                 return None
         except (PmclusterError, UnicodeError):
@@ -157,11 +177,23 @@ class FastPath:
             b"Content-Length: %d\r\n" % len(payload) + self.common_head() + b"\r\n" + payload
         )
 
-    def _get(self, target: bytes) -> bytes | None:
+    def _put_now(self, now: NowBackend, target: bytes, body: bytes) -> bytes | None:
+        """A plain PUT, answered at once when this node alone owns the key (None: aiohttp's
+        handler coordinates it, with the same client, versions and retries)."""
         path = key_path(target[len(_PULSE) :].decode("ascii"), "/v1/pulse/")
-        pulse = self.store.get_pulse(path)
-        if pulse is None:
-            return None  # the 404 carries the tombstone's version: aiohttp's handler says it
+        if not now.send_pulse_now(path, body):
+            return None
+        self.metrics.received(len(body))
+        return b"HTTP/1.1 204 No Content\r\n" + self.common_head() + b"\r\n"
+
+    def _get(self, target: bytes, now: NowBackend | None) -> bytes | None:
+        path = key_path(target[len(_PULSE) :].decode("ascii"), "/v1/pulse/")
+        pulse = self.store.get_pulse(path) if now is None else now.get_pulse_now(path)
+        if pulse is None or pulse is NOT_NOW:
+            # Absent (the 404 carries the tombstone's version) or the owners must be asked:
+            # aiohttp's handler answers.
+            return None
+        assert isinstance(pulse, Pulse)
         self.metrics.pulse_read(len(pulse.data))
         return (
             b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"

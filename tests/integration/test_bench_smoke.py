@@ -75,6 +75,6 @@ def test_bench_smoke_without_zookeeper_skips_only_its_rows() -> None:
         for line in proc.stdout.splitlines()
         if line.startswith('{"bench_row"')
     }
-    assert names == {"baseline", "node-put", "node-batch", "read-pmcluster"}
+    assert names == {"baseline", "node-put", "internal-put", "node-batch", "read-pmcluster"}
     assert "[n/a ] node CPU/hb vs ZooKeeper, one request per heartbeat" in proc.stdout
     assert "[MET ] bytes written to disk by nodes: 0" in proc.stdout

@@ -17,15 +17,19 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from pmcluster.client import ClusterClient
 from pmcluster.config import Config
+from pmcluster.membership import FixedMembership
 from pmcluster.node import fasthttp
 from pmcluster.node.app import make_app
 from pmcluster.node.appstate import LOCAL_BACKEND_KEY, METRICS_KEY, STATE_KEY, STORE_KEY
+from pmcluster.node.coordinator import CoordinatingBackend, LocalTransport
 from pmcluster.node.fasthttp import FastPath, parse_head
 from pmcluster.node.limits import ConnectionCap
 from pmcluster.node.metrics import Metrics
 from pmcluster.node.sharedport import SharedServer, start_shared_server
 from pmcluster.protocol import pulsecodec
+from pmcluster.ring import Member
 from pmcluster.store import PulseStore
 from pmcluster.storm.codec import HBMessage, HBMessageData, HBPulse, encode_frame
 from pmcluster.storm.codec import HBServerMessageType as T
@@ -513,3 +517,54 @@ async def test_with_authentication_only_open_writes_take_the_fast_path(
         assert (served.store.get_pulse("/w") is None) is writes
     finally:
         await stop(served)
+
+
+async def with_coordinator(served: Served, members: list[Member]) -> ClusterClient:
+    """Install a coordinator as a clustered node has one: a ring-aware client over `members`
+    (the first is this node, reached through its own store)."""
+    me = members[0]
+    config = Config(host=me.host, port=me.port, request_timeout_secs=0.5)
+    local = served.app[LOCAL_BACKEND_KEY]
+    membership = FixedMembership(members)
+    await membership.start()
+    client = ClusterClient(
+        config, membership=membership, local=LocalTransport(me.node_id, local, lambda: {})
+    )
+    await client.start()
+    served.app[STATE_KEY].coordinator = CoordinatingBackend(local, client)
+    return client
+
+
+async def test_plain_requests_a_lone_owner_can_answer_take_the_fast_path(node: Served) -> None:
+    me = Member(f"{HOST}:{node.port}", HOST, node.port)
+    client = await with_coordinator(node, [me])
+    try:
+        answers = await exchange(
+            node.port,
+            put("/v1/pulse/plain/a", b"one", extra=b""),
+            get("/v1/pulse/plain/a", extra=b""),
+            put("/v1/pulse/plain/b", b"two", extra=b"X-Pulse-Version: 5\r\n"),  # versioned
+        )
+    finally:
+        await client.close()
+    assert [a[0] for a in answers] == [204, 200, 204]
+    assert answers[1][2] == b"one"
+    stored = node.store.get_pulse("/plain/a")
+    assert stored is not None and answers[1][1]["x-pulse-version"] == str(stored.version)
+    # The coordinator's clock gave the version (as on aiohttp's coordinated path): a clock
+    # that could only have issued it is set back and checked to go on from it.
+    client.clock._wall = lambda: 0
+    assert client.clock.now() == stored.version + 1  # the last version it issued: this one
+    assert node.handovers[0] == 1  # only at the versioned write: aiohttp's to coordinate
+
+
+async def test_plain_requests_another_owner_must_see_go_to_aiohttp(node: Served) -> None:
+    me = Member(f"{HOST}:{node.port}", HOST, node.port)
+    peer = Member(f"{HOST}:1", HOST, 1)  # R=2: every key also belongs to it (down)
+    client = await with_coordinator(node, [me, peer])
+    try:
+        (answer,) = await exchange(node.port, get("/v1/pulse/plain/a", extra=b""))
+    finally:
+        await client.close()
+    assert answer[0] == 404  # asked through aiohttp's coordinated read
+    assert node.handovers[0] == 1

@@ -28,6 +28,7 @@ ROW_NAMES = (
     "zk-write",
     "baseline",
     "node-put",
+    "internal-put",
     "node-batch",
     "storm-put",
     "cluster3-put",
@@ -128,6 +129,7 @@ def run_bench(args: argparse.Namespace) -> int:
             rows.append(bench.row_baseline())
         if "put" in plan.rows:
             rows.append(bench.row_put())
+            rows.append(bench.row_internal_put())
         if "batch" in plan.rows:
             rows.append(bench.row_batch())
         if "storm" in plan.rows:

@@ -260,12 +260,26 @@ class Bench:
     def row_put(self) -> Row:
         plan = self.plan
         node = self.node()
-        specs = self._http_specs(node.host, node.port, "put", forwarded=True)
+        specs = self._http_specs(node.host, node.port, "put", forwarded=False)
         measured = self._drive("node-put", http_load, specs, [node.pid])
         return _write_row(
             "node-put",
-            f"pmcluster node, one PUT /v1/pulse per heartbeat, {plan.concurrency} keep-alive "
-            f"connections from {plan.clients} processes",
+            f"one-node cluster, one plain PUT /v1/pulse per heartbeat as curl sends it (no "
+            f"internal header), {plan.concurrency} keep-alive connections from "
+            f"{plan.clients} processes",
+            measured,
+            pmcluster_node=True,
+        )
+
+    def row_internal_put(self) -> Row:
+        plan = self.plan
+        node = self.node()
+        specs = self._http_specs(node.host, node.port, "put", forwarded=True)
+        measured = self._drive("internal-put", http_load, specs, [node.pid])
+        return _write_row(
+            "internal-put",
+            f"INTERNAL HOP, not a user path: the same PUTs with X-Pmcluster-Forwarded (what "
+            f"nodes send each other), {plan.concurrency} connections",
             measured,
             pmcluster_node=True,
         )
