@@ -14,11 +14,14 @@ path checks reject it later, as an invalid path) and re-encodes to the very same
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import TypeVar
 
 from pmcluster.errors import ProtocolError
+
+T = TypeVar("T")
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
@@ -190,6 +193,19 @@ def _string(out: bytearray, value: str) -> None:
     _binary(out, value.encode("utf-8", "surrogateescape"))
 
 
+def _list_struct(
+    out: bytearray, fid: int, etype: int, items: Sequence[T], write: Callable[[bytearray, T], None]
+) -> None:
+    """Field `fid`: a struct whose field 1 is a list of `etype` (HBRecords, HBNodes)."""
+    _field(out, TType.STRUCT, fid)
+    _field(out, TType.LIST, 1)
+    out.append(etype)
+    out += _I32.pack(len(items))
+    for item in items:
+        write(out, item)
+    out.append(TType.STOP)
+
+
 def _pulse(out: bytearray, pulse: HBPulse) -> None:
     _field(out, TType.STRING, 1)
     _string(out, pulse.id)
@@ -210,21 +226,9 @@ def _data(out: bytearray, data: HBMessageData) -> None:
         _field(out, TType.BOOL, 3)
         out.append(1 if data.boolval else 0)
     elif data.records is not None:
-        _field(out, TType.STRUCT, 4)
-        _field(out, TType.LIST, 1)
-        out.append(TType.STRUCT)
-        out += _I32.pack(len(data.records.pulses))
-        for pulse in data.records.pulses:
-            _pulse(out, pulse)
-        out.append(TType.STOP)
+        _list_struct(out, 4, TType.STRUCT, data.records.pulses, _pulse)
     elif data.nodes is not None:
-        _field(out, TType.STRUCT, 5)
-        _field(out, TType.LIST, 1)
-        out.append(TType.STRING)
-        out += _I32.pack(len(data.nodes.pulseIds))
-        for name in data.nodes.pulseIds:
-            _string(out, name)
-        out.append(TType.STOP)
+        _list_struct(out, 5, TType.STRING, data.nodes.pulseIds, _string)
     elif data.message_blob is not None:
         _field(out, TType.STRING, 7)
         _binary(out, data.message_blob)
