@@ -394,32 +394,29 @@ def _read_list_header(r: _Reader, wanted: TType, where: str) -> int:
     return r.count(_MIN_SIZE[wanted])
 
 
-def _read_records(r: _Reader) -> HBRecords:
-    pulses: tuple[HBPulse, ...] = ()
+def _read_list_struct(
+    r: _Reader, etype: TType, where: str, read_one: Callable[[_Reader], T]
+) -> tuple[T, ...]:
+    """A struct whose field 1 is a list of `etype` (HBRecords, HBNodes): its items."""
+    items: tuple[T, ...] = ()
     while True:
         ttype, fid = r.field()
         if ttype == TType.STOP:
-            return HBRecords(pulses)
+            return items
         if fid == 1:
-            _expect(ttype, TType.LIST, "HBRecords.pulses")
-            n = _read_list_header(r, TType.STRUCT, "HBRecords.pulses")
-            pulses = tuple(_read_pulse(r) for _ in range(n))
+            _expect(ttype, TType.LIST, where)
+            n = _read_list_header(r, etype, where)
+            items = tuple(read_one(r) for _ in range(n))
         else:
             r.skip(ttype)
+
+
+def _read_records(r: _Reader) -> HBRecords:
+    return HBRecords(_read_list_struct(r, TType.STRUCT, "HBRecords.pulses", _read_pulse))
 
 
 def _read_nodes(r: _Reader) -> HBNodes:
-    names: tuple[str, ...] = ()
-    while True:
-        ttype, fid = r.field()
-        if ttype == TType.STOP:
-            return HBNodes(names)
-        if fid == 1:
-            _expect(ttype, TType.LIST, "HBNodes.pulseIds")
-            n = _read_list_header(r, TType.STRING, "HBNodes.pulseIds")
-            names = tuple(r.string() for _ in range(n))
-        else:
-            r.skip(ttype)
+    return HBNodes(_read_list_struct(r, TType.STRING, "HBNodes.pulseIds", _Reader.string))
 
 
 def _read_data(r: _Reader) -> HBMessageData:
