@@ -257,45 +257,44 @@ class Bench:
             measured,
         )
 
+    def _node_http_row(self, name: str, kind: str, forwarded: bool, system: str) -> Row:
+        """One HTTP row against the single node: `kind` put or batch, with or without the
+        internal forwarded header."""
+        node = self.node()
+        specs = self._http_specs(node.host, node.port, kind, forwarded=forwarded)
+        measured = self._drive(name, http_load, specs, [node.pid])
+        batch = {"batch": self.plan.batch} if kind == "batch" else {}
+        return _write_row(name, system, measured, pmcluster_node=True, **batch)
+
     def row_put(self) -> Row:
         plan = self.plan
-        node = self.node()
-        specs = self._http_specs(node.host, node.port, "put", forwarded=False)
-        measured = self._drive("node-put", http_load, specs, [node.pid])
-        return _write_row(
+        return self._node_http_row(
             "node-put",
+            "put",
+            False,
             f"one-node cluster, one plain PUT /v1/pulse per heartbeat as curl sends it (no "
             f"internal header), {plan.concurrency} keep-alive connections from "
             f"{plan.clients} processes",
-            measured,
-            pmcluster_node=True,
         )
 
     def row_internal_put(self) -> Row:
-        plan = self.plan
-        node = self.node()
-        specs = self._http_specs(node.host, node.port, "put", forwarded=True)
-        measured = self._drive("internal-put", http_load, specs, [node.pid])
-        return _write_row(
+        return self._node_http_row(
             "internal-put",
+            "put",
+            True,
             f"INTERNAL HOP, not a user path: the same PUTs with X-Pmcluster-Forwarded (what "
-            f"nodes send each other), {plan.concurrency} connections",
-            measured,
-            pmcluster_node=True,
+            f"nodes send each other), {self.plan.concurrency} connections",
         )
 
     def row_batch(self) -> Row:
         plan = self.plan
-        node = self.node()
-        specs = self._http_specs(node.host, node.port, "batch", forwarded=True)
-        measured = self._drive("node-batch", http_load, specs, [node.pid])
-        return _write_row(
+        return self._node_http_row(
             "node-batch",
-            f"pmcluster node, POST /v1/batch of {plan.batch} heartbeats (pulse-list encoding), "
-            f"{plan.concurrency} connections: a supervisor sending its workers' heartbeats",
-            measured,
-            pmcluster_node=True,
-            batch=plan.batch,
+            "batch",
+            True,
+            f"pmcluster node, POST /v1/batch of {plan.batch} heartbeats (pulse-list encoding) "
+            f"to the owner, as the ring-aware client sends it, {plan.concurrency} connections: "
+            f"a supervisor sending its workers' heartbeats",
         )
 
     def row_storm(self) -> Row:
