@@ -2,15 +2,15 @@
 
 Memory cap (`max_bytes`): the store keeps a *footprint* estimate of what its keys cost, payload
 plus path plus `KEY_OVERHEAD_BYTES` per key (the measured trie and object overhead, rounded
-up), plus what the trie's shape costs: its interior nodes and the parents index (one chain of
-d nodes per interior node at depth d: quadratic in a path's depth, which is why a deep path,
-refused past `pmcluster.path.max.depth` anyway, is counted in full). A write that would grow the footprint past the cap raises `InsufficientStorage` and
-changes nothing; a batch is refused whole, judged before anything is stored. Rewriting a key
-with a value no larger than the stored one never grows the footprint, so steady heartbeat
-traffic keeps working at the cap. Tombstones are not counted (deletes free memory).
+up), plus its interior: each interior node and its parents-index entry (a chain of d nodes at
+depth d, so quadratic in a path's depth; `pmcluster.path.max.depth` bounds it). A write that
+would grow the footprint past the cap raises `InsufficientStorage` and changes nothing; a batch
+is refused whole, judged before anything is stored. Rewriting a key with a value no larger than
+the stored one never grows the footprint, so steady heartbeat traffic keeps working at the cap.
+Tombstones are not counted (deletes free memory).
 
-The counters themselves (`_key_count`, `_total_bytes`, `_path_bytes`) are kept in step by the
-writes (`pulsestore`) and removals (`deletes`); this module reads them.
+The counters themselves (`_key_count`, `_total_bytes`, `_path_bytes`, `_index_bytes`) are kept
+in step by the writes (`pulsestore`, `base`) and removals (`deletes`); this module reads them.
 """
 
 from __future__ import annotations
@@ -94,9 +94,7 @@ class StoreRoom(StoreBase):
         if self.footprint_bytes + bound <= self.max_bytes:
             return
         counted: set[str] = set()
-        self._check_room(
-            sum(max(0, self._growth(key, data, counted)) for key, data, _ in entries)
-        )
+        self._check_room(sum(max(0, self._growth(key, data, counted)) for key, data, _ in entries))
 
     def _check_room(self, growth: int) -> None:
         """Raise `InsufficientStorage` when growing the footprint by `growth` passes the cap."""

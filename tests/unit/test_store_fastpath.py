@@ -9,8 +9,7 @@ import pytest
 
 from pmcluster.errors import InsufficientStorage, InvalidPath
 from pmcluster.store import KEY_OVERHEAD_BYTES, PulseStore
-from pmcluster.store.trie import index_entry_bytes
-from pmcluster.store.trie import iter_subtree
+from pmcluster.store.trie import index_entry_bytes, iter_subtree
 
 SEC = 1_000_000_000
 
