@@ -6,9 +6,9 @@ The transport calls `begin(method, url)` before a request and sends `pending.hea
 with the new `pending.headers` (after a challenge), and raises `AuthError` when the server
 failed mutual authentication.
 
-- DIGEST: the cluster's challenge is cached and `nc` counted, so after the first 401 every
-  request carries credentials at once (any node accepts any node's nonce); an expired nonce
-  costs one retry.
+- DIGEST: each node's challenge is cached and `nc` counted, so after the first 401 from a node
+  every request to it carries credentials at once (a nonce is good on the node that issued it
+  only); an expired nonce costs one retry.
 - KERBEROS: a gated request that meets a `Negotiate` challenge is resent with a SPNEGO token;
   the server must prove itself (mutual authentication); its session cookie is then sent with
   every request to any node until a node refuses it.
@@ -58,13 +58,24 @@ def _target(url: URL) -> str:
 
 
 class DigestAuth:
-    """Digest credentials of the JAAS `PacemakerDigest` user; shared by every node's transport."""
+    """Digest credentials of the JAAS `PacemakerDigest` user; shared by every node's transport,
+    with one cached challenge per node (`host:port`)."""
 
     def __init__(self, username: str, password: str) -> None:
-        self.client = DigestClient(username, password)
+        self._username = username
+        self._password = password
+        self._clients: dict[str, DigestClient] = {}
+        self.client = self.client_for("")
+
+    def client_for(self, authority: str) -> DigestClient:
+        """The `DigestClient` holding the challenge of the node at `authority`."""
+        client = self._clients.get(authority)
+        if client is None:
+            client = self._clients[authority] = DigestClient(self._username, self._password)
+        return client
 
     async def begin(self, method: str, url: URL) -> _DigestPending:
-        return _DigestPending(self.client, method, _target(url))
+        return _DigestPending(self.client_for(f"{url.host}:{url.port}"), method, _target(url))
 
 
 class _DigestPending:
