@@ -86,11 +86,15 @@ class ConnectionAuth(Protocol):
 
 
 class NoAuth:
-    """pacemaker.auth.method NONE: everyone may read; CONTROL/SASL frames are a protocol error."""
+    """pacemaker.auth.method NONE: everyone may read; CONTROL/SASL frames are a protocol error.
+    `reads=False`: nobody may read (authentication that cannot be offered)."""
+
+    def __init__(self, *, reads: bool = True) -> None:
+        self._reads = reads
 
     @property
     def authorized_reader(self) -> bool:
-        return True
+        return self._reads
 
     def on_auth_frame(self, message: HBMessage) -> list[HBMessage]:
         raise ProtocolError(f"type {message.type} frame on a server without authentication")
