@@ -46,6 +46,7 @@ from pmcluster.errors import InvalidRequest, PmclusterError
 from pmcluster.node.appstate import CONFIG_KEY, STATE_KEY, STORE_KEY
 from pmcluster.node.coordinator import CoordinatingBackend
 from pmcluster.node.requests import json_response
+from pmcluster.protocol.http import ADMIN_SECRET_HEADER
 from pmcluster.protocol.pulse import Pulse
 from pmcluster.ring import Member
 from pmcluster.store import PulseStore
@@ -133,7 +134,6 @@ async def _options(request: web.Request) -> dict[str, Any]:
     return doc
 
 
-ADMIN_SECRET_HEADER = "X-Pmcluster-Admin-Secret"
 PRINCIPAL_KEY = "pmcluster.principal"  # set on the request by the authentication gate
 
 

@@ -6,6 +6,7 @@ routes (`/v1/members`, the admin routes) work from an operator's machine too."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -13,6 +14,7 @@ from yarl import URL
 
 from pmcluster.auth.client import RequestAuth, make_request_auth
 from pmcluster.config import Config
+from pmcluster.protocol.http import ADMIN_SECRET_HEADER
 
 __all__ = ["OpsHttp", "base_url"]
 
@@ -52,6 +54,10 @@ class OpsHttp:
         limit = aiohttp.ClientTimeout(total=timeout or self.config.request_timeout_secs)
         data = None if body is None else json.dumps(body).encode()
         headers = {} if body is None else {"Content-Type": "application/json"}
+        if "/v1/admin/" in target.path and self.config.admin_secret_file:
+            # The admin routes from another host need the admin secret (node/admin.py).
+            secret = Path(self.config.admin_secret_file).read_bytes().strip()
+            headers[ADMIN_SECRET_HEADER] = secret.decode("utf-8", "replace")
         pending = None if self._auth is None else await self._auth.begin(method, target)
         while True:
             sent = headers if pending is None else {**headers, **pending.headers}
