@@ -16,8 +16,8 @@ from pmcluster.auth.digest import DigestRejected, DigestServer
 from pmcluster.auth.jaas import DigestCredentials
 from pmcluster.auth.middleware import KerberosGate, kerberos_peers, log_safe
 from pmcluster.auth.tokens import NonceSigner, ReplayCache
-from pmcluster.config import Config
-from pmcluster.errors import AuthError, InvalidPath, PmclusterError, ProtocolError
+from pmcluster.config import Config, config_from_mapping
+from pmcluster.errors import AuthError, ConfigError, InvalidPath, PmclusterError, ProtocolError
 from pmcluster.node.admin import install_admin
 from pmcluster.node.app import make_app
 from pmcluster.protocol import paths
@@ -186,3 +186,34 @@ def test_elements_per_frame_are_bounded() -> None:
     assert decode_message(body, max_elements=200).type == 0
     with pytest.raises(ProtocolError, match=r"pmcluster\.thrift\.max\.elements"):
         decode_message(body, max_elements=199)
+
+
+@pytest.mark.parametrize(
+    ("key", "bad"),
+    [
+        ("pmcluster.version.max.skew.secs", "soon"),
+        ("pmcluster.version.max.skew.secs", 0),
+        ("pmcluster.path.max.bytes", 10),
+        ("pmcluster.path.max.depth", "deep"),
+        ("pmcluster.thrift.max.elements", 1),
+        ("pmcluster.batch.max.entries", 0),
+        ("pmcluster.http.idle.secs", -1),
+        ("pmcluster.header.timeout.secs", "x"),
+        ("pmcluster.max.connections.per.address", 0),
+        ("pmcluster.buffer.max.bytes", 10),
+        ("pmcluster.auth.digest.md5", "maybe"),
+    ],
+)
+def test_wrong_limit_values_stop_start_naming_the_key(key: str, bad: object) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        config_from_mapping({key: bad})
+
+
+def test_limit_defaults() -> None:
+    config = config_from_mapping({})
+    assert (config.version_max_skew_secs, config.path_max_bytes, config.path_max_depth) == (
+        30.0,
+        4096,
+        64,
+    )
+    assert (config.max_connections_per_address, config.peer_connections_reserved) == (256, 64)
