@@ -58,7 +58,7 @@ class Attacked:
     rss_start: list[int] = field(default_factory=list)
 
 
-def _digest_cluster(tmp_path: Path) -> Iterator[Attacked]:
+def _digest_cluster(tmp_path: Path, zk_hosts: str) -> Iterator[Attacked]:
     jaas = tmp_path / "jaas.conf"
     jaas.write_text(f'PacemakerDigest {{\n  username="{USER}"\n  password="{PASSWORD}";\n}};\n')
     keys = {
@@ -66,14 +66,14 @@ def _digest_cluster(tmp_path: Path) -> Iterator[Attacked]:
         "pacemaker.auth.method": "DIGEST",
         "java.security.auth.login.config": str(jaas),
     }
-    with NodeCluster(3, workdir=tmp_path, extra=keys) as cluster:
+    with NodeCluster(3, workdir=tmp_path, zk_hosts=zk_hosts, extra=keys) as cluster:
         reader = config_from_mapping(
             {**keys, "pacemaker.servers": cluster.node_ids, "pacemaker.port": cluster.port}
         )
         yield Attacked(cluster, reader, "DIGEST")
 
 
-def _kerberos_cluster(tmp_path: Path) -> Iterator[Attacked]:
+def _kerberos_cluster(tmp_path: Path, zk_hosts: str) -> Iterator[Attacked]:
     from pmcluster.testing.kdc import pacemaker_realm
 
     hosts = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
@@ -88,7 +88,7 @@ def _kerberos_cluster(tmp_path: Path) -> Iterator[Attacked]:
             "pmcluster.auth.secret.file": str(realm.secret),
         }
         env = {**os.environ, **realm.kdc.env, "KRB5CCNAME": "MEMORY:node"}
-        with NodeCluster(3, workdir=tmp_path, extra=keys, env=env) as cluster:
+        with NodeCluster(3, workdir=tmp_path, zk_hosts=zk_hosts, extra=keys, env=env) as cluster:
             reader = config_from_mapping(
                 {
                     **keys,
@@ -101,13 +101,13 @@ def _kerberos_cluster(tmp_path: Path) -> Iterator[Attacked]:
 
 
 @pytest.fixture(params=["DIGEST", "KERBEROS"])
-def attacked(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Attacked]:
+def attacked(request: pytest.FixtureRequest, tmp_path: Path, zk_hosts: str) -> Iterator[Attacked]:
     if request.param == "KERBEROS":
         request.getfixturevalue("kdc_tools")
         make = _kerberos_cluster
     else:
         make = _digest_cluster
-    for setup in make(tmp_path):
+    for setup in make(tmp_path, zk_hosts):
         setup.rss_start = [rss_bytes(node.pid) for node in setup.cluster.nodes]
         yield setup
 
@@ -262,6 +262,27 @@ def captured_replay(cluster: NodeCluster) -> list[int]:
     return out
 
 
+def authenticated_drain(cluster: NodeCluster) -> int:
+    """6: a reader with valid DIGEST credentials, from another host, asks for a forced drain."""
+    conn = http.client.HTTPConnection(
+        cluster.hosts[0], cluster.port, timeout=5, source_address=(ATTACKER, 0)
+    )
+    conn.request("POST", "/v1/admin/drain", body=b'{"force": true}')
+    challenge = conn.getresponse()
+    challenge.read()
+    client = DigestClient(USER, PASSWORD)
+    assert client.take_challenge(challenge.headers.get_all("WWW-Authenticate") or [])
+    header = client.authorization("POST", "/v1/admin/drain")
+    assert header is not None
+    conn.request(
+        "POST", "/v1/admin/drain", body=b'{"force": true}', headers={"Authorization": header}
+    )
+    answer = conn.getresponse()
+    answer.read()
+    conn.close()
+    return answer.status
+
+
 def admin_attack(port: int) -> list[int]:
     """6: a forced drain from another host, without and with a wrong admin secret."""
     return [
@@ -339,6 +360,7 @@ def test_attacks_are_refused_or_absorbed_and_heartbeats_keep_flowing(attacked: A
         if attacked.method == "DIGEST":
             statuses += digest_attack(port, cluster.hosts[1])
             assert captured_replay(cluster) == [401, 401]
+            assert authenticated_drain(cluster) == 403
         statuses += admin_attack(port)
         print(f"{attacked.method}: attack statuses {statuses}")
         assert all(400 <= s < 500 for s in statuses), statuses
@@ -358,6 +380,9 @@ def test_attacks_are_refused_or_absorbed_and_heartbeats_keep_flowing(attacked: A
         for path, value in honest.sent.items():
             got = reader.get_pulse(path)
             assert got is not None and got.data == value, path
+        members = reader.members_view()["members"]
+        ids = {m["node_id"] if isinstance(m, dict) else m for m in members}
+        assert set(cluster.node_ids) <= ids, members
     for node, start in zip(cluster.nodes, attacked.rss_start, strict=True):
         node.check_alive()
         grown = rss_bytes(node.pid) - start
