@@ -428,9 +428,10 @@ class FastHttpConnection(asyncio.Protocol):
         if loop.time() < since + STALL_SECS:
             self._stall = loop.call_at(since + STALL_SECS, self._stalled)
             return
-        if not self._need and len(self._buf) <= MAX_HEAD:
-            # The head itself is incomplete: keep it here (aiohttp would hold a half-sent head
-            # until its keep-alive timeout) and give up on it after `head_secs`.
+        if not self._need and len(self._buf) <= MAX_HEAD and not self._buf.translate(None, _PLAIN):
+            # A plain head, incomplete: keep it here (aiohttp would hold a half-sent head
+            # until its keep-alive timeout) and give up on it after `head_secs`. Anything
+            # else goes to aiohttp, whose parser refuses garbage at once.
             head_until = since + self._fast.head_secs
             if loop.time() < head_until:
                 self._stall = loop.call_at(head_until, self._stalled)
