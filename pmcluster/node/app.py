@@ -39,6 +39,7 @@ from pmcluster.errors import PayloadTooLarge, PmclusterError
 from pmcluster.node.appstate import (
     BACKEND_KEY,
     BODY_KEY,
+    BUDGET_KEY,
     CONFIG_KEY,
     FORWARD_LIMITER_KEY,
     LIMITER_KEY,
@@ -67,6 +68,7 @@ from pmcluster.node.requests import (
 )
 from pmcluster.protocol import pulsecodec
 from pmcluster.protocol.backend import Backend, PulseEntry
+from pmcluster.protocol.budget import BufferBudget
 from pmcluster.protocol.http import (
     EPOCH_HEADER,
     FORWARDED_HEADER,
@@ -280,7 +282,9 @@ async def _answer(
         if route is not None and route.reads_body:
             config = app[CONFIG_KEY]
             timeout = config.request_timeout_secs * BODY_TIMEOUT_FACTOR
-            request[BODY_KEY] = await read_body(request, config.max_message_size, timeout)
+            request[BODY_KEY] = await read_body(
+                request, config.max_message_size, timeout, app[BUDGET_KEY]
+            )
         # Forwarded requests only touch the local store and never wait on peers; they get a
         # limiter of their own, or coordinated requests holding every slot while they wait
         # for their peers' forwarded answers would deadlock the cluster.
@@ -365,6 +369,7 @@ def make_app(
     app[METRICS_KEY] = metrics
     app[LIMITER_KEY] = asyncio.Semaphore(max(1, config.max_threads))
     app[FORWARD_LIMITER_KEY] = asyncio.Semaphore(max(1, config.max_threads))
+    app[BUDGET_KEY] = BufferBudget(config.buffer_max_bytes)
     for route in ROUTES:
         app.router.add_route(route.method, route.pattern, route.handler)
     app.cleanup_ctx.append(_housekeeping)

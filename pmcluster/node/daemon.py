@@ -26,14 +26,19 @@ from pmcluster.auth.tls import server_ssl_context
 from pmcluster.config import Config
 from pmcluster.node.admin import install_admin
 from pmcluster.node.app import make_app
-from pmcluster.node.appstate import LOCAL_BACKEND_KEY, METRICS_KEY, STATE_KEY, NodeState
+from pmcluster.node.appstate import (
+    BUDGET_KEY,
+    LOCAL_BACKEND_KEY,
+    METRICS_KEY,
+    STATE_KEY,
+    NodeState,
+)
 from pmcluster.node.cluster import cluster_ctx
 from pmcluster.node.fasthttp import FastPath
 from pmcluster.node.limits import ConnectionCap, raise_open_file_limit
 from pmcluster.node.requests import BODY_TIMEOUT_FACTOR
 from pmcluster.node.sharedport import SharedSite
 from pmcluster.node.stormfront import storm_factory
-from pmcluster.protocol.budget import BufferBudget
 from pmcluster.protocol.paths import set_path_limits
 
 log = logging.getLogger("pmcluster.node")
@@ -94,7 +99,7 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
     install_admin(app, stop.set)  # POST /v1/admin/drain ends with stop.set()
     app.cleanup_ctx.append(cluster_ctx)
     set_path_limits(config.path_max_bytes, config.path_max_depth)
-    budget = BufferBudget(config.buffer_max_bytes)  # partial frames and bodies, all connections
+    budget = app[BUDGET_KEY]  # partial frames and bodies, all connections
     storm = storm_factory(app, budget)  # Storm's Pacemaker protocol on the same port (first byte)
     access_log = logging.getLogger("aiohttp.access") if log.isEnabledFor(logging.DEBUG) else None
     # The runner's own shutdown only waits for responses still being written (see below).

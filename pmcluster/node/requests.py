@@ -12,10 +12,11 @@ from typing import Any, NoReturn
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from pmcluster.errors import InvalidPath, InvalidRequest, PayloadTooLarge
+from pmcluster.errors import InsufficientStorage, InvalidPath, InvalidRequest, PayloadTooLarge
 from pmcluster.node.appstate import BACKEND_KEY, CONFIG_KEY, LOCAL_BACKEND_KEY, STATE_KEY
 from pmcluster.protocol import paths
 from pmcluster.protocol.backend import Backend
+from pmcluster.protocol.budget import BufferBudget
 from pmcluster.protocol.http import FORWARDED_HEADER, MAX_VERSION, TOMBSTONE_HEADER, VERSION_HEADER
 
 BODY_TIMEOUT_FACTOR = 5.0  # a body must arrive within request_timeout_secs * this
@@ -97,8 +98,11 @@ def request_backend(request: web.Request) -> Backend:
     return coordinator if coordinator is not None else request.app[BACKEND_KEY]
 
 
-async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
-    """The whole body, at most `limit` bytes, arriving within `timeout` seconds."""
+async def read_body(
+    request: web.Request, limit: int, timeout: float, budget: BufferBudget | None = None
+) -> bytes:
+    """The whole body, at most `limit` bytes, arriving within `timeout` seconds; while it
+    arrives in pieces, its bytes count against the node's `budget` (507 past it)."""
     length = request.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge(f"body of {length} bytes exceeds the limit of {limit} bytes")
@@ -111,7 +115,7 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
             raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
         return body
     chunks: list[bytes] = []
-    size = 0
+    size = held = 0
     try:
         async with asyncio.timeout(timeout):
             while chunk := await request.content.readany():
@@ -119,6 +123,13 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
                 if size > limit:
                     raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
                 chunks.append(chunk)
+                if budget is not None:
+                    if not budget.hold(held, size):
+                        held = 0
+                        raise InsufficientStorage(
+                            "the node holds pmcluster.buffer.max.bytes of unfinished requests"
+                        )
+                    held = size
     except TimeoutError:
         raise web.HTTPRequestTimeout(text=f"body not received within {timeout:g}s") from None
     except ConnectionError:
@@ -131,6 +142,9 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
         raise InvalidRequest("connection lost before the body was complete") from None
     except HttpProcessingError as exc:  # e.g. a malformed chunked encoding
         raise InvalidRequest(f"malformed body: {exc.message}") from None
+    finally:
+        if budget is not None and held:
+            budget.hold(held, 0)
     return b"".join(chunks)
 
 

@@ -3,8 +3,10 @@ crash a handler, forge a log line, read what it may not, or cost a node without 
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from pmcluster.config import Config, config_from_mapping
 from pmcluster.errors import AuthError, ConfigError, InvalidPath, PmclusterError, ProtocolError
 from pmcluster.node.admin import install_admin
 from pmcluster.node.app import make_app
+from pmcluster.node.appstate import BUDGET_KEY
 from pmcluster.protocol import paths
 from pmcluster.protocol.budget import BufferBudget
 from pmcluster.store import KEY_OVERHEAD_BYTES, PulseStore
@@ -217,3 +220,21 @@ def test_limit_defaults() -> None:
         64,
     )
     assert (config.max_connections_per_address, config.peer_connections_reserved) == (256, 64)
+
+
+async def test_bodies_arriving_in_pieces_count_against_the_buffer_budget(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    app = make_app(Config(buffer_max_bytes=1 << 16))
+    client: Client = await aiohttp_client(app)
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for _ in range(40):  # slowly: the body is still arriving while the handler reads it
+            await asyncio.sleep(0.005)
+            yield b"x" * 4096
+
+    resp = await client.put("/v1/pulse/wb/big", data=pieces())
+    assert resp.status == 507 and "pmcluster.buffer.max.bytes" in (await resp.json())["detail"]
+    assert app[BUDGET_KEY].used == 0  # released: the next upload has the whole budget
+    small = await client.put("/v1/pulse/wb/small", data=b"y" * 1000)
+    assert small.status == 204
