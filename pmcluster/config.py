@@ -72,6 +72,25 @@ class Config:
     tls_key: str | None = None
     tls_ca: str | None = None
     tls_verify: bool = True
+    # Hardening limits (docs/security.md): what one client may make a node hold or do.
+    version_max_skew_secs: float = 30.0
+    path_max_bytes: int = 4096
+    path_max_depth: int = 64
+    thrift_max_elements: int = 100_000
+    batch_max_entries: int = 10_000
+    response_max_bytes: int = 256 * 1024 * 1024
+    http_idle_secs: float = 60.0
+    storm_idle_secs: float = 300.0
+    header_timeout_secs: float = 10.0
+    handshake_timeout_secs: float = 10.0
+    frame_timeout_secs: float = 30.0
+    max_connections_per_address: int = 256
+    peer_connections_reserved: int = 64
+    buffer_max_bytes: int = 256 * 1024 * 1024
+    auth_digest_md5: bool = True
+    admin_users: tuple[str, ...] = ()
+    admin_secret_file: str | None = None
+    kerberos_peers: tuple[str, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -245,6 +264,24 @@ KEYS: dict[str, tuple[str, Parser]] = {
     "pmcluster.tls.verify": ("tls_verify", _bool),
     "pmcluster.storm.read.mode": ("storm_read_mode", _lower_choice(STORM_READ_MODES)),
     "pmcluster.event.loop": ("event_loop", _lower_choice(EVENT_LOOPS)),
+    "pmcluster.version.max.skew.secs": ("version_max_skew_secs", _float(0.001, 86_400.0)),
+    "pmcluster.path.max.bytes": ("path_max_bytes", _int(256, 1 << 20)),
+    "pmcluster.path.max.depth": ("path_max_depth", _int(32, 4096)),
+    "pmcluster.thrift.max.elements": ("thrift_max_elements", _int(16, 100_000_000)),
+    "pmcluster.batch.max.entries": ("batch_max_entries", _int(1, 10_000_000)),
+    "pmcluster.response.max.bytes": ("response_max_bytes", _int(1 << 16, 1 << 40)),
+    "pmcluster.http.idle.secs": ("http_idle_secs", _float(0.1, _MAX_SECS)),
+    "pmcluster.storm.idle.secs": ("storm_idle_secs", _float(0.1, _MAX_SECS)),
+    "pmcluster.header.timeout.secs": ("header_timeout_secs", _float(0.05, 3600.0)),
+    "pmcluster.handshake.timeout.secs": ("handshake_timeout_secs", _float(0.05, 3600.0)),
+    "pmcluster.frame.timeout.secs": ("frame_timeout_secs", _float(0.05, 3600.0)),
+    "pmcluster.max.connections.per.address": ("max_connections_per_address", _int(1, 1_000_000)),
+    "pmcluster.peer.connections.reserved": ("peer_connections_reserved", _int(0, 1_000_000)),
+    "pmcluster.buffer.max.bytes": ("buffer_max_bytes", _int(1 << 16, 1 << 50)),
+    "pmcluster.auth.digest.md5": ("auth_digest_md5", _bool),
+    "pmcluster.admin.users": ("admin_users", _str_list),
+    "pmcluster.admin.secret.file": ("admin_secret_file", _optional(_nonempty_str)),
+    "pmcluster.kerberos.peers": ("kerberos_peers", _str_list),
 }
 
 # Keys that a shared storm.yaml carries for other daemons: accepted silently.

@@ -6,9 +6,9 @@ The transport calls `begin(method, url)` before a request and sends `pending.hea
 with the new `pending.headers` (after a challenge), and raises `AuthError` when the server
 failed mutual authentication.
 
-- DIGEST: the cluster's challenge is cached and `nc` counted, so after the first 401 every
-  request carries credentials at once (any node accepts any node's nonce); an expired nonce
-  costs one retry.
+- DIGEST: each node's challenge is cached and `nc` counted, so after the first 401 from a node
+  every request to it carries credentials at once (a nonce is good on the node that issued it
+  only); an expired nonce costs one retry.
 - KERBEROS: a gated request that meets a `Negotiate` challenge is resent with a SPNEGO token;
   the server must prove itself (mutual authentication); its session cookie is then sent with
   every request to any node until a node refuses it.
@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import ipaddress
+import socket
 from collections.abc import Callable
 from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING, Protocol
@@ -58,13 +60,24 @@ def _target(url: URL) -> str:
 
 
 class DigestAuth:
-    """Digest credentials of the JAAS `PacemakerDigest` user; shared by every node's transport."""
+    """Digest credentials of the JAAS `PacemakerDigest` user; shared by every node's transport,
+    with one cached challenge per node (`host:port`)."""
 
     def __init__(self, username: str, password: str) -> None:
-        self.client = DigestClient(username, password)
+        self._username = username
+        self._password = password
+        self._clients: dict[str, DigestClient] = {}
+        self.client = self.client_for("")
+
+    def client_for(self, authority: str) -> DigestClient:
+        """The `DigestClient` holding the challenge of the node at `authority`."""
+        client = self._clients.get(authority)
+        if client is None:
+            client = self._clients[authority] = DigestClient(self._username, self._password)
+        return client
 
     async def begin(self, method: str, url: URL) -> _DigestPending:
-        return _DigestPending(self.client, method, _target(url))
+        return _DigestPending(self.client_for(f"{url.host}:{url.port}"), method, _target(url))
 
 
 class _DigestPending:
@@ -94,12 +107,36 @@ class _DigestPending:
 
 
 class KerberosAuth:
-    """SPNEGO towards each node's host, then the cluster-wide session cookie."""
+    """SPNEGO towards each node's host, then the cluster-wide session cookie.
 
-    def __init__(self, initiator_factory: Callable[[], KerberosInitiator]) -> None:
+    Members are addressed by IP, but production realms name hosts: the service principal is
+    `service/<host name>`. `host_names` (the names of `pacemaker.servers`) are resolved once,
+    on first use, and an address that one of them resolves to is asked for by that name."""
+
+    def __init__(
+        self,
+        initiator_factory: Callable[[], KerberosInitiator],
+        host_names: tuple[str, ...] = (),
+    ) -> None:
         self._factory = initiator_factory
         self._initiator: KerberosInitiator | None = None
+        self._host_names = host_names
+        self._by_address: dict[str, str] | None = None
         self.cookie: str | None = None
+
+    def service_host(self, host: str) -> str:
+        """The host name to ask a ticket for when talking to `host` (blocks: may resolve)."""
+        if self._by_address is None:
+            table: dict[str, str] = {}
+            for name in self._host_names:
+                try:
+                    infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+                except OSError:
+                    continue
+                for info in infos:
+                    table.setdefault(str(info[4][0]), name)
+            self._by_address = table
+        return self._by_address.get(host, host)
 
     def initiator(self) -> KerberosInitiator:
         """Client credentials, acquired on first use (may ask the KDC: call in a thread)."""
@@ -137,7 +174,8 @@ class _KerberosPending:
         if self._sent_cookie is not None and auth.cookie == self._sent_cookie:
             auth.cookie = None  # refused (expired, or the cluster secret changed)
         initiator = await asyncio.to_thread(auth.initiator)
-        started = await asyncio.to_thread(initiator.start, self._host)
+        host = await asyncio.to_thread(auth.service_host, self._host)
+        started = await asyncio.to_thread(initiator.start, host)
         self._started = started
         self.headers = {"Authorization": "Negotiate " + base64.b64encode(started.token).decode()}
         return True
@@ -189,8 +227,25 @@ def make_request_auth(config: Config) -> RequestAuth | None:
     from pmcluster.auth.kerberos import KerberosInitiator  # gssapi itself: on first use
 
     # Read the section now, so a missing one fails at construction, not at the first read.
+    names = host_names(config.servers)
     if "PacemakerClient" in jaas.sections:
         client = jaas.kerberos_client()
-        return KerberosAuth(lambda: KerberosInitiator.from_client(client))
+        return KerberosAuth(lambda: KerberosInitiator.from_client(client), names)
     server = jaas.kerberos_server(config.host)
-    return KerberosAuth(lambda: KerberosInitiator.from_server(server))
+    return KerberosAuth(lambda: KerberosInitiator.from_server(server), names)
+
+
+def host_names(servers: tuple[str, ...]) -> tuple[str, ...]:
+    """The host names (not IP literals) among `pacemaker.servers` entries (`host[:port]`)."""
+    names = []
+    for server in servers:
+        host = server
+        if server.startswith("["):
+            host = server[1:].partition("]")[0]
+        elif server.count(":") == 1:
+            host = server.partition(":")[0]
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            names.append(host)
+    return tuple(names)

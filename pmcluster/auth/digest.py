@@ -4,8 +4,12 @@ Server: `DigestServer.challenges()` gives the `WWW-Authenticate` values (SHA-256
 MD5, sharing one nonce so a client that merges the two headers still answers correctly);
 `DigestServer.verify()` checks an `Authorization: Digest ...` value against the one JAAS user
 (`PacemakerDigest`) and returns the user name or raises `DigestRejected` with a reason fit for
-the log (never a secret). Nonces are stateless and signed (`tokens.NonceSigner`), so any node
-accepts any node's nonce; the replay cache rejects a second use of one (nonce, nc) pair on a node.
+the log (never a secret); a malformed header is a rejection too (401), never an exception.
+Nonces are stateless and signed (`tokens.NonceSigner`) and bound to the node that issued them:
+the replay cache, which rejects a second use of one (nonce, nc) pair, is per node, so a nonce
+good on every node would let a captured header replay once on each of them. The nonce and
+`opaque` keys derive from the cluster secret, never from the password alone: a challenge must
+not be an offline password-guessing oracle. `md5=False` offers and accepts SHA-256 only.
 
 Client: `DigestClient` caches the last challenge and counts `nc`, so pmcluster's own client
 answers without a challenge round trip on every request. `qop=auth` only; `-sess` variants
@@ -24,6 +28,7 @@ from urllib.parse import unquote, urlsplit
 
 from pmcluster.auth.jaas import DigestCredentials
 from pmcluster.auth.tokens import NonceCheck, NonceSigner, ReplayCache, derive_key
+from pmcluster.errors import AuthError
 
 __all__ = [
     "ALGORITHMS",
@@ -97,7 +102,7 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-class DigestRejected(Exception):
+class DigestRejected(AuthError):
     """Credentials were missing or wrong; `reason` and `user` are safe to log."""
 
     def __init__(self, reason: str, *, user: str | None = None, stale: bool = False) -> None:
@@ -123,13 +128,19 @@ class DigestServer:
         replays: ReplayCache,
         *,
         realm: str = DEFAULT_REALM,
+        opaque_secret: bytes | None = None,
+        md5: bool = True,
     ) -> None:
+        """`opaque_secret`: the cluster secret (the same on every node); `md5`: whether MD5
+        is offered and accepted besides SHA-256 (`pmcluster.auth.digest.md5`)."""
         self._creds = credentials
         self._nonces = nonces
         self._replays = replays
         self.realm = realm
-        # The same on every node (derived from the shared secret), so any node's opaque works.
-        self._opaque = derive_key(credentials.password.encode(), "digest-opaque")[:12].hex()
+        self._algorithms = ALGORITHMS if md5 else ("SHA-256",)
+        # The same on every node (from the cluster secret), so any node's opaque works.
+        key = opaque_secret if opaque_secret is not None else nonces.key_material
+        self._opaque = derive_key(key, "digest-opaque")[:12].hex()
 
     def challenges(self, *, stale: bool = False) -> list[str]:
         """`WWW-Authenticate` values: one per algorithm, one fresh nonce for all."""
@@ -138,11 +149,20 @@ class DigestServer:
         return [
             f'Digest realm="{self.realm}", qop="auth", algorithm={algorithm}, '
             f'nonce="{nonce}", opaque="{self._opaque}", charset=UTF-8{tail}'
-            for algorithm in ALGORITHMS
+            for algorithm in self._algorithms
         ]
 
     def verify(self, method: str, target: str, authorization: str) -> DigestSuccess:
-        """Check one `Authorization` value for a request `method target` (raw target)."""
+        """Check one `Authorization` value for a request `method target` (raw target);
+        anything malformed (bad escapes, non-ASCII where hex belongs) is a `DigestRejected`."""
+        try:
+            return self._verify(method, target, authorization)
+        except DigestRejected:
+            raise
+        except (ValueError, TypeError, UnicodeError, KeyError) as exc:
+            raise DigestRejected(f"malformed Digest header ({type(exc).__name__})") from None
+
+    def _verify(self, method: str, target: str, authorization: str) -> DigestSuccess:
         scheme, rest = _split_scheme(authorization)
         if scheme != "digest":
             raise DigestRejected(f"{scheme or 'empty'} credentials where Digest is required")
@@ -152,14 +172,12 @@ class DigestServer:
             if not p.get(key):
                 raise DigestRejected(f"Digest parameter {key!r} missing", user=user)
         algorithm = p.get("algorithm", "MD5").upper()
-        if algorithm.removesuffix("-SESS") not in _HASHES:
+        if algorithm.removesuffix("-SESS") not in self._algorithms:
             raise DigestRejected(f"unsupported algorithm {algorithm[:20]!r}", user=user)
         if p["qop"].lower() != "auth":
             raise DigestRejected(f"unsupported qop {p['qop'][:20]!r}", user=user)
         if p["realm"] != self.realm:
             raise DigestRejected(f"wrong realm {p['realm'][:40]!r}", user=user)
-        if "opaque" in p and not hmac.compare_digest(p["opaque"], self._opaque):
-            raise DigestRejected("wrong opaque value", user=user)
         if not _same_target(p["uri"], target):
             raise DigestRejected("Digest uri does not match the request target", user=user)
         if not re.fullmatch(r"[0-9a-fA-F]{8}", p["nc"]):
@@ -167,6 +185,11 @@ class DigestServer:
         check = self._nonces.check(p["nonce"])
         if check is NonceCheck.INVALID:
             raise DigestRejected("nonce not issued by this cluster", user=user)
+        if check is NonceCheck.OTHER_NODE:
+            # Genuine, but another node's: its replay cache is not ours. Ask for a fresh one.
+            raise DigestRejected("nonce issued by another node", user=user, stale=True)
+        if "opaque" in p and not hmac.compare_digest(p["opaque"].encode(), self._opaque.encode()):
+            raise DigestRejected("wrong opaque value", user=user)
         if user != self._creds.username:
             raise DigestRejected("unknown user", user=user)
         expected = response_digest(
@@ -205,7 +228,8 @@ class DigestServer:
             if algorithm.upper().removesuffix("-SESS") not in _HASHES:
                 raise DigestRejected("unsupported algorithm")
             mine = _hash(algorithm, f"{self._creds.username}:{self.realm}")
-            return self._creds.username if hmac.compare_digest(mine, user.lower()) else "<hash>"
+            same = hmac.compare_digest(mine.encode(), user.lower().encode())
+            return self._creds.username if same else "<hash>"
         return user
 
     def _rspauth(self, algorithm: str, user: str, p: Mapping[str, str]) -> str:

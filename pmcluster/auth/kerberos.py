@@ -56,7 +56,7 @@ def gss_reason(exc: Exception) -> str:
     return text[:200] or type(exc).__name__
 
 
-class KerberosRejected(Exception):
+class KerberosRejected(AuthError):
     """A Negotiate token was not accepted; `reason` is safe to log."""
 
     def __init__(self, reason: str) -> None:

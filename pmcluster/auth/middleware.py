@@ -24,6 +24,7 @@ import base64
 import binascii
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -60,6 +61,7 @@ AuthMiddleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 _READ_RESOURCES = frozenset({"/v1/pulse/{path}", "/v1/children/{path}", "/v1/pulses/{path}"})
 _WRITE_RESOURCES = frozenset({"/v1/pulse/{path}", "/v1/path/{path}", "/v1/batch"})
 _READ_METHODS = frozenset({"GET", "HEAD"})
+PRINCIPAL_KEY = "pmcluster.principal"  # the authenticated user, for the admin routes' check
 
 
 def needs_auth(request: web.Request, writes: bool) -> bool:
@@ -79,6 +81,16 @@ def _target(request: web.Request) -> str:
     return request.raw_path
 
 
+def log_safe(text: str | None, limit: int = 200) -> str:
+    """User-controlled text for a log line: control and non-ASCII characters escaped (a
+    newline cannot forge a line), and shortened."""
+    if text is None:
+        return "-"
+    shown = text[:limit].encode("ascii", "backslashreplace").decode("ascii")
+    shown = "".join(c if " " <= c <= "~" else f"\\x{ord(c):02x}" for c in shown)
+    return shown + ("..." if len(text) > limit else "")
+
+
 def _log_rejection(request: web.Request, status: int, reason: str, who: str | None) -> None:
     # Missing credentials are the normal first leg of a challenge: INFO; everything else WARNING.
     level = logging.INFO if reason == "no credentials" else logging.WARNING
@@ -86,11 +98,11 @@ def _log_rejection(request: web.Request, status: int, reason: str, who: str | No
         level,
         "auth %d: %s %s from %s user=%s: %s",
         status,
-        request.method,
-        request.path,
+        log_safe(request.method, 20),
+        log_safe(request.raw_path),
         request.remote,
-        who or "-",
-        reason,
+        log_safe(who),
+        log_safe(reason),
     )
 
 
@@ -118,9 +130,12 @@ def forbidden(request: web.Request, who: str) -> web.Response:
 class DigestGate:
     """RFC 7616 Digest for the gated routes (see the module docstring)."""
 
-    def __init__(self, server: DigestServer, writes: bool) -> None:
+    def __init__(
+        self, server: DigestServer, writes: bool, *, admins: frozenset[str] = frozenset()
+    ) -> None:
         self.server = server
         self._writes = writes
+        self.admins = admins
 
     async def __call__(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if not needs_auth(request, self._writes):
@@ -141,6 +156,7 @@ class DigestGate:
             return unauthorized(
                 request, exc.reason, exc.user, self.server.challenges(stale=exc.stale), detail
             )
+        request[PRINCIPAL_KEY] = ok.user
         response = await handler(request)
         response.headers["Authentication-Info"] = ok.authentication_info
         return response
@@ -157,15 +173,30 @@ class KerberosGate:
         writes: bool,
         *,
         secure_cookie: bool = False,
+        realm: str | None = None,
+        peers: frozenset[str] = frozenset(),
     ) -> None:
+        """`readers`: short names that may read (in `realm` only, when given); `peers`: full
+        principals of the cluster's nodes, which may always read (coordinated requests)."""
         self._acceptor = acceptor
         self._cookies = cookies
         self.readers = readers
         self._writes = writes
         self._secure = secure_cookie
+        self.realm = realm
+        self.peers = peers
 
-    def authorized(self, principal: str) -> bool:
-        return short_name(principal) in self.readers
+    def authorized(self, principal: str, request: web.Request | None = None) -> bool:
+        """A peer node's principal, or a reader's short name in the node's own realm."""
+        if principal in self.peers:
+            ok = True
+        else:
+            _, at, realm = principal.rpartition("@")
+            in_realm = self.realm is None or (at and realm == self.realm)
+            ok = bool(in_realm) and short_name(principal) in self.readers
+        if ok and request is not None:
+            request[PRINCIPAL_KEY] = principal
+        return ok
 
     async def __call__(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if not needs_auth(request, self._writes):
@@ -176,7 +207,7 @@ class KerberosGate:
         if cookie is not None and not header:
             session = self._cookies.check(cookie)
             if session is not None:
-                if not self.authorized(session.principal):
+                if not self.authorized(session.principal, request):
                     return forbidden(request, session.principal)
                 return await handler(request)
             cookie_problem = "session cookie invalid or expired"
@@ -207,7 +238,7 @@ class KerberosGate:
             principal, reply = self._acceptor.accept(token)
         except KerberosRejected as exc:
             return unauthorized(request, exc.reason, None, ["Negotiate"], "authentication failed")
-        if not self.authorized(principal):
+        if not self.authorized(principal, request):
             return forbidden(request, principal)
         response = await handler(request)
         if reply:
@@ -233,12 +264,33 @@ def kerberos_readers(config: Config) -> frozenset[str]:
     return frozenset(readers)
 
 
+def admin_users(config: Config) -> frozenset[str]:
+    """Users (DIGEST) or principals (KERBEROS) allowed the admin routes."""
+    return frozenset(config.admin_users)
+
+
+def kerberos_peers(config: Config, own: str) -> frozenset[str]:
+    """Principals counted as the cluster's nodes: `pmcluster.kerberos.peers` when set, else
+    the node's own principal and `service/host@REALM` for each host of `pacemaker.servers`
+    (never any `service/<anyhost>`: a principal for a host outside the cluster is no peer)."""
+    if config.kerberos_peers:
+        return frozenset(config.kerberos_peers) | {own}
+    service = short_name(own)
+    realm = own.rpartition("@")[2]
+    peers = {own}
+    for server in config.servers:
+        host = server.rsplit(":", 1)[0] if server.count(":") == 1 else server
+        peers.add(f"{service}/{host.strip('[]')}@{realm}")
+    return frozenset(peers)
+
+
 def cluster_secret(config: Config, jaas: JaasConfig | None = None) -> bytes:
     """The secret every node derives nonce and cookie keys from.
 
     `pmcluster.auth.secret.file` when set (any bytes, the same file on every node); otherwise
-    DIGEST uses the `PacemakerDigest` password and KERBEROS the bytes of the server keytab
-    (which only works when every node has the same keytab file). `jaas`: the JAAS file when
+    DIGEST uses a random secret of this process (its nonces are good on this node only anyway)
+    and KERBEROS the bytes of the server keytab (cookies then work across nodes only when every
+    node has the same keytab file). `jaas`: the JAAS file when
     the caller has loaded it already (read from `config.jaas_path` otherwise)."""
     if config.auth_secret_file:
         return _read_secret(config.auth_secret_file, "pmcluster.auth.secret.file")
@@ -246,7 +298,9 @@ def cluster_secret(config: Config, jaas: JaasConfig | None = None) -> bytes:
         assert config.jaas_path is not None
         jaas = load_jaas(config.jaas_path)
     if config.auth_method == "DIGEST":
-        return b"digest-password:" + jaas.digest().password.encode()
+        # Never the password: a challenge signed with a password-derived key is an offline
+        # guessing oracle. Nonces are bound to their node, so a per-process secret works.
+        return b"random:" + os.urandom(32)
     return b"keytab:" + _read_secret(jaas.kerberos_server().keytab, "PacemakerServer keyTab")
 
 
@@ -271,8 +325,15 @@ def make_auth_middleware(config: Config) -> AuthMiddleware | None:
     secret = cluster_secret(config, jaas)
     gate: DigestGate | KerberosGate
     if config.auth_method == "DIGEST":
-        nonces = NonceSigner(secret, config.auth_nonce_secs)
-        gate = DigestGate(DigestServer(jaas.digest(), nonces, ReplayCache()), config.auth_writes)
+        nonces = NonceSigner(secret, config.auth_nonce_secs, node=config.node_id)
+        digest = DigestServer(
+            jaas.digest(),
+            nonces,
+            ReplayCache(),
+            opaque_secret=secret,
+            md5=config.auth_digest_md5,
+        )
+        gate = DigestGate(digest, config.auth_writes, admins=admin_users(config))
     else:
         from pmcluster.auth.kerberos import KerberosAcceptor
 
@@ -280,9 +341,11 @@ def make_auth_middleware(config: Config) -> AuthMiddleware | None:
         gate = KerberosGate(
             KerberosAcceptor(server),
             CookieSigner(secret, config.auth_cookie_secs),
-            kerberos_readers(config) | {short_name(server.principal)},
+            kerberos_readers(config),
             config.auth_writes,
             secure_cookie=config.tls_cert is not None,
+            realm=server.principal.rpartition("@")[2] or None,
+            peers=kerberos_peers(config, server.principal),
         )
     log.info(
         "authentication %s: reads gated, writes %s",

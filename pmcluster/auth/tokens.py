@@ -2,8 +2,9 @@
 
 Nothing is stored per token: each carries its issue (nonce) or expiry (cookie) time and an
 HMAC-SHA256 under a key derived from the cluster secret, which every node derives from the
-same configuration (the DIGEST password, or the KERBEROS secret file). So a nonce or cookie
-issued by one node is accepted by all. Separate keys per purpose keep a nonce from ever
+same configuration (the secret file, or a secret derived from the JAAS file). A cookie issued
+by one node is accepted by all; a nonce only by the node that issued it (`NonceSigner`).
+Separate keys per purpose keep a nonce from ever
 verifying as a cookie. The only state is `ReplayCache`, per node and bounded by the nonce
 lifetime.
 """
@@ -55,28 +56,39 @@ def _mac(key: bytes, body: bytes) -> bytes:
 class NonceCheck(enum.Enum):
     VALID = "valid"
     STALE = "stale"  # genuine but expired: the client should retry with a fresh nonce
+    OTHER_NODE = "other-node"  # genuine, issued by another node: retry with this node's
     INVALID = "invalid"  # not issued by this cluster (forged, tampered, garbage)
 
 
 class NonceSigner:
-    """Digest nonces: `b64url(issued_ms u64 | 8 random bytes | mac)`; valid for `lifetime`."""
+    """Digest nonces: `b64url(issued_ms u64 | 8 random bytes | node tag | mac)`, valid for
+    `lifetime` on the node that issued them (`node`: its id; the tag is 4 bytes of its hash).
 
-    def __init__(self, secret: bytes, lifetime_secs: float, *, clock: Clock = time.time) -> None:
+    Bound to one node because the replay cache is per node: a nonce every node accepted would
+    let one captured request replay once on each node."""
+
+    def __init__(
+        self, secret: bytes, lifetime_secs: float, *, clock: Clock = time.time, node: str = ""
+    ) -> None:
         self._key = derive_key(secret, "digest-nonce")
+        self.key_material = derive_key(secret, "digest-material")
+        self._tag = hashlib.sha256(node.encode()).digest()[:4]
         self.lifetime_secs = lifetime_secs
         self._clock = clock
 
     def issue(self) -> str:
-        body = struct.pack(">Q", int(self._clock() * 1000)) + os.urandom(8)
+        body = struct.pack(">Q", int(self._clock() * 1000)) + os.urandom(8) + self._tag
         return _b64(body + _mac(self._key, body))
 
     def check(self, nonce: str) -> NonceCheck:
         raw = _unb64(nonce) if len(nonce) < 64 else None
-        if raw is None or len(raw) != 16 + _MAC_BYTES:
+        if raw is None or len(raw) != 20 + _MAC_BYTES:
             return NonceCheck.INVALID
-        body, mac = raw[:16], raw[16:]
+        body, mac = raw[:20], raw[20:]
         if not hmac.compare_digest(mac, _mac(self._key, body)):
             return NonceCheck.INVALID
+        if body[16:20] != self._tag:
+            return NonceCheck.OTHER_NODE
         (issued_ms,) = struct.unpack(">Q", body[:8])
         age = self._clock() - issued_ms / 1000
         # A nonce from a node whose clock runs a little ahead is fine; far ahead is not.

@@ -305,6 +305,8 @@ class ClusterClient:
                 forwarded=True,
                 auth=self._auth,
                 ssl_context=self._ssl,
+                max_response_bytes=self.config.response_max_bytes,
+                batch_max_entries=self.config.batch_max_entries,
             )
             self._transports[member.node_id] = transport
         return transport

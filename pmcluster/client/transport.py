@@ -5,6 +5,10 @@ per client). URLs are built already encoded (`paths.to_url` + `yarl.URL(..., enc
 so a path round-trips byte for byte. Every response's `X-Pmcluster-Epoch` is reported to the
 `on_epoch` callback: that is how a client learns that the ring changed.
 
+A response larger than `max_response_bytes` (`pmcluster.response.max.bytes`) is not read
+further (`ProtocolError`): a broken or hostile peer cannot make the client buffer without
+bound. A batch longer than `batch_max_entries` leaves in several requests.
+
 Connection errors, timeouts and 5xx raise `NodeUnavailable`; 4xx raise the precise error the
 server named (`InvalidPath`, `InvalidRequest`, `PayloadTooLarge`, `AuthError`, `NotAuthorized`).
 """
@@ -43,6 +47,9 @@ if TYPE_CHECKING:
 
 __all__ = ["NodeTransport", "Transport"]
 
+DEFAULT_MAX_RESPONSE_BYTES = 256 * 1024 * 1024  # pmcluster.response.max.bytes
+DEFAULT_BATCH_MAX_ENTRIES = 10_000  # pmcluster.batch.max.entries
+
 EpochCallback = Callable[[str, str], None]
 
 
@@ -73,6 +80,23 @@ def _int_header(headers: Mapping[str, str], name: str) -> int:
         return int(raw)
     except ValueError as exc:
         raise ProtocolError(f"header {name}: not an integer: {raw!r}") from exc
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int, node: str) -> bytes:
+    """The response body, refused past `limit` bytes (`ProtocolError`)."""
+    length = resp.content_length
+    if length is not None and length > limit:
+        raise ProtocolError(f"node {node}: a {length}-byte answer exceeds {limit} bytes")
+    if length is not None:
+        return await resp.read()
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await resp.content.readany():
+        size += len(chunk)
+        if size > limit:
+            raise ProtocolError(f"node {node}: an answer of more than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class _Answer:
@@ -108,9 +132,13 @@ class NodeTransport:
         forwarded: bool = False,
         auth: RequestAuth | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        batch_max_entries: int = DEFAULT_BATCH_MAX_ENTRIES,
     ) -> None:
         """`auth` adds credentials and answers challenges (`pmcluster.auth.client`);
         `ssl_context` switches to https with that context (`pmcluster.auth.tls`)."""
+        self._max_response = max_response_bytes
+        self._batch_max = batch_max_entries
         self.node_id = node_id
         scheme = "http" if ssl_context is None else "https"
         self._base = str(URL.build(scheme=scheme, host=host, port=port))
@@ -156,7 +184,7 @@ class NodeTransport:
                     timeout=self._timeout,
                     ssl=self._ssl,
                 ) as resp:
-                    body = await resp.read()
+                    body = await _read_capped(resp, self._max_response, self.node_id)
                     answer = _Answer(resp.status, resp.headers, body)
                     # A challenge answered: send once more with credentials (bounded by auth).
                     if pending is None or not await pending.finish(resp.status, resp.headers):
@@ -267,7 +295,16 @@ class NodeTransport:
         self._not_404(await self._request("POST", self._url("path/", path)), "create_path")
 
     async def batch(self, pulses: Sequence[tuple[str, bytes, int]]) -> tuple[int, int]:
-        """POST /v1/batch -> (stored, ignored)."""
+        """POST /v1/batch -> (stored, ignored); in pieces of at most `batch_max_entries`."""
+        if len(pulses) <= self._batch_max:
+            return await self._batch(pulses)
+        stored = ignored = 0
+        for start in range(0, len(pulses), self._batch_max):
+            done, skipped = await self._batch(pulses[start : start + self._batch_max])
+            stored, ignored = stored + done, ignored + skipped
+        return stored, ignored
+
+    async def _batch(self, pulses: Sequence[tuple[str, bytes, int]]) -> tuple[int, int]:
         body = pulsecodec.encode([Pulse(p, d, v) for p, d, v in pulses])
         answer = await self._request(
             "POST",

@@ -16,17 +16,26 @@ drain reaches a final state (or SECS pass), so a remote caller sees "done" befor
 exits (shutdown waits for in-flight requests). A drain that cannot leave (static or DNS
 membership: the member list lives outside the node) or would leave fewer members than the
 replication factor is refused with 409, unless `{"force": true}` for the latter.
+
+Who may drain (`admin_refusal`): a caller presenting the admin secret
+(`pmcluster.admin.secret.file`, header `X-Pmcluster-Admin-Secret`); under DIGEST or KERBEROS an
+authenticated user or principal listed in `pmcluster.admin.users`; and, with no secret
+configured, a caller on the node's own host (127.0.0.1, ::1 or the node's own address) that
+passed the node's authentication. Anyone else gets 403: under NONE a drain is not open to the
+network, and under authentication reading heartbeats does not make one an administrator.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -37,6 +46,7 @@ from pmcluster.errors import InvalidRequest, PmclusterError
 from pmcluster.node.appstate import CONFIG_KEY, STATE_KEY, STORE_KEY
 from pmcluster.node.coordinator import CoordinatingBackend
 from pmcluster.node.requests import json_response
+from pmcluster.protocol.http import ADMIN_SECRET_HEADER
 from pmcluster.protocol.pulse import Pulse
 from pmcluster.ring import Member
 from pmcluster.store import PulseStore
@@ -124,8 +134,49 @@ async def _options(request: web.Request) -> dict[str, Any]:
     return doc
 
 
+PRINCIPAL_KEY = "pmcluster.principal"  # set on the request by the authentication gate
+
+
+def admin_refusal(request: web.Request) -> web.Response | None:
+    """None when the caller may use the admin routes, else the 403 (see the module doc)."""
+    config = request.app[CONFIG_KEY]
+    given = request.headers.get(ADMIN_SECRET_HEADER)
+    secret = _admin_secret(request.app)
+    if (
+        secret is not None
+        and given is not None
+        and hmac.compare_digest(given.encode("utf-8", "replace"), secret)
+    ):
+        return None
+    principal = request.get(PRINCIPAL_KEY)
+    if principal is not None and principal in config.admin_users:
+        return None
+    if secret is None and request.remote in {"127.0.0.1", "::1", config.host}:
+        return None
+    who = "an unauthenticated caller" if principal is None else "this user"
+    return json_response(
+        {
+            "error": "forbidden",
+            "detail": f"{who} may not use the admin routes: send {ADMIN_SECRET_HEADER} "
+            "(pmcluster.admin.secret.file), authenticate as one of pmcluster.admin.users, "
+            "or call from the node's own host",
+        },
+        403,
+    )
+
+
+def _admin_secret(app: web.Application) -> bytes | None:
+    path = app[CONFIG_KEY].admin_secret_file
+    if path is None:
+        return None
+    return Path(path).read_bytes().strip()
+
+
 async def post_drain(request: web.Request) -> web.StreamResponse:
     """Start the drain (idempotent: a second POST answers the running drain's progress)."""
+    refusal = admin_refusal(request)
+    if refusal is not None:
+        return refusal
     app = request.app
     admin, state, config = app[ADMIN_KEY], app[STATE_KEY], app[CONFIG_KEY]
     options = await _options(request)
@@ -158,6 +209,9 @@ async def post_drain(request: web.Request) -> web.StreamResponse:
 
 async def get_drain(request: web.Request) -> web.StreamResponse:
     """The drain's progress; `?wait=SECS` waits (bounded) for a final state first."""
+    refusal = admin_refusal(request)
+    if refusal is not None:
+        return refusal
     admin = request.app[ADMIN_KEY]
     try:
         wait = min(float(request.query.get("wait", "0")), MAX_WAIT_SECS)

@@ -35,12 +35,11 @@ from aiohttp import web
 from pmcluster import __version__
 from pmcluster.auth.middleware import make_auth_middleware
 from pmcluster.config import Config
-from pmcluster.errors import (
-    PmclusterError,
-)
+from pmcluster.errors import PayloadTooLarge, PmclusterError
 from pmcluster.node.appstate import (
     BACKEND_KEY,
     BODY_KEY,
+    BUDGET_KEY,
     CONFIG_KEY,
     FORWARD_LIMITER_KEY,
     LIMITER_KEY,
@@ -57,6 +56,7 @@ from pmcluster.node.metrics import Metrics
 from pmcluster.node.requests import (
     BODY_TIMEOUT_FACTOR,
     absent_response,
+    check_versions,
     error_response,
     json_response,
     read_body,
@@ -64,9 +64,11 @@ from pmcluster.node.requests import (
     request_key,
     request_tree,
     request_version,
+    version_ceiling,
 )
 from pmcluster.protocol import pulsecodec
 from pmcluster.protocol.backend import Backend, PulseEntry
+from pmcluster.protocol.budget import BufferBudget
 from pmcluster.protocol.http import (
     FORWARDED_HEADER,
     HELD_HEADER,
@@ -142,6 +144,13 @@ async def get_children(request: web.Request) -> web.StreamResponse:
 async def get_pulses(request: web.Request) -> web.StreamResponse:
     path = request_tree(request, "/v1/pulses/")
     pulses = await request_backend(request).get_all_pulse_for_path(path)
+    size = sum(len(p.data) + len(p.path) for p in pulses)
+    limit = request.app[CONFIG_KEY].response_max_bytes
+    if size > limit:
+        raise PayloadTooLarge(
+            f"the pulses under {path} hold {size} bytes, more than the {limit} one answer may "
+            "carry (pmcluster.response.max.bytes): list the children and read them in parts"
+        )
     request.app[METRICS_KEY].sent(sum(len(p.data) for p in pulses))
     if "application/json" in request.headers.get("Accept", ""):
         return json_response({"pulses": [_pulse_json(p) for p in pulses]})
@@ -168,10 +177,11 @@ async def create_path(request: web.Request) -> web.StreamResponse:
 async def post_batch(request: web.Request) -> web.StreamResponse:
     # decode validates every entry (normalised key paths, versions >= 0) before anything is
     # stored, naming the first bad entry; version 0 means "assign now".
-    entries: list[PulseEntry] = [
-        (path, data, version or None)
-        for path, data, version in pulsecodec.decode(request[BODY_KEY])
-    ]
+    config = request.app[CONFIG_KEY]
+    # At most pmcluster.batch.max.entries entries: a huge batch blocks the loop its whole length.
+    decoded = pulsecodec.decode(request[BODY_KEY], max_entries=config.batch_max_entries)
+    check_versions(decoded, version_ceiling(config.version_max_skew_secs))
+    entries: list[PulseEntry] = [(path, data, version or None) for path, data, version in decoded]
     # The decoder validated every entry: the store need not again.
     stored, ignored = await request_backend(request).send_pulses(entries, trusted=True)
     request.app[METRICS_KEY].received_many([len(data) for _, data, _ in entries])
@@ -267,7 +277,9 @@ async def _answer(
         if route is not None and route.reads_body:
             config = app[CONFIG_KEY]
             timeout = config.request_timeout_secs * BODY_TIMEOUT_FACTOR
-            request[BODY_KEY] = await read_body(request, config.max_message_size, timeout)
+            request[BODY_KEY] = await read_body(
+                request, config.max_message_size, timeout, app[BUDGET_KEY]
+            )
         # Forwarded requests only touch the local store and never wait on peers; they get a
         # limiter of their own, or coordinated requests holding every slot while they wait
         # for their peers' forwarded answers would deadlock the cluster.
@@ -352,6 +364,7 @@ def make_app(
     app[METRICS_KEY] = metrics
     app[LIMITER_KEY] = asyncio.Semaphore(max(1, config.max_threads))
     app[FORWARD_LIMITER_KEY] = asyncio.Semaphore(max(1, config.max_threads))
+    app[BUDGET_KEY] = BufferBudget(config.buffer_max_bytes)
     for route in ROUTES:
         app.router.add_route(route.method, route.pattern, route.handler)
     app.cleanup_ctx.append(_housekeeping)

@@ -16,6 +16,7 @@ from pmcluster.config import Config
 from pmcluster.node.local import LocalBackend
 from pmcluster.node.metrics import Metrics
 from pmcluster.protocol.backend import Backend
+from pmcluster.protocol.budget import BufferBudget
 from pmcluster.protocol.http import EPOCH_HEADER, NODE_HEADER
 from pmcluster.store import PulseStore
 
@@ -72,4 +73,6 @@ LOCAL_BACKEND_KEY = web.AppKey("local_backend", LocalBackend)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 LIMITER_KEY = web.AppKey("limiter", asyncio.Semaphore)
 FORWARD_LIMITER_KEY = web.AppKey("forward_limiter", asyncio.Semaphore)
+# Bytes of unfinished requests and frames, across connections (pmcluster.buffer.max.bytes).
+BUDGET_KEY = web.AppKey("buffer_budget", BufferBudget)
 BODY_KEY = web.RequestKey("body", bytes)

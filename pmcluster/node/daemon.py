@@ -16,6 +16,7 @@ import signal
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -25,13 +26,20 @@ from pmcluster.auth.tls import server_ssl_context
 from pmcluster.config import Config
 from pmcluster.node.admin import install_admin
 from pmcluster.node.app import make_app
-from pmcluster.node.appstate import LOCAL_BACKEND_KEY, METRICS_KEY, STATE_KEY
+from pmcluster.node.appstate import (
+    BUDGET_KEY,
+    LOCAL_BACKEND_KEY,
+    METRICS_KEY,
+    STATE_KEY,
+    NodeState,
+)
 from pmcluster.node.cluster import cluster_ctx
 from pmcluster.node.fasthttp import FastPath
 from pmcluster.node.limits import ConnectionCap, raise_open_file_limit
 from pmcluster.node.requests import BODY_TIMEOUT_FACTOR
 from pmcluster.node.sharedport import SharedSite
 from pmcluster.node.stormfront import storm_factory
+from pmcluster.protocol.paths import set_path_limits
 
 log = logging.getLogger("pmcluster.node")
 
@@ -58,6 +66,22 @@ class QuietBadRequests(logging.Filter):
         return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
 
 
+def member_hosts(state: NodeState) -> Callable[[], frozenset[str]]:
+    """The host addresses of the cluster's members, as the connection cap asks for them
+    (recomputed only when the member list changes)."""
+    cached: list[Any] = [None, frozenset()]
+
+    def hosts() -> frozenset[str]:
+        members = state.members
+        if members is not cached[0]:
+            cached[0] = members
+            cached[1] = frozenset(m.rpartition(":")[0].strip("[]") for m in members)
+        result: frozenset[str] = cached[1]
+        return result
+
+    return hosts
+
+
 def drain_timeout(config: Config) -> float:
     """How long shutdown waits for in-flight requests: a full body read plus one request."""
     return config.request_timeout_secs * (BODY_TIMEOUT_FACTOR + 1)
@@ -74,13 +98,21 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
     app = make_app(config)
     install_admin(app, stop.set)  # POST /v1/admin/drain ends with stop.set()
     app.cleanup_ctx.append(cluster_ctx)
-    storm = storm_factory(app)  # Storm's Pacemaker protocol on the same port (first byte)
+    set_path_limits(config.path_max_bytes, config.path_max_depth)
+    budget = app[BUDGET_KEY]  # partial frames and bodies, all connections
+    storm = storm_factory(app, budget)  # Storm's Pacemaker protocol on the same port (first byte)
     access_log = logging.getLogger("aiohttp.access") if log.isEnabledFor(logging.DEBUG) else None
     # The runner's own shutdown only waits for responses still being written (see below).
-    runner = web.AppRunner(app, access_log=access_log, shutdown_timeout=config.request_timeout_secs)
+    runner = web.AppRunner(
+        app,
+        access_log=access_log,
+        shutdown_timeout=config.request_timeout_secs,
+        keepalive_timeout=config.http_idle_secs,  # also bounds a half-sent head on aiohttp
+    )
     await runner.setup()
     assert runner.server is not None
     cap = ConnectionCap.for_config(config, app[METRICS_KEY])
+    cap.follow_peers(member_hosts(app[STATE_KEY]))
     signals = (signal.SIGTERM, signal.SIGINT)
     quiet = QuietBadRequests()
     logging.getLogger("aiohttp.server").addFilter(quiet)
@@ -99,6 +131,8 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
                 if access_log is None
                 else None
             )
+            if fast_path is not None:
+                fast_path.budget = budget
             site = SharedSite(
                 runner,
                 config.host,
@@ -107,6 +141,7 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
                 drain_timeout=drain_timeout(config),
                 fast_path=fast_path,
                 cap=cap,
+                sniff_timeout=config.handshake_timeout_secs,
             )
         await site.start()
         for sig in signals:

@@ -41,9 +41,10 @@ from pmcluster.node.appstate import NodeState
 from pmcluster.node.coordinator import CoordinatingBackend
 from pmcluster.node.local import LocalBackend
 from pmcluster.node.metrics import Metrics
-from pmcluster.node.requests import key_path, parse_version
+from pmcluster.node.requests import check_versions, key_path, parse_version, version_ceiling
 from pmcluster.protocol import pulsecodec
 from pmcluster.protocol.backend import NOT_NOW, NowBackend
+from pmcluster.protocol.budget import BufferBudget
 from pmcluster.protocol.http import HELD_HEADER, VERSION_HEADER
 from pmcluster.protocol.pulse import Pulse
 from pmcluster.store import PulseStore
@@ -54,8 +55,9 @@ log = logging.getLogger(__name__)
 
 HttpFactory = Callable[[], asyncio.Protocol]
 
-STALL_SECS = 0.5  # a request still incomplete this long goes to aiohttp (its timeouts apply)
-IDLE_SECS = 75.0  # keep-alive: an idle connection is closed (aiohttp's default)
+STALL_SECS = 0.5  # a body still incomplete this long goes to aiohttp (its timeouts apply)
+IDLE_SECS = 60.0  # keep-alive: an idle connection is closed (pmcluster.http.idle.secs)
+HEAD_SECS = 10.0  # a request head must be complete within this (pmcluster.header.timeout.secs)
 MAX_HEAD = 16384  # a request head longer than this goes to aiohttp (it answers 400/431)
 MAX_LINE = 8190  # aiohttp's limit for the request line and each header line
 WRITE_CHUNK = 65536  # answers of one read are written in pieces of about this size
@@ -92,6 +94,11 @@ class FastPath:
         self.store: PulseStore = local.store
         self.metrics = metrics
         self.max_body = config.max_message_size
+        self.skew_secs = config.version_max_skew_secs
+        self.max_entries = config.batch_max_entries
+        self.idle_secs = config.http_idle_secs
+        self.head_secs = config.header_timeout_secs
+        self.budget: BufferBudget | None = None  # bytes of unfinished requests (sharedport's)
         self.writes_open = config.auth_method == "NONE" or not config.auth_writes
         self.reads_open = config.auth_method == "NONE"
         self._head_key: tuple[int, str, str] | None = None
@@ -157,7 +164,10 @@ class FastPath:
     def _put(self, target: bytes, headers: dict[bytes, bytes], body: bytes) -> bytes:
         path = key_path(target[len(_PULSE) :].decode("ascii"), "/v1/pulse/")
         raw_version = headers.get(_VERSION)
-        version = None if raw_version is None else parse_version(raw_version.decode("ascii"))
+        version = None
+        if raw_version is not None:
+            ceiling = version_ceiling(self.skew_secs)
+            version = parse_version(raw_version.decode("ascii"), ceiling)
         stored = self.store.send_pulse(path, body, version)
         self.metrics.received(len(body))
         if stored:
@@ -167,7 +177,8 @@ class FastPath:
 
     def _batch(self, buf: bytes, start: int, stop: int) -> bytes:
         # The decoder's entries go to the store unchanged: trusted entries take 0 as "now".
-        entries = pulsecodec.decode(buf, start=start, stop=stop)
+        entries = pulsecodec.decode(buf, start=start, stop=stop, max_entries=self.max_entries)
+        check_versions(entries, version_ceiling(self.skew_secs))
         stored = self.store.send_pulses(entries, trusted=True)
         self.metrics.received_many([len(data) for _, data, _ in entries])
         # json.dumps's exact output for this dict, without its per-call machinery
@@ -263,25 +274,49 @@ class FastHttpConnection(asyncio.Protocol):
         self._waiting_since: float | None = None
         self._idle: asyncio.TimerHandle | None = None
         self._last = 0.0
+        self._held = 0  # bytes of unanswered requests counted in the fast path's budget
         self.handed_over = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         loop = asyncio.get_running_loop()
         self._last = loop.time()
-        self._idle = loop.call_later(IDLE_SECS, self._check_idle)
+        self._idle = loop.call_later(self._fast.idle_secs, self._check_idle)
 
     def data_received(self, data: bytes) -> None:
         if self._need:
             self._more.append(data)
             self._have += len(data)
             if self._have < self._need:
+                self._account(self._have)
                 return
             self._buf = b"".join([self._buf, *self._more])
             self._more, self._need = [], 0
         else:
             self._buf = self._buf + data if self._buf else data
         self._process()
+        if not self.handed_over:
+            self._account(self._have if self._need else len(self._buf))
+
+    def _account(self, held: int) -> None:
+        """Report the bytes held for unanswered requests; past the node's buffer budget the
+        connection is dropped (a half-sent request must not exhaust the node)."""
+        budget = self._fast.budget
+        if budget is None or held == self._held:
+            return
+        if budget.hold(self._held, held):
+            self._held = held
+            return
+        self._held = 0
+        log.warning("HTTP connection dropped: pmcluster.buffer.max.bytes of partial requests held")
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _release(self) -> None:
+        budget = self._fast.budget
+        if budget is not None and self._held:
+            budget.hold(self._held, 0)
+        self._held = 0
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -292,6 +327,7 @@ class FastHttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
+        self._release()
 
     def shutdown(self) -> None:
         """The node is stopping: aiohttp takes the connection, so it is drained and closed
@@ -383,6 +419,7 @@ class FastHttpConnection(asyncio.Protocol):
             return False
         self.handed_over = True
         self._cancel_timers()
+        self._release()  # aiohttp's own limits apply from here
         inner = self._fallback()
         transport.set_protocol(inner)
         inner.connection_made(transport)
@@ -420,14 +457,45 @@ class FastHttpConnection(asyncio.Protocol):
         if loop.time() < since + STALL_SECS:
             self._stall = loop.call_at(since + STALL_SECS, self._stalled)
             return
+        if not self._need and len(self._buf) <= MAX_HEAD and not self._buf.translate(None, _PLAIN):
+            # A plain head, incomplete: keep it here (aiohttp would hold a half-sent head
+            # until its keep-alive timeout) and give up on it after `head_secs`. Anything
+            # else goes to aiohttp, whose parser refuses garbage at once.
+            head_until = since + self._fast.head_secs
+            if loop.time() < head_until:
+                self._stall = loop.call_at(head_until, self._stalled)
+                return
+            self._head_timeout()
+            return
         self._hand_over()
+
+    def _head_timeout(self) -> None:
+        """408 and close: a request head not complete within pmcluster.header.timeout.secs."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        body = (
+            b'{"error": "request_timeout", "detail": "request head not complete within '
+            b'pmcluster.header.timeout.secs"}'
+        )
+        transport.write(
+            b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n"
+            % len(body)
+            + self._fast.common_head()
+            + b"\r\n"
+            + body
+        )
+        self._buf, self._more = b"", []
+        self._release()
+        transport.close()
 
     def _check_idle(self) -> None:
         transport = self._transport
         if transport is None or transport.is_closing() or self.handed_over:
             return
         loop = asyncio.get_running_loop()
-        idle_until = self._last + IDLE_SECS
+        idle_until = self._last + self._fast.idle_secs
         if self._buf or self._more or loop.time() < idle_until:
             self._idle = loop.call_at(max(idle_until, loop.time() + 1.0), self._check_idle)
             return

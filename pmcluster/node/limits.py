@@ -5,7 +5,9 @@
   flood is refused with 507 long before the kernel's OOM killer would end the process.
 - Connections: `pmcluster.max.connections` caps open HTTP connections. One past the cap is
   accepted, answered `503` with a JSON reason and closed: never a crash, never an accept
-  loop failing on EMFILE. The cap is also kept below the open-file limit.
+  loop failing on EMFILE. The cap is also kept below the open-file limit. One client address
+  holds at most `pmcluster.max.connections.per.address`, and the last
+  `pmcluster.peer.connections.reserved` places are kept for the cluster's own members.
 - Open files: a server raises its soft RLIMIT_NOFILE to the hard limit at start (as nginx,
   ZooKeeper's scripts and systemd units do) and logs it.
 - Request concurrency is bounded elsewhere: `pacemaker.max.threads` (node.py's semaphore).
@@ -17,6 +19,7 @@ import asyncio
 import json
 import logging
 import resource
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import cast
@@ -101,8 +104,23 @@ class ConnectionCap:
     answered with a 503 JSON body (HTTP) or just closed (Storm), before any request is read.
     """
 
-    def __init__(self, limit: int, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        limit: int,
+        metrics: Metrics | None = None,
+        *,
+        per_address: int | None = None,
+        reserved: int = 0,
+        peers: Callable[[], frozenset[str]] | None = None,
+    ) -> None:
+        """`per_address`: open connections one client address may hold; `reserved`: room
+        kept for the cluster's own members (`peers()`: their host addresses), so clients
+        filling the cap never lock the nodes out of each other."""
         self.limit = limit
+        self.per_address = per_address
+        self.reserved = min(reserved, limit // 4)
+        self._peers = peers
+        self._by_address: dict[str, weakref.WeakSet[asyncio.BaseTransport]] = {}
         self.refused = 0
         self._server: web.Server | None = None
         self._count: Callable[[], int] | None = None
@@ -132,7 +150,43 @@ class ConnectionCap:
                 lowered,
             )
             limit = lowered
-        return cls(limit, metrics)
+        return cls(
+            limit,
+            metrics,
+            per_address=config.max_connections_per_address,
+            reserved=config.peer_connections_reserved,
+        )
+
+    def follow_peers(self, peers: Callable[[], frozenset[str]]) -> None:
+        """Take the members' host addresses from `peers` (the node's membership view)."""
+        self._peers = peers
+
+    def admit(self, transport: asyncio.BaseTransport) -> str | None:
+        """Count a new connection by its peer address; the reason it must be refused, or
+        None. Members (`peers`) may use the room reserved for them and have no per-address
+        limit; any other address holds at most `per_address` connections."""
+        peer = transport.get_extra_info("peername")
+        host = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        is_peer = self._peers is not None and host in self._peers()
+        if not is_peer and self.reserved and self.open > self.limit - self.reserved:
+            return f"connections for clients are full (pmcluster.max.connections={self.limit})"
+        if self.per_address is None or is_peer:
+            return None
+        conns = self._by_address.get(host)
+        if conns is None:
+            if len(self._by_address) > 4 * self.limit:
+                self._by_address = {
+                    h: c for h, c in self._by_address.items() if any(not t.is_closing() for t in c)
+                }
+            conns = self._by_address[host] = weakref.WeakSet()
+        open_here = sum(1 for t in list(conns) if not t.is_closing())
+        if open_here >= self.per_address:
+            return (
+                f"{open_here} connections open from {host} "
+                f"(pmcluster.max.connections.per.address={self.per_address})"
+            )
+        conns.add(transport)
+        return None
 
     @property
     def open(self) -> int:
@@ -168,7 +222,9 @@ class ConnectionCap:
         # An instance attribute shadows the method: aiohttp calls `self._manager.connection_made`.
         setattr(server, "connection_made", connection_made)  # noqa: B010
 
-    def refuse(self, transport: asyncio.BaseTransport, *, http: bool = True) -> None:
+    def refuse(
+        self, transport: asyncio.BaseTransport, *, http: bool = True, reason: str | None = None
+    ) -> None:
         """Turn this connection away: a 503 for HTTP, a plain close otherwise."""
         self.refused += 1
         if self._counter is not None:
@@ -184,7 +240,8 @@ class ConnectionCap:
         body = json.dumps(
             {
                 "error": "service_unavailable",
-                "detail": f"too many open connections (pmcluster.max.connections={self.limit})",
+                "detail": reason
+                or f"too many open connections (pmcluster.max.connections={self.limit})",
             }
         ).encode()
         head = (

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+import time
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from pmcluster.errors import InvalidPath, InvalidRequest, PayloadTooLarge
-from pmcluster.node.appstate import BACKEND_KEY, LOCAL_BACKEND_KEY, STATE_KEY
+from pmcluster.errors import InsufficientStorage, InvalidPath, InvalidRequest, PayloadTooLarge
+from pmcluster.node.appstate import BACKEND_KEY, CONFIG_KEY, LOCAL_BACKEND_KEY, STATE_KEY
 from pmcluster.protocol import paths
 from pmcluster.protocol.backend import Backend
+from pmcluster.protocol.budget import BufferBudget
 from pmcluster.protocol.http import FORWARDED_HEADER, MAX_VERSION, TOMBSTONE_HEADER, VERSION_HEADER
 
 BODY_TIMEOUT_FACTOR = 5.0  # a body must arrive within request_timeout_secs * this
@@ -49,17 +52,43 @@ def request_tree(request: web.Request, prefix: str) -> str:
 
 
 def request_version(request: web.Request) -> int | None:
-    return parse_version(request.headers.get(VERSION_HEADER))
+    ceiling = version_ceiling(request.app[CONFIG_KEY].version_max_skew_secs)
+    return parse_version(request.headers.get(VERSION_HEADER), ceiling)
 
 
-def parse_version(raw: str | None) -> int | None:
-    """`X-Pulse-Version` as a non-negative i64; absent or 0 means "now" (store's clock)."""
+def version_ceiling(skew_secs: float) -> int:
+    """The newest version a request may carry now: this node's clock plus the allowed skew
+    (`pmcluster.version.max.skew.secs`). A version from further ahead would pin a key (or,
+    as a tombstone, a whole subtree) against every honest write until the clocks catch up."""
+    return time.time_ns() + int(skew_secs * 1e9)
+
+
+def parse_version(raw: str | None, ceiling: int | None = None) -> int | None:
+    """`X-Pulse-Version` as a non-negative i64, at most `ceiling`; absent or 0 means "now"."""
     if raw is None:
         return None
     text = raw.strip()
     if not (text.isascii() and text.isdigit()) or len(text) > 19 or int(text) > MAX_VERSION:
         raise InvalidRequest(f"{VERSION_HEADER} must be an integer in [0, 2^63): {raw[:40]!r}")
-    return int(text) or None
+    version = int(text)
+    if ceiling is not None and version > ceiling:
+        raise_too_new(version, ceiling)
+    return version or None
+
+
+def check_versions(entries: Sequence[tuple[str, bytes, int | None]], ceiling: int) -> None:
+    """Refuse a batch whose newest version is past `ceiling` (see `version_ceiling`)."""
+    newest = max((version or 0 for _, _, version in entries), default=0)
+    if newest > ceiling:
+        raise_too_new(newest, ceiling)
+
+
+def raise_too_new(version: int, ceiling: int) -> NoReturn:
+    ahead = (version - ceiling) / 1e9
+    raise InvalidRequest(
+        f"version {version} is {ahead:.3g}s past this node's clock plus the allowed skew "
+        "(pmcluster.version.max.skew.secs): versions are nanoseconds since the epoch"
+    )
 
 
 def request_backend(request: web.Request) -> Backend:
@@ -69,8 +98,11 @@ def request_backend(request: web.Request) -> Backend:
     return coordinator if coordinator is not None else request.app[BACKEND_KEY]
 
 
-async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
-    """The whole body, at most `limit` bytes, arriving within `timeout` seconds."""
+async def read_body(
+    request: web.Request, limit: int, timeout: float, budget: BufferBudget | None = None
+) -> bytes:
+    """The whole body, at most `limit` bytes, arriving within `timeout` seconds; while it
+    arrives in pieces, its bytes count against the node's `budget` (507 past it)."""
     length = request.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge(f"body of {length} bytes exceeds the limit of {limit} bytes")
@@ -83,7 +115,7 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
             raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
         return body
     chunks: list[bytes] = []
-    size = 0
+    size = held = 0
     try:
         async with asyncio.timeout(timeout):
             while chunk := await request.content.readany():
@@ -91,6 +123,13 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
                 if size > limit:
                     raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
                 chunks.append(chunk)
+                if budget is not None:
+                    if not budget.hold(held, size):
+                        held = 0
+                        raise InsufficientStorage(
+                            "the node holds pmcluster.buffer.max.bytes of unfinished requests"
+                        )
+                    held = size
     except TimeoutError:
         raise web.HTTPRequestTimeout(text=f"body not received within {timeout:g}s") from None
     except ConnectionError:
@@ -103,6 +142,9 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
         raise InvalidRequest("connection lost before the body was complete") from None
     except HttpProcessingError as exc:  # e.g. a malformed chunked encoding
         raise InvalidRequest(f"malformed body: {exc.message}") from None
+    finally:
+        if budget is not None and held:
+            budget.hold(held, 0)
     return b"".join(chunks)
 
 

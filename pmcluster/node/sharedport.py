@@ -36,7 +36,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SNIFF_TIMEOUT_SECS = 75.0  # a connection that sends nothing at all is closed (aiohttp's keep-alive)
+SNIFF_TIMEOUT_SECS = 10.0  # a connection that sends nothing at all is closed
+# (pmcluster.handshake.timeout.secs)
 
 
 class SniffingProtocol(asyncio.Protocol):
@@ -74,9 +75,13 @@ class SniffingProtocol(asyncio.Protocol):
             return
         self._cancel_timer()
         storm = data[0] == 0
-        if self._cap is not None and self._cap.over_limit():
-            self._cap.refuse(transport, http=not storm)
-            return
+        if self._cap is not None:
+            reason = "over" if self._cap.over_limit() else self._cap.admit(transport)
+            if reason is not None:
+                self._cap.refuse(
+                    transport, http=not storm, reason=None if reason == "over" else reason
+                )
+                return
         inner: asyncio.Protocol = self._storm_factory() if storm else self._http_factory()
         transport.set_protocol(inner)
         inner.connection_made(transport)
@@ -222,6 +227,7 @@ class SharedSite(web.BaseSite):
         "_host",
         "_port",
         "_shared",
+        "_sniff_timeout",
         "_storm_factory",
     )
 
@@ -236,8 +242,10 @@ class SharedSite(web.BaseSite):
         drain_timeout: float = 5.0,
         fast_path: FastPath | None = None,
         cap: ConnectionCap | None = None,
+        sniff_timeout: float | None = SNIFF_TIMEOUT_SECS,
     ) -> None:
         super().__init__(runner, backlog=backlog)
+        self._sniff_timeout = sniff_timeout
         self._host = host
         self._port = port
         self._storm_factory = storm_factory
@@ -267,6 +275,7 @@ class SharedSite(web.BaseSite):
             backlog=self._backlog,
             fast_path=self._fast_path,
             cap=self._cap,
+            sniff_timeout=self._sniff_timeout,
         )
         self._server = self._shared.server
 

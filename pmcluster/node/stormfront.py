@@ -27,17 +27,18 @@ from pmcluster.node.appstate import (
 from pmcluster.node.coordinator import CoordinatingBackend, LocalNow
 from pmcluster.node.local import LocalBackend
 from pmcluster.protocol.backend import Backend, NowBackend
+from pmcluster.protocol.budget import BufferBudget
 from pmcluster.storm.auth import make_auth_factory
 from pmcluster.storm.handler import StormHandler
 from pmcluster.storm.metrics import StormMetrics
-from pmcluster.storm.server import StormConnection, StormFactory
+from pmcluster.storm.server import StormConnection, StormDeadlines, StormFactory
 
 __all__ = ["storm_factory"]
 
 
-def storm_factory(app: web.Application) -> StormFactory:
+def storm_factory(app: web.Application, budget: BufferBudget | None = None) -> StormFactory:
     """The per-connection Storm protocol factory of a node's app (raises `ConfigError` when
-    the authentication method cannot be set up)."""
+    the authentication method cannot be set up); `budget`: the node's partial-frame budget."""
     config, state = app[CONFIG_KEY], app[STATE_KEY]
     local, default = app[LOCAL_BACKEND_KEY], app[BACKEND_KEY]
     reads_local = config.storm_read_mode == "local"
@@ -72,8 +73,22 @@ def storm_factory(app: web.Application) -> StormFactory:
     )
     make_auth = make_auth_factory(config, metrics)
     max_frame = config.max_message_size
+    deadlines = StormDeadlines(
+        idle_secs=config.storm_idle_secs,
+        frame_secs=config.frame_timeout_secs,
+        handshake_secs=config.handshake_timeout_secs,
+    )
+    elements = config.thrift_max_elements
 
     def make() -> StormConnection:
-        return StormConnection(handler, max_frame, auth=make_auth(), metrics=metrics)
+        return StormConnection(
+            handler,
+            max_frame,
+            auth=make_auth(),
+            metrics=metrics,
+            deadlines=deadlines,
+            budget=budget,
+            max_elements=elements,
+        )
 
     return make

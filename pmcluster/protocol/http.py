@@ -27,6 +27,7 @@ HELD_HEADER = "X-Pulse-Held"  # on a PUT the store ignored: the newer version (o
 NODE_HEADER = "X-Pmcluster-Node"
 EPOCH_HEADER = "X-Pmcluster-Epoch"
 FORWARDED_HEADER = "X-Pmcluster-Forwarded"
+ADMIN_SECRET_HEADER = "X-Pmcluster-Admin-Secret"  # the admin routes' secret (node/admin.py)
 PULSES_MEDIA_TYPE = pulsecodec.MEDIA_TYPE
 
 MAX_VERSION = pulsecodec.MAX_VERSION  # versions travel as i64 in the pulse-list encoding

@@ -13,7 +13,24 @@ from urllib.parse import quote, unquote_to_bytes
 
 from pmcluster.errors import InvalidPath
 
-__all__ = ["from_url", "normalize", "normalize_key", "to_url"]
+__all__ = [
+    "DEFAULT_MAX_PATH_BYTES",
+    "DEFAULT_MAX_PATH_DEPTH",
+    "from_url",
+    "normalize",
+    "normalize_key",
+    "path_limits",
+    "set_path_limits",
+    "to_url",
+]
+
+# Storm's paths are 3-4 components and well under 300 bytes; a path's cost in the store grows
+# with the square of its depth (the parents index), so both are bounded. A node sets them from
+# `pmcluster.path.max.bytes` / `pmcluster.path.max.depth` at start (`set_path_limits`).
+DEFAULT_MAX_PATH_BYTES = 4096
+DEFAULT_MAX_PATH_DEPTH = 64
+_max_bytes = DEFAULT_MAX_PATH_BYTES
+_max_depth = DEFAULT_MAX_PATH_DEPTH
 
 # A `%` not followed by two hex digits: the one thing `unquote` would silently let through.
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
@@ -27,11 +44,37 @@ def _show(text: str) -> str:
     return repr(text)
 
 
+def set_path_limits(max_bytes: int, max_depth: int) -> None:
+    """The process's path limits (a node: from its config, once at start)."""
+    global _max_bytes, _max_depth
+    _max_bytes, _max_depth = max_bytes, max_depth
+
+
+def path_limits() -> tuple[int, int]:
+    """(max bytes, max components) a path may have in this process."""
+    return _max_bytes, _max_depth
+
+
+def _check_limits(path: str) -> None:
+    if len(path) > _max_bytes or (not path.isascii() and len(path.encode("utf-8")) > _max_bytes):
+        raise InvalidPath(
+            f"path of {len(path.encode('utf-8', 'surrogatepass'))} bytes exceeds the limit of "
+            f"{_max_bytes} (pmcluster.path.max.bytes): {_show(path)}"
+        )
+    depth = path.count("/")
+    if depth > _max_depth:
+        raise InvalidPath(
+            f"path of {depth} components exceeds the limit of {_max_depth} "
+            f"(pmcluster.path.max.depth): {_show(path)}"
+        )
+
+
 def normalize(path: str) -> str:
     """Return `path` without trailing `/` (root `/` stays `/`), or raise `InvalidPath`.
 
     Rejected: a non-string, the empty string, a relative path, an empty component (`/a//b`,
-    `//`), a `.` or `..` component, a NUL character, text that is not encodable as UTF-8.
+    `//`), a `.` or `..` component, a NUL character, text that is not encodable as UTF-8, a
+    path longer or deeper than the limits (`set_path_limits`).
     """
     if not isinstance(path, str):
         raise InvalidPath(f"path must be a string, not {type(path).__name__}")
@@ -57,6 +100,8 @@ def normalize(path: str) -> str:
             path.encode("utf-8")
         except UnicodeEncodeError:
             raise InvalidPath(f"path is not valid Unicode text: {_show(path)}") from None
+    if len(path) > 64:  # short paths are within any limit (at least 64 bytes, 1 component)
+        _check_limits(path)
     return path
 
 

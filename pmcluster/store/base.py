@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from pmcluster.errors import InvalidRequest
-from pmcluster.store.trie import Node, components, parent_key
+from pmcluster.store.trie import Node, components, index_entry_bytes, parent_key
 
 
 class StoreBase:
@@ -39,6 +39,11 @@ class StoreBase:
         # chain of nodes from the root to it. Kept in step by `_link` (on a node's first
         # child), `_prune` and `_purge_subtree` (on its last).
         self._parents: dict[str, tuple[Node, ...]] = {}
+        # What the trie's interior costs beyond the keys (`room.StoreRoom.footprint_bytes`):
+        # each interior node (below the root) and its parents-index entry, a chain of d nodes
+        # at depth d, so a deep path costs quadratically: counted, and bounded by the path
+        # limits (`protocol.paths`).
+        self._index_bytes = 0
         self._key_count = 0
         self._total_bytes = 0
         # (expiry, seq, path, kind): lazily checked against the node's current tombstone.
@@ -101,4 +106,6 @@ class StoreBase:
 
     def _link(self, nodes: list[Node], names: list[str]) -> None:
         """Index `nodes[-1]` (reached along `names` from the root) as just given children."""
-        self._parents[parent_key(names, len(nodes) - 1)] = tuple(nodes)
+        key = parent_key(names, len(nodes) - 1)
+        self._parents[key] = tuple(nodes)
+        self._index_bytes += index_entry_bytes(len(key), len(nodes))

@@ -21,6 +21,7 @@ from pmcluster.store.trie import (
     Node,
     Tomb,
     components,
+    index_entry_bytes,
     iter_subtree,
     parent_key,
     refresh_maxv,
@@ -126,6 +127,7 @@ class StoreDeletes(StoreBase):
         """Drop every key and tombstone (a new ZooKeeper session starts from empty)."""
         self._root = Node()
         self._parents.clear()
+        self._index_bytes = 0
         self._key_count = 0
         self._total_bytes = 0
         self._path_bytes = 0
@@ -164,7 +166,9 @@ class StoreDeletes(StoreBase):
             del parent.children[names[depth - 1]]
             if not parent.children:
                 parent.children = None
-                del self._parents[parent_key(names, depth - 1)]
+                key = parent_key(names, depth - 1)
+                del self._parents[key]
+                self._index_bytes -= index_entry_bytes(len(key), depth)
 
     def _purge_subtree(self, top: Node, top_path: str, version: int) -> None:
         """Remove keys and tombstones with version <= `version` at or under `top`.
@@ -202,7 +206,9 @@ class StoreDeletes(StoreBase):
                         newest = child.maxv
                 if not node.children:
                     node.children = None
-                    del self._parents["" if path == "/" else path]
+                    key = "" if path == "/" else path
+                    del self._parents[key]
+                    self._index_bytes -= index_entry_bytes(len(key), len(components(path)) + 1)
             node.n = count
             node.maxv = newest
 

@@ -294,7 +294,8 @@ class PulseStore(StoreDeletes, StoreRoom):
         if check and self.max_bytes is not None:
             old_data = node.data if missing < 0 else None
             if old_data is None:
-                self._check_room(len(data) + len(key) + KEY_OVERHEAD_BYTES)
+                grown = len(data) + len(key) + KEY_OVERHEAD_BYTES
+                self._check_room(grown + (self._interior_growth(key) if missing >= 0 else 0))
             elif version > node.version or (version == node.version and data > old_data):
                 self._check_room(len(data) - len(old_data))
         if missing >= 0:

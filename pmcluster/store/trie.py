@@ -63,6 +63,22 @@ def parent_key(names: list[str], depth: int) -> str:
     return "/" + "/".join(names[:depth]) if depth else ""
 
 
+# Object sizes (CPython 3.11, 64-bit, sys.getsizeof), rounded up: an interior `Node` with its
+# 6 slots, its slot in the parent's children dict and its name string (160); its children
+# dict of a few entries (232); its parents-index entry: tuple header, key string header and
+# dict slot (205).
+INTERIOR_NODE_BYTES = 160 + 232 + 205
+
+
+def index_entry_bytes(key_len: int, chain_len: int) -> int:
+    """What one interior node below the root costs with its parents-index entry (key of
+    `key_len` characters, chain of `chain_len` nodes); the root's own entry is free (one per
+    store)."""
+    if chain_len <= 1:
+        return 0
+    return INTERIOR_NODE_BYTES + key_len + 8 * chain_len
+
+
 def iter_subtree(top: Node, top_path: str, *, sort: bool) -> Iterator[tuple[str, Node]]:
     """(path, node) for `top` and every node below it, pre-order, iteratively."""
     stack = [(top_path, top)]

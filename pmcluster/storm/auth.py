@@ -27,7 +27,7 @@ import struct
 from collections.abc import Callable
 
 from pmcluster.auth.jaas import load_jaas
-from pmcluster.auth.middleware import kerberos_readers, short_name
+from pmcluster.auth.middleware import kerberos_readers, log_safe, short_name
 from pmcluster.config import Config
 from pmcluster.errors import AuthError, ConfigError, ProtocolError
 from pmcluster.storm.codec import HBMessage, HBMessageData
@@ -154,10 +154,12 @@ class GssapiAuth:
         server: GssapiServer,
         readers: frozenset[str],
         *,
+        realm: str | None = None,
         metrics: StormMetrics | None = None,
     ) -> None:
         self._server = server
         self._readers = readers
+        self._realm = realm
         self._metrics = metrics
         self._checked = False  # the principal's authorization, checked once it is known
 
@@ -195,6 +197,14 @@ class GssapiAuth:
         if self._checked or principal is None:
             return
         self._checked = True
+        realm = principal.rpartition("@")[2]
+        if self._realm is not None and realm != self._realm:
+            log.warning(
+                "Storm KERBEROS: %s is not of this node's realm %s: refused",
+                log_safe(principal),
+                self._realm,
+            )
+            raise AuthError(f"{principal} is not of the realm {self._realm}")
         if short_name(principal) not in self._readers:
             log.warning("Storm KERBEROS: %s is not an authorized reader: refused", principal)
             raise AuthError(f"{principal} is not an authorized reader")
@@ -219,6 +229,15 @@ def make_auth_factory(config: Config, metrics: StormMetrics | None = None) -> Au
     if config.auth_method == "DIGEST":
         if config.jaas_path is None:
             raise ConfigError("java.security.auth.login.config", "DIGEST needs a JAAS file")
+        if not config.auth_digest_md5:
+            # Storm's only DIGEST mechanism is SASL DIGEST-MD5: with MD5 off, no Storm-protocol
+            # connection authenticates (reads refused, open writes still served).
+            log.warning(
+                "pmcluster.auth.digest.md5 false: Storm-protocol DIGEST-MD5 is refused, "
+                "so Storm clients cannot read"
+            )
+            no_auth = NoAuth(reads=False)
+            return lambda: no_auth
         password = digest_password_from_jaas(config.jaas_path)
         return lambda: DigestAuth(password, metrics=metrics)
     if config.auth_method == "KERBEROS":
@@ -233,6 +252,7 @@ def _gssapi_factory(config: Config, metrics: StormMetrics | None) -> AuthFactory
     from pmcluster.auth.kerberos import KerberosAcceptor, gssapi_module
 
     acceptor = KerberosAcceptor(load_jaas(config.jaas_path).kerberos_server(config.host))
+    realm = acceptor.principal.rpartition("@")[2] or None
     gssapi = gssapi_module()
     gss_error: type[Exception] = gssapi.exceptions.GSSError
     krb5 = gssapi.MechType.kerberos  # SASL GSSAPI is Kerberos V5 itself, never SPNEGO
@@ -245,6 +265,6 @@ def _gssapi_factory(config: Config, metrics: StormMetrics | None) -> AuthFactory
 
     def make() -> GssapiAuth:
         server = GssapiServer(acceptor.context(), gss_error, mech=krb5)
-        return GssapiAuth(server, readers, metrics=metrics)
+        return GssapiAuth(server, readers, metrics=metrics, realm=realm)
 
     return make

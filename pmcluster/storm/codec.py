@@ -40,6 +40,9 @@ __all__ = [
 
 DEFAULT_MAX_FRAME_SIZE = 10_485_760  # pacemaker.thrift.message.size.max
 _MAX_DEPTH = 64  # nesting limit when skipping unknown fields: no RecursionError on hostile input
+# Collection elements one frame may declare in all (`pmcluster.thrift.max.elements` on a node):
+# each costs Python work, so a 10 MiB frame of tiny elements must not block the loop for seconds.
+DEFAULT_MAX_ELEMENTS = 1_000_000
 
 
 class HBServerMessageType(IntEnum):
@@ -262,11 +265,12 @@ def encode_frame(message: HBMessage) -> bytes:
 class _Reader:
     """A bounds-checked cursor over one frame body; every failure is a `ProtocolError`."""
 
-    __slots__ = ("buf", "pos")
+    __slots__ = ("buf", "elements", "pos")
 
-    def __init__(self, buf: bytes) -> None:
+    def __init__(self, buf: bytes, max_elements: int = DEFAULT_MAX_ELEMENTS) -> None:
         self.buf = buf
         self.pos = 0
+        self.elements = max_elements  # collection elements this frame may still declare
 
     def take(self, n: int) -> bytes:
         end = self.pos + n
@@ -275,6 +279,12 @@ class _Reader:
         chunk = self.buf[self.pos : end]
         self.pos = end
         return chunk
+
+    def advance(self, n: int) -> None:
+        """Skip `n` bytes without copying them."""
+        if self.pos + n > len(self.buf):
+            raise ProtocolError(f"truncated struct: need {n} bytes at offset {self.pos}")
+        self.pos += n
 
     def byte(self) -> int:
         if self.pos >= len(self.buf):
@@ -300,6 +310,12 @@ class _Reader:
             raise ProtocolError(f"negative collection size {n}")
         if n * element_size > len(self.buf) - self.pos:
             raise ProtocolError(f"collection of {n} elements overruns the frame")
+        self.elements -= n
+        if self.elements < 0:
+            raise ProtocolError(
+                f"collection of {n} elements passes the frame's element limit "
+                "(pmcluster.thrift.max.elements)"
+            )
         return n
 
     def binary(self) -> bytes:
@@ -340,7 +356,7 @@ class _Reader:
             raise ProtocolError(f"unknown Thrift type code {code}") from None
         fixed = _FIXED_SIZE.get(ttype)
         if fixed is not None:
-            self.take(fixed)
+            self.advance(fixed)
         elif ttype == TType.STRING:
             self.binary()
         elif ttype == TType.STRUCT:
@@ -351,12 +367,22 @@ class _Reader:
                 self.skip(ftype, depth + 1)
         elif ttype == TType.MAP:
             ktype, vtype = self.ttype(), self.ttype()
-            for _ in range(self.count(_MIN_SIZE[ktype] + _MIN_SIZE[vtype])):
+            n = self.count(_MIN_SIZE[ktype] + _MIN_SIZE[vtype])
+            kfixed, vfixed = _FIXED_SIZE.get(ktype), _FIXED_SIZE.get(vtype)
+            if kfixed is not None and vfixed is not None:
+                self.advance(n * (kfixed + vfixed))  # a run of fixed-size pairs: one step
+                return
+            for _ in range(n):
                 self.skip(ktype, depth + 1)
                 self.skip(vtype, depth + 1)
         elif ttype in (TType.SET, TType.LIST):
             etype = self.ttype()
-            for _ in range(self.count(_MIN_SIZE[etype])):
+            n = self.count(_MIN_SIZE[etype])
+            efixed = _FIXED_SIZE.get(etype)
+            if efixed is not None:
+                self.advance(n * efixed)  # a run of fixed-size elements: one step
+                return
+            for _ in range(n):
                 self.skip(etype, depth + 1)
         else:  # STOP where a value belongs
             raise ProtocolError(f"type {ttype.name} cannot be a value")
@@ -463,9 +489,10 @@ def _message_type(value: int) -> int:
         return value
 
 
-def decode_message(body: bytes) -> HBMessage:
-    """Decode one bare `HBMessage` struct that fills `body` exactly, or raise `ProtocolError`."""
-    r = _Reader(bytes(body))
+def decode_message(body: bytes, max_elements: int = DEFAULT_MAX_ELEMENTS) -> HBMessage:
+    """Decode one bare `HBMessage` struct that fills `body` exactly, or raise `ProtocolError`;
+    at most `max_elements` collection elements in all."""
+    r = _Reader(bytes(body), max_elements)
     mtype: int | None = None
     data: HBMessageData | None = None
     message_id: int | None = None

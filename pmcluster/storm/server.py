@@ -14,6 +14,12 @@ and for whether it may read; `NoAuth` (pacemaker.auth.method NONE) refuses every
 A CONTROL/SASL frame after the first ordinary frame closes the connection (Storm: the first
 ordinary frame ends the chance to authenticate).
 
+Deadlines (`StormDeadlines`, from the node's config): a connection that completes no frame for
+`pmcluster.storm.idle.secs` is closed, so is one whose partial frame is older than
+`pmcluster.frame.timeout.secs`, and one that began a SASL handshake and has not finished it
+within `pmcluster.handshake.timeout.secs`. The bytes of partial frames count against the
+node's `BufferBudget` (`pmcluster.buffer.max.bytes`): past it, the growing connection is closed.
+
 The fast lane: a frame in Storm's usual layout (`fastcodec.decode_request`) whose answer needs
 no waiting (`StormHandler.answer_now`: this node alone answers for the key) is answered inside
 `data_received`, without a task; the replies of one read leave in one write. Everything else
@@ -25,12 +31,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol, cast
 
 from pmcluster.errors import ProtocolError
+from pmcluster.protocol.budget import BufferBudget
 from pmcluster.storm.codec import (
+    DEFAULT_MAX_ELEMENTS,
     DEFAULT_MAX_FRAME_SIZE,
     FrameDecoder,
     HBMessage,
@@ -48,6 +58,7 @@ __all__ = [
     "ConnectionAuth",
     "NoAuth",
     "StormConnection",
+    "StormDeadlines",
     "StormFactory",
 ]
 
@@ -75,14 +86,32 @@ class ConnectionAuth(Protocol):
 
 
 class NoAuth:
-    """pacemaker.auth.method NONE: everyone may read; CONTROL/SASL frames are a protocol error."""
+    """pacemaker.auth.method NONE: everyone may read; CONTROL/SASL frames are a protocol error.
+    `reads=False`: nobody may read (authentication that cannot be offered)."""
+
+    def __init__(self, *, reads: bool = True) -> None:
+        self._reads = reads
 
     @property
     def authorized_reader(self) -> bool:
-        return True
+        return self._reads
 
     def on_auth_frame(self, message: HBMessage) -> list[HBMessage]:
         raise ProtocolError(f"type {message.type} frame on a server without authentication")
+
+
+@dataclass(frozen=True, slots=True)
+class StormDeadlines:
+    """How long a connection may idle, hold a partial frame, and take to authenticate (s)."""
+
+    idle_secs: float = 300.0
+    frame_secs: float = 30.0
+    handshake_secs: float = 10.0
+
+    @property
+    def period(self) -> float:
+        """How often a connection checks them (a fraction of the shortest, 0.05-5 s)."""
+        return min(5.0, max(0.05, min(self.idle_secs, self.frame_secs, self.handshake_secs) / 4))
 
 
 class StormConnection(asyncio.Protocol):
@@ -96,6 +125,9 @@ class StormConnection(asyncio.Protocol):
         *,
         auth: ConnectionAuth | None = None,
         metrics: StormMetrics | None = None,
+        deadlines: StormDeadlines | None = None,
+        budget: BufferBudget | None = None,
+        max_elements: int = DEFAULT_MAX_ELEMENTS,
     ) -> None:
         self.handler = handler
         self.max_in_flight = max_in_flight
@@ -114,6 +146,14 @@ class StormConnection(asyncio.Protocol):
         self._closed = asyncio.Event()
         self._out: list[bytes] = []  # replies waiting for this loop iteration's single write
         self._answered = 0  # fast-lane replies in `_out`: they hold in-flight slots until written
+        self._deadlines = deadlines
+        self._budget = budget
+        self._max_elements = max_elements
+        self._held = 0  # partial-frame bytes counted in `budget`
+        self._began = self._last_frame = time.monotonic()
+        self._partial_since: float | None = None
+        self._auth_begun = False
+        self._timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ asyncio callbacks
 
@@ -123,17 +163,23 @@ class StormConnection(asyncio.Protocol):
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.metrics.connections_open += 1
         self.metrics.connections_total += 1
+        if self._deadlines is not None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._deadlines.period, self._check_deadlines)
 
     def data_received(self, data: bytes) -> None:
         if self._transport is None or self._transport.is_closing():
             return
         bodies, error = self._decoder.split(data)
+        tracked = self._deadlines is not None or self._budget is not None
+        if tracked and not self._track(bool(bodies)):
+            return
         try:
             i, count = 0, len(bodies)
             while i < count:
                 fast = decode_request(bodies[i])
                 if fast is None:
-                    self._dispatch(decode_message(bodies[i]))
+                    self._dispatch(decode_message(bodies[i], self._max_elements))
                     i += 1
                     continue
                 if fast[0] == _SEND_PULSE and self._lane_open():
@@ -168,6 +214,12 @@ class StormConnection(asyncio.Protocol):
         if self._lost:
             return
         self._lost = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._budget is not None and self._held:
+            self._budget.hold(self._held, 0)
+            self._held = 0
         self.metrics.connections_open -= 1
         self._pending.clear()
         for task in self._tasks:
@@ -206,8 +258,58 @@ class StormConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------ internals
 
+    def _track(self, completed: bool) -> bool:
+        """Note frame progress for the deadlines and the buffer budget; False when the
+        connection was dropped for holding too much."""
+        now = time.monotonic()
+        if completed:
+            self._last_frame = now
+        buffered = self._decoder.buffered
+        if not buffered:
+            self._partial_since = None
+        elif self._partial_since is None or completed:
+            self._partial_since = now
+        if self._budget is not None and buffered != self._held:
+            if not self._budget.hold(self._held, buffered):
+                self._held = 0
+                self.metrics.protocol_errors += 1
+                log.warning(
+                    "Storm connection %s: dropped, partial frames past pmcluster.buffer.max.bytes",
+                    self.peer,
+                )
+                self.abort()
+                return False
+            self._held = buffered
+        return True
+
+    def _check_deadlines(self) -> None:
+        self._timer = None
+        deadlines = self._deadlines
+        if self._lost or deadlines is None or self._transport is None:
+            return
+        now = time.monotonic()
+        reason = None
+        if self._partial_since is not None and now - self._partial_since > deadlines.frame_secs:
+            reason = "a partial frame older than pmcluster.frame.timeout.secs"
+        elif (
+            self._auth_begun
+            and not self._ordinary_seen
+            and not self.auth.authorized_reader
+            and now - self._began > deadlines.handshake_secs
+        ):
+            reason = "no completed handshake within pmcluster.handshake.timeout.secs"
+        elif not self._tasks and not self._pending and now - self._last_frame > deadlines.idle_secs:
+            reason = "idle for pmcluster.storm.idle.secs"
+        if reason is not None:
+            log.info("Storm connection %s: closing, %s", self.peer, reason)
+            self._close()
+            return
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(deadlines.period, self._check_deadlines)
+
     def _dispatch(self, message: HBMessage) -> None:
         if message.type in _AUTH_TYPES:
+            self._auth_begun = True
             if self._ordinary_seen:
                 raise ProtocolError("authentication frame after the first ordinary frame")
             for reply in self.auth.on_auth_frame(message):

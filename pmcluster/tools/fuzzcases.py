@@ -273,6 +273,59 @@ def _storm(rng: random.Random) -> bytes:
     return b"\x00" + rng.randbytes(rng.randint(0, 300))
 
 
+def _hardening(rng: random.Random) -> tuple[str, bytes, bool]:
+    """The shapes of issue 17: deep and long paths, versions far ahead of the clock, huge
+    collections (batches, Thrift lists), half-sent requests; (kind, bytes, half_close)."""
+    roll = rng.random()
+    if roll < 0.2:  # deep path: past pmcluster.path.max.depth, or just within it
+        depth = rng.choice([63, 65, 200, 1000, 3000])
+        target = "/v1/pulse/" + FUZZ_ROOT + "/a" * depth
+        head = f"PUT {target} HTTP/1.1\r\nHost: fuzz\r\nContent-Length: 1\r\n\r\nx"
+        return "deep-path", head.encode(), True
+    if roll < 0.4:  # a version far ahead: 2^63-1, a year, an hour, or just within the skew
+        version = rng.choice([2**63 - 1, 2**62, 10**19 // 2, 3 * 10**18])
+        method, route = rng.choice(
+            [("PUT", "/v1/pulse/"), ("DELETE", "/v1/pulse/"), ("DELETE", "/v1/path/")]
+        )
+        head = (
+            f"{method} {route}{FUZZ_ROOT}/v{rng.randrange(20)} HTTP/1.1\r\nHost: fuzz\r\n"
+            f"X-Pulse-Version: {version}\r\nContent-Length: 1\r\n\r\nx"
+        )
+        return "huge-version", head.encode(), True
+    if roll < 0.6:  # a huge collection: a batch of many entries, a Thrift list of many elements
+        if rng.random() < 0.5:
+            count = rng.choice([10_001, 50_000])
+            body = pulsecodec.encode(
+                [
+                    Pulse(f"/{FUZZ_ROOT}/h/{i}", b"", rng.choice([0, 2**63 - 1]))
+                    for i in range(count)
+                ]
+            )
+            head = f"POST /v1/batch HTTP/1.1\r\nHost: fuzz\r\nContent-Length: {len(body)}\r\n\r\n"
+            return "huge-collection", head.encode() + body, True
+        etype = rng.choice([2, 3, 8, 11])  # bool, byte, i32, string elements
+        size = {2: 1, 3: 1, 8: 4, 11: 4}[etype]
+        count = rng.choice([100_001, 1_000_000])
+        message = struct.pack(">bhi", 8, 1, 0) + struct.pack(">bhbi", 15, 9, etype, count)
+        body = message + b"\x00" * (count * size) + b"\x00"
+        return "huge-collection", struct.pack(">i", len(body)) + body, True
+    if roll < 0.8:  # half-sent: a head, a body or a frame that never completes (no EOF)
+        choice = rng.random()
+        if choice < 0.4:
+            raw = b"PUT /v1/pulse/" + FUZZ_ROOT.encode() + b"/h HTTP/1.1\r\nHost: fuzz\r\nX-Pa"
+        elif choice < 0.7:
+            raw = (
+                b"PUT /v1/pulse/" + FUZZ_ROOT.encode() + b"/h HTTP/1.1\r\nHost: fuzz\r\n"
+                b"Content-Length: 100000\r\n\r\n" + b"x" * 1000
+            )
+        else:
+            raw = struct.pack(">i", 10 * 1024 * 1024) + rng.randbytes(4096)
+        return "half-sent", raw, False
+    # a long path component (within the request-line limit)
+    target = "/v1/pulse/" + FUZZ_ROOT + "/" + "p" * rng.choice([4000, 5000, 8000])
+    return "long-path", f"GET {target} HTTP/1.1\r\nHost: fuzz\r\n\r\n".encode(), True
+
+
 def make_case(
     seed: int, index: int, *, storm: bool = True, max_body: int = DEFAULT_MAX_FRAME_SIZE
 ) -> Case:
@@ -293,6 +346,9 @@ def make_case(
             ]
         )
         return Case(index, "raw", raw, half_close=rng.random() < 0.9)
+    if roll < 0.26:
+        kind, raw, half_close = _hardening(rng)
+        return Case(index, kind, raw, half_close=half_close)
     kind, raw, complete = _http(rng, max_body)
     if rng.random() < 0.1:  # pipelined: a valid request first, then the fuzzed one
         raw = b"GET /health HTTP/1.1\r\nHost: fuzz\r\n\r\n" + raw

@@ -8,6 +8,7 @@ with the same context the cluster client uses (`pmcluster.auth.tls`)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -17,6 +18,7 @@ from pmcluster.auth.client import RequestAuth, make_request_auth
 from pmcluster.auth.tls import client_ssl_context, tls_enabled
 from pmcluster.config import Config
 from pmcluster.errors import HttpStatusError
+from pmcluster.protocol.http import ADMIN_SECRET_HEADER
 
 __all__ = ["OpsHttp", "base_url"]
 
@@ -64,6 +66,10 @@ class OpsHttp:
         limit = aiohttp.ClientTimeout(total=timeout or self.config.request_timeout_secs)
         data = None if body is None else json.dumps(body).encode()
         headers = {} if body is None else {"Content-Type": "application/json"}
+        if "/v1/admin/" in target.path and self.config.admin_secret_file:
+            # The admin routes from another host need the admin secret (node/admin.py).
+            secret = Path(self.config.admin_secret_file).read_bytes().strip()
+            headers[ADMIN_SECRET_HEADER] = secret.decode("utf-8", "replace")
         pending = None if self._auth is None else await self._auth.begin(method, target)
         while True:
             sent = headers if pending is None else {**headers, **pending.headers}

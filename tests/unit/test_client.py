@@ -552,12 +552,13 @@ async def test_concurrent_writes_share_few_batch_requests(
     client = coalescing
     paths = [f"/workerbeats/c/n{i}" for i in range(200)]
     await asyncio.gather(*(client.send_pulse(p, p.encode()) for p in paths))
-    await asyncio.gather(*(client.send_pulse(p, b"v" + p.encode(), 3 * 10**18) for p in paths))
+    later = time.time_ns() + 5 * 10**9  # ahead of every write of the first round
+    await asyncio.gather(*(client.send_pulse(p, b"v" + p.encode(), later) for p in paths))
     for path in paths:
         owners = cluster.owners(client, path)
         await poll(functools.partial(on_all, owners, path))
         assert {o.store.get_pulse(path) for o in owners} == {
-            Pulse(path, b"v" + path.encode(), 3 * 10**18)
+            Pulse(path, b"v" + path.encode(), later)
         }
         assert not cluster.non_owner(client, path).store.exists(path)
     for node in cluster.nodes:
@@ -581,7 +582,7 @@ async def test_coalesced_unversioned_write_still_lands_above_a_newer_owner_versi
     client = coalescing
     # Both owners hold a version from the future: the batch reports the write ignored, so its
     # caller asks again alone and retries above the held version (the version clock).
-    future = time.time_ns() + 10**12
+    future = time.time_ns() + 10 * 10**9  # within pmcluster.version.max.skew.secs
     for owner in cluster.owners(client, P):
         owner.store.send_pulse(P, b"from the future", future)
     others = [f"/workerbeats/d/n{i}" for i in range(20)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -397,15 +398,26 @@ async def test_close_hands_fast_connections_to_aiohttp_which_drains_them(node: S
     writer.close()
 
 
-async def test_idle_connections_are_closed_after_the_keep_alive(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(fasthttp, "IDLE_SECS", 0.1)
-    served = await serve(Config(), fast=True)
+async def test_idle_connections_are_closed_after_the_keep_alive() -> None:
+    served = await serve(Config(http_idle_secs=0.1), fast=True)
     try:
         reader, writer = await asyncio.open_connection(HOST, served.port)
         writer.write(put("/v1/pulse/k", b"k"))
         assert (await read_response(reader))[0] == 204
+        assert await asyncio.wait_for(reader.read(), WAIT) == b""
+        writer.close()
+    finally:
+        await stop(served)
+
+
+async def test_a_half_sent_head_is_answered_408_and_closed_after_the_header_timeout() -> None:
+    served = await serve(Config(header_timeout_secs=0.6), fast=True)
+    try:
+        reader, writer = await asyncio.open_connection(HOST, served.port)
+        writer.write(b"PUT /v1/pulse/k HTTP/1.1\r\nHost: x\r\nX-Pmcluster-Forw")
+        began = time.monotonic()
+        status = (await read_response(reader))[0]
+        assert status == 408 and 0.5 < time.monotonic() - began < WAIT
         assert await asyncio.wait_for(reader.read(), WAIT) == b""
         writer.close()
     finally:

@@ -28,12 +28,17 @@ from pmcluster.node.metrics import Metrics
 from pmcluster.protocol import pulsecodec
 from pmcluster.protocol.pulse import Pulse
 from pmcluster.store import KEY_OVERHEAD_BYTES, PulseStore
+from pmcluster.store.trie import index_entry_bytes
 
 Client = TestClient[web.Request, web.Application]
 
 
 def key_cost(path: str, data: bytes) -> int:
     return len(path) + len(data) + KEY_OVERHEAD_BYTES
+
+
+# The interior node /wb that every key of these tests sits under, with its index entry.
+WB = index_entry_bytes(len("/wb"), 2)
 
 
 # --- the store's cap ---------------------------------------------------------------------
@@ -43,11 +48,14 @@ def test_footprint_follows_writes_deletes_and_clear() -> None:
     store = PulseStore()
     store.send_pulse("/wb/a", b"x" * 100)
     store.send_pulse("/wb/b/c", b"y" * 10)
-    assert store.footprint_bytes == key_cost("/wb/a", b"x" * 100) + key_cost("/wb/b/c", b"y" * 10)
+    interior = WB + index_entry_bytes(len("/wb/b"), 3)
+    both = key_cost("/wb/a", b"x" * 100) + key_cost("/wb/b/c", b"y" * 10)
+    assert store.footprint_bytes == both + interior
     store.send_pulse("/wb/a", b"x" * 40)
-    assert store.footprint_bytes == key_cost("/wb/a", b"x" * 40) + key_cost("/wb/b/c", b"y" * 10)
+    both = key_cost("/wb/a", b"x" * 40) + key_cost("/wb/b/c", b"y" * 10)
+    assert store.footprint_bytes == both + interior
     store.delete_pulse_id("/wb/a")
-    assert store.footprint_bytes == key_cost("/wb/b/c", b"y" * 10)
+    assert store.footprint_bytes == key_cost("/wb/b/c", b"y" * 10) + interior
     store.delete_path("/wb")
     assert store.footprint_bytes == 0
     store.send_pulse("/wb/z", b"z")
@@ -65,7 +73,7 @@ def test_ttl_expiry_frees_footprint() -> None:
 
 
 def test_write_past_the_cap_is_refused_and_changes_nothing() -> None:
-    cap = key_cost("/wb/a", b"a" * 100) + key_cost("/wb/b", b"b" * 100)
+    cap = key_cost("/wb/a", b"a" * 100) + key_cost("/wb/b", b"b" * 100) + WB
     store = PulseStore(max_bytes=cap)
     assert store.send_pulse("/wb/a", b"a" * 100)
     assert store.send_pulse("/wb/b", b"b" * 100)
@@ -81,7 +89,7 @@ def test_write_past_the_cap_is_refused_and_changes_nothing() -> None:
 
 
 def test_at_the_cap_rewrites_of_the_same_size_and_deletes_still_work() -> None:
-    cap = key_cost("/wb/a", b"a" * 100)
+    cap = key_cost("/wb/a", b"a" * 100) + WB
     store = PulseStore(max_bytes=cap)
     store.send_pulse("/wb/a", b"a" * 100, 1)
     assert store.send_pulse("/wb/a", b"b" * 100, 2)  # heartbeats keep flowing at the cap
@@ -93,7 +101,7 @@ def test_at_the_cap_rewrites_of_the_same_size_and_deletes_still_work() -> None:
 
 
 def test_batch_past_the_cap_is_refused_whole() -> None:
-    cap = key_cost("/wb/a", b"a" * 100) * 2
+    cap = key_cost("/wb/a", b"a" * 100) * 2 + WB
     store = PulseStore(max_bytes=cap)
     store.send_pulse("/wb/a", b"a" * 100)
     batch: list[tuple[str, bytes, int | None]] = [
@@ -109,7 +117,7 @@ def test_batch_past_the_cap_is_refused_whole() -> None:
 def test_batch_of_rewrites_at_the_cap_is_judged_exactly() -> None:
     # Sizes alone say the batch might not fit (as new keys it would not); rewrites of keys
     # the store holds, no larger than before, must still be accepted at the cap.
-    cap = key_cost("/wb/a", b"a" * 100) + key_cost("/wb/b", b"b" * 100)
+    cap = key_cost("/wb/a", b"a" * 100) + key_cost("/wb/b", b"b" * 100) + WB
     store = PulseStore(max_bytes=cap)
     store.send_pulses([("/wb/a", b"a" * 100, 1), ("/wb/b", b"b" * 100, 1)])
     rewrite: list[tuple[str, bytes, int | None]] = [
@@ -149,7 +157,7 @@ def test_limit_keys_are_validated() -> None:
 
 
 async def test_node_answers_507_with_a_reason_and_counts_it(aiohttp_client: AiohttpClient) -> None:
-    cap = key_cost("/wb/a", b"a" * 200)
+    cap = key_cost("/wb/a", b"a" * 200) + WB
     client: Client = await aiohttp_client(make_app(Config(memory_max_bytes=cap)))
     assert (await client.put("/v1/pulse/wb/a", data=b"a" * 200)).status == 204
     resp = await client.put("/v1/pulse/wb/b", data=b"b" * 10)

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import dataclasses
 import json
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -375,10 +376,23 @@ async def test_bad_version_header_is_400(client: Client, version: str) -> None:
     assert (await call(client, "GET", "/v1/pulse/v"))[0] == 404
 
 
-async def test_largest_version_is_accepted(client: Client) -> None:
-    top = str(2**63 - 1)
-    await call(client, "PUT", "/v1/pulse/v", data=b"x", headers={"X-Pulse-Version": top})
-    assert (await call(client, "GET", "/v1/pulse/v"))[2]["X-Pulse-Version"] == top
+async def test_versions_past_the_allowed_skew_are_refused(client: Client) -> None:
+    # A version far ahead of the node's clock would pin the key (or, on a delete, silence a
+    # whole subtree) against every honest write: 400, and nothing stored.
+    for method, route in (
+        ("PUT", "/v1/pulse/v"),
+        ("DELETE", "/v1/pulse/v"),
+        ("DELETE", "/v1/path/"),
+    ):
+        status, body, headers = await call(
+            client, method, route, data=b"x", headers={"X-Pulse-Version": str(2**63 - 1)}
+        )
+        detail = assert_error(status, body, headers, 400)["detail"]
+        assert "pmcluster.version.max.skew.secs" in detail
+    near = str(time.time_ns() + 10**9)  # within the default 30 s
+    await call(client, "PUT", "/v1/pulse/v", data=b"x", headers={"X-Pulse-Version": near})
+    assert (await call(client, "GET", "/v1/pulse/v"))[2]["X-Pulse-Version"] == near
+    assert (await call(client, "PUT", "/v1/pulse/w", data=b"y"))[0] == 204
 
 
 async def test_unknown_route_is_404_json(client: Client) -> None:

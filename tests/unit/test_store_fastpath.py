@@ -9,7 +9,7 @@ import pytest
 
 from pmcluster.errors import InsufficientStorage, InvalidPath
 from pmcluster.store import KEY_OVERHEAD_BYTES, PulseStore
-from pmcluster.store.trie import iter_subtree
+from pmcluster.store.trie import index_entry_bytes, iter_subtree
 
 SEC = 1_000_000_000
 
@@ -120,7 +120,7 @@ def test_paths_still_checked_and_normalised_next_to_stored_keys() -> None:
 
 
 def test_rewrite_growing_past_the_cap_is_refused_and_changes_nothing() -> None:
-    cost = len("/w/a") + 10 + KEY_OVERHEAD_BYTES
+    cost = len("/w/a") + 10 + KEY_OVERHEAD_BYTES + index_entry_bytes(len("/w"), 2)
     store = PulseStore(clock=FakeClock(), max_bytes=cost)
     assert store.send_pulse("/w/a", b"x" * 10, 5)
     with pytest.raises(InsufficientStorage):

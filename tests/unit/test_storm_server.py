@@ -17,6 +17,7 @@ from pmcluster.node.coordinator import LocalNow
 from pmcluster.node.local import LocalBackend
 from pmcluster.node.sharedport import SharedSite, start_shared_server
 from pmcluster.protocol.backend import NOT_NOW, NotNow
+from pmcluster.protocol.budget import BufferBudget
 from pmcluster.protocol.pulse import Pulse
 from pmcluster.store import PulseStore
 from pmcluster.storm.client import StormClient
@@ -29,7 +30,7 @@ from pmcluster.storm.codec import (
 )
 from pmcluster.storm.codec import HBServerMessageType as T
 from pmcluster.storm.handler import StormHandler
-from pmcluster.storm.server import StormConnection
+from pmcluster.storm.server import StormConnection, StormDeadlines
 
 HOST = "127.0.0.1"
 MAX_FRAME = 1 << 20
@@ -474,3 +475,42 @@ async def test_shared_site_is_a_drop_in_tcp_site(store: PulseStore) -> None:
     finally:
         await runner.cleanup()
     assert handler.metrics.connections_open == 0
+
+
+async def test_deadlines_close_idle_and_partial_frame_connections(store: PulseStore) -> None:
+    deadlines = StormDeadlines(idle_secs=0.3, frame_secs=0.3, handshake_secs=0.3)
+    budget = BufferBudget(1 << 20)
+    server = await start(StormHandler(LocalBackend(store)), deadlines=deadlines, budget=budget)
+    port = server.port
+    try:
+        idle_r, idle_w = await asyncio.open_connection(HOST, port)
+        partial_r, partial_w = await asyncio.open_connection(HOST, port)
+        partial_w.write(struct.pack(">i", 500_000) + b"\x08" * 1000)  # a frame never finished
+        await partial_w.drain()
+        await poll(lambda: budget.used == 1004)
+        for reader in (idle_r, partial_r):
+            assert await asyncio.wait_for(reader.read(), WAIT) == b""  # closed by the node
+        await poll(lambda: budget.used == 0)
+        idle_w.close()
+        partial_w.close()
+    finally:
+        server.server.close()
+        await server.server.wait_closed()
+
+
+async def test_partial_frames_past_the_buffer_budget_drop_the_connection(
+    store: PulseStore,
+) -> None:
+    budget = BufferBudget(4096)
+    server = await start(StormHandler(LocalBackend(store)), budget=budget)
+    port = server.port
+    try:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        writer.write(struct.pack(">i", 500_000) + b"\x08" * 8192)
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), WAIT) == b""
+        assert budget.refused == 1 and budget.used == 0
+        writer.close()
+    finally:
+        server.server.close()
+        await server.server.wait_closed()
