@@ -150,7 +150,7 @@ async def node_figures(session: aiohttp.ClientSession, url: str) -> tuple[int, i
         return None
     figures = parse_metrics(text)
     return (
-        int(figures.get("pacemaker_size_total_keys", 0)),
+        int(figures.get("pmcluster_stored_keys", 0)),
         int(figures.get("pmcluster_stored_bytes", 0)),
     )
 

@@ -85,14 +85,14 @@ async def probe(http: OpsHttp, node_id: str, host: str, port: int, timeout: floa
     status.members = sorted(
         m["node_id"] if isinstance(m, dict) else str(m) for m in view.get("members", [])
     )
-    status.keys = int(second.get("pacemaker_size_total_keys", 0))
+    status.keys = int(second.get("pmcluster_stored_keys", 0))
     status.bytes = int(second.get("pmcluster_stored_bytes", 0))
 
     def rate(name: str) -> float:
         return (second.get(name, 0.0) - first.get(name, 0.0)) / gap
 
-    status.writes_per_sec = rate("pacemaker_send_pulse_count")
-    status.reads_per_sec = rate("pacemaker_get_pulse_count")
+    status.writes_per_sec = rate("pmcluster_pulses_received_total")
+    status.reads_per_sec = rate("pmcluster_pulse_reads_total")
     status.errors = int(second.get("pmcluster_errors_total", 0))
     return status
 
