@@ -424,3 +424,19 @@ class Metrics:
         text = self.registry.render()
         extra = [line for collector in self._collectors for line in collector()]
         return text + "\n".join(extra) + "\n" if extra else text
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Sum each sample name of a text exposition over its labels (`_bucket` lines too): the
+    figures `pmcluster status`, `pmcluster up` and the status page read."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name_labels, _, value = line.rpartition(" ")
+        name = name_labels.split("{", 1)[0]
+        try:
+            out[name] = out.get(name, 0.0) + float(value)
+        except ValueError:
+            continue
+    return out

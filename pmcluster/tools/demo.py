@@ -29,8 +29,8 @@ import aiohttp
 
 from pmcluster.client import ClusterClient
 from pmcluster.config import Config
+from pmcluster.node.metrics import parse_metrics
 from pmcluster.tools.localcluster import HarnessError, NodeProcess, free_port_on_all, port_is_free
-from pmcluster.tools.status import parse_metrics
 
 HEADER = struct.Struct(">QQ")
 WORKER_TIMEOUT_SECS = 30.0

@@ -21,6 +21,7 @@ import aiohttp
 from pmcluster.client import ClusterClient
 from pmcluster.config import Config, add_client_arguments, client_config
 from pmcluster.errors import PmclusterError
+from pmcluster.node.metrics import parse_metrics
 from pmcluster.tools.opshttp import OpsHttp, base_url
 
 OK, DEGRADED, DOWN = "OK", "DEGRADED", "DOWN"
@@ -42,21 +43,6 @@ class NodeStatus:
     reads_per_sec: float = 0.0
     errors: int = 0
     problem: str = ""
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """Sum each metric family over its labels (enough for the figures status shows)."""
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name_labels, _, value = line.rpartition(" ")
-        name = name_labels.split("{", 1)[0]
-        try:
-            out[name] = out.get(name, 0.0) + float(value)
-        except ValueError:
-            continue
-    return out
 
 
 async def _get(http: OpsHttp, url: str, timeout: float) -> str:
