@@ -228,6 +228,35 @@ class Ring:
             counts[self.primary(key).node_id] += 1
         return counts
 
+    def ownership(self) -> dict[str, tuple[float, float]]:
+        """Each member's exact share of the hash space: (as primary, as any of the owners).
+
+        A key at position h belongs to the first point above h (`owners`), so point i owns the
+        arc from point i-1 up to it. Primary shares sum to 1, owner shares to the number of
+        owners per key. Every member is listed (0.0 for one with no points)."""
+        primary = dict.fromkeys(self._by_id, 0)
+        held = dict.fromkeys(self._by_id, 0)
+        keys = self._keys
+        if not keys:
+            return {node_id: (0.0, 0.0) for node_id in self._by_id}
+        space = 1 << 128
+        members = self.members
+        previous = keys[-1] - space  # the arc of point 0 wraps around the top
+        for pos, point in enumerate(keys):
+            arc = point - previous
+            previous = point
+            owners = self._owner_indexes(pos)
+            primary[members[owners[0]].node_id] += arc
+            for i in owners:
+                held[members[i].node_id] += arc
+        return {n: (primary[n] / space, held[n] / space) for n in self._by_id}
+
+    def _owner_indexes(self, pos: int) -> list[int]:
+        """Member indexes of the owners of a key whose first point is at `pos` (as `owners`)."""
+        if self._wanted == 1:
+            return [self._owner_index[pos]]
+        return self._walk(pos)
+
     def describe(self) -> dict[str, object]:
         """JSON-ready view for `GET /v1/members` and `pmcluster members`."""
         return {

@@ -1,10 +1,10 @@
 """The node's authentication gate: `make_auth_middleware(config)` -> aiohttp middleware | None.
 
-Gated: the reads (GET/HEAD of a pulse, children, pulses, members) always; the writes and
-deletes (PUT/DELETE pulse, POST/DELETE path, POST batch) only with `pmcluster.auth.writes:
-true` (open by default, as in Storm). `/health` and `/metrics` stay open (they carry no
-heartbeat data). A request marked `X-Pmcluster-Forwarded` is gated like any other: forwarding
-nodes authenticate with their own credentials.
+Gated: the reads (GET/HEAD of a pulse, children, pulses, members, the status page `/` and
+its `/v1/cluster`) always; the writes and deletes (PUT/DELETE pulse, POST/DELETE path, POST
+batch) only with `pmcluster.auth.writes: true` (open by default, as in Storm). `/health` and
+`/metrics` stay open (they carry no heartbeat data). A request marked `X-Pmcluster-Forwarded`
+is gated like any other: forwarding nodes authenticate with their own credentials.
 
 - DIGEST: RFC 7616 against the JAAS `PacemakerDigest` user (`pmcluster.auth.digest`).
 - KERBEROS: SPNEGO (RFC 4559) with the `PacemakerServer` keytab; on success the node returns a
@@ -62,6 +62,8 @@ _READ_RESOURCES = frozenset({"/v1/pulse/{path}", "/v1/children/{path}", "/v1/pul
 _WRITE_RESOURCES = frozenset({"/v1/pulse/{path}", "/v1/path/{path}", "/v1/batch"})
 _READ_METHODS = frozenset({"GET", "HEAD"})
 PRINCIPAL_KEY = "pmcluster.principal"  # the authenticated user, for the admin routes' check
+# Views of the cluster, gated like reads: the members, the status page and its JSON.
+_VIEW_RESOURCES = frozenset({"/v1/members", "/v1/cluster", "/"})
 
 
 def needs_auth(request: web.Request, writes: bool) -> bool:
@@ -73,7 +75,7 @@ def needs_auth(request: web.Request, writes: bool) -> bool:
     if canonical.startswith("/v1/admin/"):
         return True  # draining a node is never open when authentication is on
     if request.method in _READ_METHODS:
-        return canonical in _READ_RESOURCES or canonical == "/v1/members"
+        return canonical in _READ_RESOURCES or canonical in _VIEW_RESOURCES
     return writes and canonical in _WRITE_RESOURCES
 
 

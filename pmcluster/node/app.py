@@ -42,13 +42,17 @@ from pmcluster.node.appstate import (
     BUDGET_KEY,
     CONFIG_KEY,
     FORWARD_LIMITER_KEY,
+    HISTORY_KEY,
     LIMITER_KEY,
     LOCAL_BACKEND_KEY,
     METRICS_KEY,
     STATE_KEY,
     STORE_KEY,
     NodeState,
+    members_doc,
 )
+from pmcluster.node.clusterview import CLUSTER_VIEW_KEY, ClusterView, cluster_view_ctx, get_cluster
+from pmcluster.node.events import ClusterHistory
 from pmcluster.node.limits import bind_store_metrics, memory_limit
 from pmcluster.node.local import LocalBackend
 from pmcluster.node.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -66,6 +70,7 @@ from pmcluster.node.requests import (
     request_version,
     version_ceiling,
 )
+from pmcluster.node.statuspage import get_status_page
 from pmcluster.protocol import pulsecodec
 from pmcluster.protocol.backend import Backend, PulseEntry
 from pmcluster.protocol.budget import BufferBudget
@@ -188,21 +193,6 @@ async def post_batch(request: web.Request) -> web.StreamResponse:
     return json_response({"stored": stored, "ignored": ignored})
 
 
-def members_doc(app: web.Application) -> dict[str, Any]:
-    """This node's view of the cluster, as `GET /v1/members` answers it."""
-    state, config = app[STATE_KEY], app[CONFIG_KEY]
-    members: list[Any] = (
-        list(state.member_docs) if state.member_docs is not None else list(state.members)
-    )
-    return {
-        "epoch": state.epoch,
-        "node": state.node_id,
-        "members": members,
-        "replication": config.replication,
-        "points": config.ring_points,
-    }
-
-
 async def get_members(request: web.Request) -> web.StreamResponse:
     return json_response(members_doc(request.app))
 
@@ -242,6 +232,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/members", get_members, "members"),
     Route("GET", "/health", get_health, "other"),
     Route("GET", "/metrics", get_metrics, "other"),
+    Route("GET", "/v1/cluster", get_cluster, "other"),
+    Route("GET", "/", get_status_page, "other"),
 )
 _ROUTE_OF: dict[Handler, Route] = {route.handler: route for route in ROUTES}
 
@@ -365,7 +357,11 @@ def make_app(
     app[LIMITER_KEY] = asyncio.Semaphore(max(1, config.max_threads))
     app[FORWARD_LIMITER_KEY] = asyncio.Semaphore(max(1, config.max_threads))
     app[BUDGET_KEY] = BufferBudget(config.buffer_max_bytes)
+    app[HISTORY_KEY] = history = ClusterHistory()
+    history.record("node", f"node {config.node_id} started (pmcluster {__version__})")
+    app[CLUSTER_VIEW_KEY] = ClusterView(app)
     for route in ROUTES:
         app.router.add_route(route.method, route.pattern, route.handler)
     app.cleanup_ctx.append(_housekeeping)
+    app.cleanup_ctx.append(cluster_view_ctx)
     return app

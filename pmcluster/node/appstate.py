@@ -1,5 +1,5 @@
 """The node's shared state: `NodeState` (identity, epoch, drain) and the typed `AppKey`s
-under which the app holds its config, store, backends, metrics and limiters.
+under which the app holds its config, store, backends, metrics, limiters and history.
 
 Every module of the node (handlers, fast path, admin, cluster, Storm front end) reads these;
 keeping them apart from the handlers means none of them imports `app` for a key."""
@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
 from pmcluster.config import Config
+from pmcluster.node.events import ClusterHistory
 from pmcluster.node.local import LocalBackend
 from pmcluster.node.metrics import Metrics
 from pmcluster.protocol.backend import Backend
@@ -75,4 +77,20 @@ LIMITER_KEY = web.AppKey("limiter", asyncio.Semaphore)
 FORWARD_LIMITER_KEY = web.AppKey("forward_limiter", asyncio.Semaphore)
 # Bytes of unfinished requests and frames, across connections (pmcluster.buffer.max.bytes).
 BUDGET_KEY = web.AppKey("buffer_budget", BufferBudget)
+HISTORY_KEY = web.AppKey("history", ClusterHistory)
 BODY_KEY = web.RequestKey("body", bytes)
+
+
+def members_doc(app: web.Application) -> dict[str, Any]:
+    """This node's view of the cluster, as `GET /v1/members` answers it."""
+    state, config = app[STATE_KEY], app[CONFIG_KEY]
+    members: list[Any] = (
+        list(state.member_docs) if state.member_docs is not None else list(state.members)
+    )
+    return {
+        "epoch": state.epoch,
+        "node": state.node_id,
+        "members": members,
+        "replication": config.replication,
+        "points": config.ring_points,
+    }

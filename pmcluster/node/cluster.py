@@ -20,8 +20,14 @@ from aiohttp import web
 
 from pmcluster.client import ClusterClient
 from pmcluster.membership import MembershipSnapshot, make_membership
-from pmcluster.node.app import members_doc
-from pmcluster.node.appstate import CONFIG_KEY, LOCAL_BACKEND_KEY, STATE_KEY, STORE_KEY
+from pmcluster.node.appstate import (
+    CONFIG_KEY,
+    HISTORY_KEY,
+    LOCAL_BACKEND_KEY,
+    STATE_KEY,
+    STORE_KEY,
+    members_doc,
+)
 from pmcluster.node.coordinator import CoordinatingBackend, LocalTransport
 from pmcluster.node.handoff import HandOff
 from pmcluster.ring import Member
@@ -32,10 +38,12 @@ log = logging.getLogger(__name__)
 async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
     """Join the cluster for the app's lifetime; leave it (and stop watching) at cleanup."""
     config, state, store = app[CONFIG_KEY], app[STATE_KEY], app[STORE_KEY]
+    history = app[HISTORY_KEY]
     self_member = Member(config.node_id, config.host, config.port, config.zone)
 
     def wipe() -> None:
         log.warning("new membership session: wiping %d keys before re-registering", store.key_count)
+        history.record("fault", f"new membership session: wiped {store.key_count} keys")
         store.clear()
 
     membership = make_membership(config, self_member, on_new_session=wipe)
@@ -49,6 +57,7 @@ async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
         state.epoch = snapshot.epoch
         state.members = snapshot.node_ids
         state.member_docs = [m.describe() for m in snapshot.members]
+        history.ring_changed(snapshot.epoch, snapshot.members)
 
     membership.subscribe(on_snapshot)
     await membership.start()

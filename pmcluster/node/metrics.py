@@ -5,8 +5,12 @@ histogram observation is one `bisect` plus two adds. Label lookups happen once (
 the child objects), never per request. Everything is updated from the event loop thread, so
 no locks are taken; a gauge callback runs only when `/metrics` is rendered.
 
-`Registry` is the generic container; `Metrics` is the node's fixed set: Storm Pacemaker's own
-metric names (`pacemaker_*`) plus pmcluster's request metrics (`pmcluster_*`).
+`Registry` is the generic container; `Metrics` is the node's fixed set. Names follow
+Prometheus's conventions (base units, a `_bytes`/`_seconds` unit suffix, `_total` on counters):
+`pmcluster_*`. Storm Pacemaker's own metric names (`pacemaker:send-pulse-count`, ...) stay
+exported as aliases in Prometheus spelling (`pacemaker_send_pulse_count`, ...): the same
+samples under the old name, for dashboards built on Storm's names (`STORM_ALIASES`,
+docs/http-api.md).
 """
 
 from __future__ import annotations
@@ -42,6 +46,18 @@ OPS: tuple[str, ...] = (
     "members",
     "other",
 )
+
+# Storm Pacemaker's metric names: (Prometheus spelling exported as an alias, Storm's own name,
+# the pmcluster metric it is an alias of).
+STORM_ALIASES: tuple[tuple[str, str, str], ...] = (
+    ("pacemaker_send_pulse_count", "pacemaker:send-pulse-count", "pmcluster_pulses_received_total"),
+    ("pacemaker_total_receive_size", "pacemaker:total-receive-size",
+     "pmcluster_received_bytes_total"),
+    ("pacemaker_heartbeat_size", "pacemaker:heartbeat-size", "pmcluster_pulse_size_bytes"),
+    ("pacemaker_get_pulse_count", "pacemaker:get-pulse=count", "pmcluster_pulse_reads_total"),
+    ("pacemaker_total_sent_size", "pacemaker:total-sent-size", "pmcluster_sent_bytes_total"),
+    ("pacemaker_size_total_keys", "pacemaker:size-total-keys", "pmcluster_stored_keys"),
+)  # fmt: skip
 
 # A 404 from these ops means "no such pulse", a normal answer rather than an error.
 _ABSENT_IS_NORMAL = frozenset({"get_pulse", "exists"})
@@ -242,7 +258,26 @@ class Histogram(_Family[HistogramChild]):
         yield f"{self.name}_count{text} {cumulative}"
 
 
-Family = Counter | Gauge | Histogram
+class Alias:
+    """Another family's samples under a second name (Storm's metric names, kept for old
+    dashboards): the same children, so the two can never disagree."""
+
+    def __init__(self, name: str, target: Counter | Gauge | Histogram, help_text: str) -> None:
+        self.name = name
+        self.target = target
+        self.help = help_text
+        self.kind = target.kind
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {_escape_help(self.help)}", f"# TYPE {self.name} {self.kind}"]
+        old = self.target.name
+        for labels, child in self.target.children():
+            for line in self.target._samples(labels, child):  # type: ignore[arg-type]
+                lines.append(self.name + line[len(old) :])
+        return lines
+
+
+Family = Counter | Gauge | Histogram | Alias
 
 
 class Registry:
@@ -278,6 +313,12 @@ class Registry:
         self._add(family)
         return family
 
+    def alias(self, name: str, target: Counter | Gauge | Histogram, help_text: str) -> Alias:
+        """Export `target`'s samples under `name` too (see `Alias`)."""
+        family = Alias(name, target, help_text)
+        self._add(family)
+        return family
+
     def get(self, name: str) -> Family | None:
         return self._families.get(name)
 
@@ -296,26 +337,35 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = registry = Registry()
-        # Storm Pacemaker's metrics (names from its StormMetricsRegistry, Prometheus spelling).
-        self.send_pulse_count = registry.counter(
-            "pacemaker_send_pulse_count", "Pulses received (one per stored or ignored pulse)."
-        ).labels()
-        self.total_receive_size = registry.counter(
-            "pacemaker_total_receive_size", "Bytes of pulse data received."
-        ).labels()
-        self.heartbeat_size = registry.histogram(
-            "pacemaker_heartbeat_size", "Size in bytes of received pulses.", buckets=SIZE_BUCKETS
-        ).labels()
-        self.get_pulse_count = registry.counter(
-            "pacemaker_get_pulse_count", "Pulse reads (get_pulse and exists)."
-        ).labels()
-        self.total_sent_size = registry.counter(
-            "pacemaker_total_sent_size", "Bytes of pulse data sent in replies."
-        ).labels()
-        self.size_total_keys = registry.gauge(
-            "pacemaker_size_total_keys", "Number of keys held in this node's store."
-        ).labels()
-        # pmcluster's request metrics.
+        received = registry.counter(
+            "pmcluster_pulses_received_total",
+            "Pulses received (one per stored or ignored pulse, PUT or batch entry).",
+        )
+        received_bytes = registry.counter(
+            "pmcluster_received_bytes_total", "Bytes of pulse data received."
+        )
+        pulse_size = registry.histogram(
+            "pmcluster_pulse_size_bytes", "Size in bytes of received pulses.", buckets=SIZE_BUCKETS
+        )
+        reads = registry.counter(
+            "pmcluster_pulse_reads_total", "Pulse reads answered with a value (get_pulse)."
+        )
+        sent_bytes = registry.counter(
+            "pmcluster_sent_bytes_total", "Bytes of pulse data sent in replies."
+        )
+        stored_keys = registry.gauge(
+            "pmcluster_stored_keys", "Number of keys held in this node's store."
+        )
+        stored_bytes = registry.gauge(
+            "pmcluster_stored_bytes", "Bytes of pulse data held in this node's store."
+        )
+        self.send_pulse_count = received.labels()
+        self.total_receive_size = received_bytes.labels()
+        self.heartbeat_size = pulse_size.labels()
+        self.get_pulse_count = reads.labels()
+        self.total_sent_size = sent_bytes.labels()
+        self.size_total_keys = stored_keys.labels()
+        self.stored_bytes = stored_bytes.labels()
         requests = registry.counter("pmcluster_requests_total", "Requests handled, by op.", ["op"])
         duration = registry.histogram(
             "pmcluster_request_duration_seconds", "Request handling time, by op.", ["op"]
@@ -323,9 +373,11 @@ class Metrics:
         self.errors = registry.counter(
             "pmcluster_errors_total", "Requests answered with an error status.", ["op", "status"]
         )
-        self.stored_bytes = registry.gauge(
-            "pmcluster_stored_bytes", "Bytes of pulse data held in this node's store."
-        ).labels()
+        # Storm's own names (its StormMetricsRegistry), in Prometheus spelling, as aliases.
+        for alias, storm_name, canonical in STORM_ALIASES:
+            target = registry.get(canonical)
+            assert isinstance(target, Counter | Gauge | Histogram), canonical
+            registry.alias(alias, target, f"Storm's {storm_name}: an alias of {canonical}.")
         self._requests = {op: requests.labels(op) for op in OPS}
         self._durations = {op: duration.labels(op) for op in OPS}
         self._collectors: list[Callable[[], Iterable[str]]] = []
@@ -374,3 +426,19 @@ class Metrics:
         text = self.registry.render()
         extra = [line for collector in self._collectors for line in collector()]
         return text + "\n".join(extra) + "\n" if extra else text
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Sum each sample name of a text exposition over its labels (`_bucket` lines too): the
+    figures `pmcluster status`, `pmcluster up` and the status page read."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name_labels, _, value = line.rpartition(" ")
+        name = name_labels.split("{", 1)[0]
+        try:
+            out[name] = out.get(name, 0.0) + float(value)
+        except ValueError:
+            continue
+    return out

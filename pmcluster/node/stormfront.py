@@ -7,7 +7,7 @@ the node has joined the cluster) so a write on any node goes to the path's owner
 answers for the whole cluster; before that, the app's backend (the local store).
 `pmcluster.storm.read.mode: local` answers reads from the local store only (for Storm clusters
 whose `pacemaker.servers` lists every node: Storm reads every server and keeps the newest).
-The front end's counters join the node's `/metrics`; pulse sizes feed Storm's `pacemaker_*`
+The front end's counters join the node's `/metrics`; pulse sizes feed the pulse
 metrics like HTTP traffic does. Authentication per connection follows `pacemaker.auth.method`
 (`pmcluster.storm.auth`); with `pmcluster.auth.writes` unauthenticated writes are refused too.
 Requests that need no waiting are answered inside the connection's read (`resolve_now`).

@@ -69,7 +69,7 @@ NowResolver = Callable[[bool], NowBackend | None]
 
 
 class PulseSizes(Protocol):
-    """Where pulse sizes are reported (the node's `Metrics`: Storm's `pacemaker_*` metrics)."""
+    """Where pulse sizes are reported (the node's `Metrics`: the pulse metrics)."""
 
     def received(self, size: int) -> None: ...
 

@@ -6,6 +6,11 @@ up to the payload size) every period through the ring-aware client; a Nimbus-lik
 absent although its worker's write was acknowledged, or older than the timeout (Storm's
 30 s `nimbus.task.timeout.secs`), is counted; `--duration` makes the exit code say whether any
 ever was.
+
+Before the first status line it prints what to do next (`next_steps`): the status page's URL,
+a `curl` that reads a heartbeat, the `pmcluster ls` line, which PID to kill to watch a node go
+down on the page, and that Ctrl-C stops everything; `--open` opens the page in a browser
+when there is one.
 """
 
 from __future__ import annotations
@@ -13,13 +18,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import random
+import shlex
 import shutil
 import signal
 import struct
 import sys
 import tempfile
 import time
+import webbrowser
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +37,9 @@ import aiohttp
 
 from pmcluster.client import ClusterClient
 from pmcluster.config import Config
+from pmcluster.node.metrics import parse_metrics
+from pmcluster.protocol.paths import to_url
 from pmcluster.tools.localcluster import HarnessError, NodeProcess, free_port_on_all, port_is_free
-from pmcluster.tools.status import parse_metrics
 
 HEADER = struct.Struct(">QQ")
 WORKER_TIMEOUT_SECS = 30.0
@@ -150,7 +159,7 @@ async def node_figures(session: aiohttp.ClientSession, url: str) -> tuple[int, i
         return None
     figures = parse_metrics(text)
     return (
-        int(figures.get("pacemaker_size_total_keys", 0)),
+        int(figures.get("pmcluster_stored_keys", 0)),
         int(figures.get("pmcluster_stored_bytes", 0)),
     )
 
@@ -237,6 +246,42 @@ async def drive_load(
     return stats
 
 
+def cli_command() -> str:
+    """How this `pmcluster` was started, so a printed command runs as it is."""
+    program = sys.argv[0] if sys.argv else ""
+    if Path(program).name == "pmcluster":
+        return shlex.quote(program)
+    return f"{shlex.quote(sys.executable)} -m pmcluster"
+
+
+def next_steps(procs: Sequence[NodeProcess], sample_path: str, cli: str) -> list[str]:
+    """What to do with the running cluster: the lines printed before the first status line."""
+    first, last = procs[0], procs[-1]
+    servers = ",".join(p.node_id for p in procs)
+    pulse_url = f"{first.url}/v1/pulse/{to_url(sample_path)}"
+    return [
+        f"  status page:      {first.url}/   (every node serves it, e.g. {last.url}/)",
+        f"  read a heartbeat: curl -sS -D - -o /dev/null {pulse_url}",
+        f"  list topologies:  {cli} ls --servers {servers} /workerbeats",
+        f"  kill a node:      kill -9 {last.pid}   (node {last.node_id}); the page shows it down",
+        "  Ctrl-C stops everything: the load and every node started here.",
+    ]
+
+
+def open_page(url: str) -> str:
+    """Open `url` in a graphical browser if this machine has one; what happened, as a line."""
+    graphical = sys.platform in ("darwin", "win32") or bool(
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    )
+    if not graphical:  # a console browser would take over the terminal the status is on
+        return f"  --open: no graphical display here; open {url} yourself"
+    try:
+        opened = webbrowser.get().open(url)
+    except webbrowser.Error:
+        opened = False
+    return f"  --open: opened {url}" if opened else f"  --open: no browser found; open {url}"
+
+
 def node_hosts(nodes: int) -> list[str]:
     return [f"127.0.0.{i + 1}" for i in range(nodes)]
 
@@ -310,6 +355,10 @@ def run_up(args: argparse.Namespace) -> int:
             f"logs in {workdir}",
             flush=True,
         )
+        steps = next_steps(procs, worker_paths(1, 1)[0], cli_command())
+        if args.open:
+            steps.append(open_page(f"{procs[0].url}/"))
+        print("\n".join(steps), flush=True)
         client_conf = Config(
             servers=tuple(p.node_id for p in procs) if not args.zookeeper else (),
             zk_servers=(args.zookeeper,) if args.zookeeper else (),
@@ -343,7 +392,7 @@ async def _main(config: Config, urls: dict[str, str], args: argparse.Namespace) 
             loop.remove_signal_handler(sig)
 
 
-__all__ = ["LoadStats", "run_up", "worker_paths"]
+__all__ = ["LoadStats", "next_steps", "open_page", "run_up", "worker_paths"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -358,3 +407,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zookeeper", help="use this ZooKeeper (HOST:PORT) instead of static members")
     p.add_argument("--duration", type=float, help="run this many seconds, then exit")
     p.add_argument("--workdir", help="where node configs and logs go (a temp dir)")
+    p.add_argument(
+        "--open", action="store_true", help="open the status page in a browser, if there is one"
+    )

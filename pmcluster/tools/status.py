@@ -21,6 +21,7 @@ import aiohttp
 from pmcluster.client import ClusterClient
 from pmcluster.config import Config, add_client_arguments, client_config
 from pmcluster.errors import PmclusterError
+from pmcluster.node.metrics import parse_metrics
 from pmcluster.tools.opshttp import OpsHttp
 
 OK, DEGRADED, DOWN = "OK", "DEGRADED", "DOWN"
@@ -44,21 +45,6 @@ class NodeStatus:
     problem: str = ""
 
 
-def parse_metrics(text: str) -> dict[str, float]:
-    """Sum each metric family over its labels (enough for the figures status shows)."""
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name_labels, _, value = line.rpartition(" ")
-        name = name_labels.split("{", 1)[0]
-        try:
-            out[name] = out.get(name, 0.0) + float(value)
-        except ValueError:
-            continue
-    return out
-
-
 async def probe(http: OpsHttp, node_id: str, host: str, port: int, timeout: float) -> NodeStatus:
     """Ask one node for its view and two metric samples."""
     status = NodeStatus(node_id)
@@ -78,14 +64,14 @@ async def probe(http: OpsHttp, node_id: str, host: str, port: int, timeout: floa
     status.members = sorted(
         m["node_id"] if isinstance(m, dict) else str(m) for m in view.get("members", [])
     )
-    status.keys = int(second.get("pacemaker_size_total_keys", 0))
+    status.keys = int(second.get("pmcluster_stored_keys", 0))
     status.bytes = int(second.get("pmcluster_stored_bytes", 0))
 
     def rate(name: str) -> float:
         return (second.get(name, 0.0) - first.get(name, 0.0)) / gap
 
-    status.writes_per_sec = rate("pacemaker_send_pulse_count")
-    status.reads_per_sec = rate("pacemaker_get_pulse_count")
+    status.writes_per_sec = rate("pmcluster_pulses_received_total")
+    status.reads_per_sec = rate("pmcluster_pulse_reads_total")
     status.errors = int(second.get("pmcluster_errors_total", 0))
     return status
 

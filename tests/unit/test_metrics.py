@@ -6,7 +6,19 @@ import re
 
 import pytest
 
-from pmcluster.node.metrics import OPS, Histogram, Metrics, Registry, format_value
+from pmcluster.config import Config
+from pmcluster.node.app import make_app
+from pmcluster.node.appstate import METRICS_KEY
+from pmcluster.node.limits import ConnectionCap
+from pmcluster.node.metrics import (
+    OPS,
+    STORM_ALIASES,
+    Histogram,
+    Metrics,
+    Registry,
+    format_value,
+)
+from pmcluster.node.stormfront import storm_factory
 
 SAMPLE = re.compile(
     r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\\n]|\\["\\n])*",?)*\})? \S+$'
@@ -134,12 +146,12 @@ def test_node_metrics_names_and_types() -> None:
     metrics.record("no-such-op", 0.004, 200)  # unknown ops are counted as "other"
     text = metrics.render()
     for name, kind in (
-        ("pacemaker_send_pulse_count", "counter"),
-        ("pacemaker_total_receive_size", "counter"),
-        ("pacemaker_heartbeat_size", "histogram"),
-        ("pacemaker_get_pulse_count", "counter"),
-        ("pacemaker_total_sent_size", "counter"),
-        ("pacemaker_size_total_keys", "gauge"),
+        ("pmcluster_pulses_received_total", "counter"),
+        ("pmcluster_received_bytes_total", "counter"),
+        ("pmcluster_pulse_size_bytes", "histogram"),
+        ("pmcluster_pulse_reads_total", "counter"),
+        ("pmcluster_sent_bytes_total", "counter"),
+        ("pmcluster_stored_keys", "gauge"),
         ("pmcluster_requests_total", "counter"),
         ("pmcluster_request_duration_seconds", "histogram"),
         ("pmcluster_errors_total", "counter"),
@@ -147,11 +159,11 @@ def test_node_metrics_names_and_types() -> None:
     ):
         assert f"# TYPE {name} {kind}\n" in text
     samples = _samples(text)
-    assert samples["pacemaker_send_pulse_count"] == "2"
-    assert samples["pacemaker_total_receive_size"] == "5100"
-    assert samples["pacemaker_total_sent_size"] == "64"
-    assert samples['pacemaker_heartbeat_size_bucket{le="1024"}'] == "1"
-    assert samples["pacemaker_size_total_keys"] == "7"
+    assert samples["pmcluster_pulses_received_total"] == "2"
+    assert samples["pmcluster_received_bytes_total"] == "5100"
+    assert samples["pmcluster_sent_bytes_total"] == "64"
+    assert samples['pmcluster_pulse_size_bytes_bucket{le="1024"}'] == "1"
+    assert samples["pmcluster_stored_keys"] == "7"
     assert samples["pmcluster_stored_bytes"] == "1234"
     for op in OPS:  # every op's series exists from the start, so rates never start missing
         assert f'pmcluster_requests_total{{op="{op}"}}' in samples
@@ -160,3 +172,52 @@ def test_node_metrics_names_and_types() -> None:
     assert samples['pmcluster_errors_total{op="batch",status="400"}'] == "1"
     assert not any(k.startswith('pmcluster_errors_total{op="get_pulse"') for k in samples)
     assert samples['pmcluster_request_duration_seconds_count{op="get_pulse"}'] == "1"
+
+
+def test_storm_names_are_aliases_with_the_same_samples() -> None:
+    metrics = Metrics()
+    metrics.bind_store(lambda: 7, lambda: 1234)
+    metrics.received(100)
+    metrics.received(5000)
+    metrics.sent(64)
+    metrics.get_pulse_count.inc()
+    text = metrics.render()
+    samples = _samples(text)
+    assert len(STORM_ALIASES) == 6
+    for alias, storm_name, canonical in STORM_ALIASES:
+        kind = re.search(rf"^# TYPE {canonical} (\w+)$", text, re.M)
+        assert kind is not None, canonical
+        assert f"# TYPE {alias} {kind.group(1)}\n" in text
+        assert storm_name in text  # the HELP line names Storm's own spelling
+        own = {k[len(canonical) :]: v for k, v in samples.items() if k.startswith(canonical)}
+        aliased = {k[len(alias) :]: v for k, v in samples.items() if k.startswith(alias)}
+        assert own and own == aliased, alias
+    assert samples["pacemaker_send_pulse_count"] == "2"
+    assert samples['pacemaker_heartbeat_size_bucket{le="1024"}'] == "1"
+    assert samples["pacemaker_size_total_keys"] == "7"
+
+
+# Prometheus naming (https://prometheus.io/docs/practices/naming/): counters end in `_total`,
+# a unit is a plural base-unit suffix, and no name reuses a type's own suffix.
+_UNIT_WORDS = ("seconds", "bytes")
+_BAD_SUFFIXES = ("_count", "_sum", "_bucket", "_size", "_ms", "_milliseconds", "_kb")
+
+
+def test_every_pmcluster_family_follows_prometheus_naming() -> None:
+    app = make_app(Config())
+    storm_factory(app)  # the Storm front end's families join /metrics
+    ConnectionCap(10, app[METRICS_KEY])
+    text = app[METRICS_KEY].render()
+    types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M))
+    aliases = {alias for alias, _, _ in STORM_ALIASES}
+    own = {name: kind for name, kind in types.items() if name not in aliases}
+    assert len(own) >= 16
+    for name, kind in own.items():
+        assert re.fullmatch(r"pmcluster_[a-z][a-z0-9_]*[a-z0-9]", name), name
+        assert not name.endswith(_BAD_SUFFIXES), name
+        if kind == "counter":
+            assert name.endswith("_total"), name
+        else:
+            assert not name.endswith("_total"), name
+        if kind == "histogram":
+            assert name.endswith(tuple(f"_{u}" for u in _UNIT_WORDS)), name

@@ -315,13 +315,13 @@ async def test_metrics_count_ops_bytes_and_errors(client: Client) -> None:
     assert status == 200
     assert headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
     lines = set(body.decode().splitlines())
-    assert "pacemaker_send_pulse_count 1" in lines
-    assert "pacemaker_total_receive_size 2000" in lines
-    assert "pacemaker_get_pulse_count 1" in lines
-    assert "pacemaker_total_sent_size 2000" in lines
-    assert "pacemaker_size_total_keys 1" in lines
+    assert "pmcluster_pulses_received_total 1" in lines
+    assert "pmcluster_received_bytes_total 2000" in lines
+    assert "pmcluster_pulse_reads_total 1" in lines
+    assert "pmcluster_sent_bytes_total 2000" in lines
+    assert "pmcluster_stored_keys 1" in lines
     assert "pmcluster_stored_bytes 2000" in lines
-    assert 'pacemaker_heartbeat_size_bucket{le="4096"} 1' in lines
+    assert 'pmcluster_pulse_size_bytes_bucket{le="4096"} 1' in lines
     assert 'pmcluster_requests_total{op="send_pulse"} 1' in lines
     assert 'pmcluster_requests_total{op="get_pulse"} 3' in lines
     assert 'pmcluster_errors_total{op="get_pulse",status="400"} 1' in lines

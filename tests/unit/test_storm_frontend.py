@@ -1,5 +1,5 @@
 """The node's Storm front end: which backend answers (resolved per request, read modes), the
-counters in `/metrics`, and Storm traffic in Storm's own `pacemaker_*` metrics."""
+counters in `/metrics`, and Storm traffic in the pulse metrics (`pmcluster_pulses_*`)."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ async def test_metrics_render_storm_counters_and_pulse_sizes() -> None:
     assert 'pmcluster_storm_requests_total{type="SEND_PULSE"} 1' in rendered
     assert 'pmcluster_storm_errors_total{kind="invalid_path"} 1' in rendered
     assert "pmcluster_storm_connections_open 0" in rendered
-    assert "pacemaker_send_pulse_count 1" in rendered
-    assert "pacemaker_total_receive_size 5" in rendered
-    assert "pacemaker_total_sent_size 5" in rendered
+    assert "pmcluster_pulses_received_total 1" in rendered
+    assert "pmcluster_received_bytes_total 5" in rendered
+    assert "pmcluster_sent_bytes_total 5" in rendered
     assert rendered.endswith("\n") and "\n\n" not in rendered
