@@ -1,0 +1,210 @@
+import java.io.BufferedReader;
+import java.io.FileOutputStream;
+import java.io.FileDescriptor;
+import java.io.InputStreamReader;
+import java.io.PrintStream;
+import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+import org.apache.storm.cluster.PaceMakerStateStorage;
+import org.apache.storm.generated.ClusterWorkerHeartbeat;
+import org.apache.storm.generated.ExecutorInfo;
+import org.apache.storm.generated.ExecutorSpecificStats;
+import org.apache.storm.generated.ExecutorStats;
+import org.apache.storm.generated.HBMessage;
+import org.apache.storm.generated.HBMessageData;
+import org.apache.storm.generated.HBPulse;
+import org.apache.storm.generated.HBServerMessageType;
+import org.apache.storm.generated.SpoutStats;
+import org.apache.storm.pacemaker.PacemakerClient;
+import org.apache.storm.pacemaker.PacemakerClientPool;
+import org.apache.storm.utils.Utils;
+
+/**
+ * Drives Storm's own Pacemaker client classes for tests/interop/test_storm_client.py.
+ *
+ * <p>Usage: {@code java StormDriver PORT HOST[,HOST...] AUTH_METHOD [JAAS_FILE]}. Commands arrive one per line on stdin and each
+ * gets exactly one JSON line on stdout (Storm's own logging goes to stderr):
+ *
+ * <ul>
+ *   <li>{@code hb_set PATH STORM_ID TIME_SECS} - PaceMakerStateStorage.set_worker_hb with
+ *       Utils.serialize(ClusterWorkerHeartbeat)
+ *   <li>{@code hb_get PATH} - get_worker_hb, payload deserialized by Storm
+ *   <li>{@code hb_children PATH} - get_worker_hb_children
+ *   <li>{@code hb_delete PATH} - delete_worker_hb
+ *   <li>{@code raw HOST TYPE PATH [DETAILS]} - one HBMessage through PacemakerClient(conf, HOST)
+ *   <li>{@code serialize STORM_ID TIME_SECS UPTIME_SECS} - hex of Utils.serialize(heartbeat)
+ *   <li>{@code quit}
+ * </ul>
+ */
+public final class StormDriver {
+    private static PrintStream out;
+    private static Map<String, Object> conf;
+    private static PaceMakerStateStorage storage;
+    private static final Map<String, PacemakerClient> CLIENTS = new HashMap<>();
+
+    public static void main(String[] args) throws Exception {
+        // JSON lines only on the real stdout; anything Storm logs goes to stderr.
+        out = new PrintStream(new FileOutputStream(FileDescriptor.out), true, "UTF-8");
+        System.setOut(System.err);
+        conf = Utils.readStormConfig();
+        conf.put("pacemaker.port", Integer.valueOf(args[0]));
+        conf.put("pacemaker.servers", Arrays.asList(args[1].split(",")));
+        conf.put("pacemaker.auth.method", args[2]);
+        if (args.length > 3) { // Storm reads the JAAS file from its config, not the JVM property
+            conf.put("java.security.auth.login.config", args[3]);
+        }
+        BufferedReader in = new BufferedReader(new InputStreamReader(System.in, StandardCharsets.UTF_8));
+        String line;
+        while ((line = in.readLine()) != null) {
+            String[] w = line.trim().split(" ", 5);
+            if (w[0].equals("quit")) {
+                break;
+            }
+            long start = System.nanoTime();
+            StringBuilder json = new StringBuilder("{\"op\":").append(str(w[0]));
+            try {
+                run(w, json);
+                json.append(",\"ok\":true");
+            } catch (Throwable e) {
+                json.append(",\"ok\":false,\"error\":").append(str(e.toString()));
+            }
+            json.append(",\"ms\":").append((System.nanoTime() - start) / 1_000_000).append('}');
+            out.println(json);
+        }
+        if (storage != null) {
+            storage.close();
+        }
+        for (PacemakerClient client : CLIENTS.values()) {
+            client.shutdown();
+            client.close();
+        }
+        out.flush();
+        Runtime.getRuntime().halt(0); // Storm's netty threads are not daemons
+    }
+
+    private static PaceMakerStateStorage storage() throws Exception {
+        if (storage == null) {
+            storage = new PaceMakerStateStorage(new PacemakerClientPool(conf), null);
+        }
+        return storage;
+    }
+
+    private static void run(String[] w, StringBuilder json) throws Exception {
+        switch (w[0]) {
+            case "hb_set":
+                storage().set_worker_hb(w[1], Utils.serialize(heartbeat(w[2], Integer.parseInt(w[3]), 7)), null);
+                break;
+            case "hb_get": {
+                byte[] got = storage().get_worker_hb(w[1], false);
+                json.append(",\"found\":").append(got != null);
+                if (got != null) {
+                    ClusterWorkerHeartbeat hb = Utils.deserialize(got, ClusterWorkerHeartbeat.class);
+                    json.append(",\"storm_id\":").append(str(hb.get_storm_id()));
+                    json.append(",\"time_secs\":").append(hb.get_time_secs());
+                    json.append(",\"executors\":").append(hb.get_executor_stats_size());
+                }
+                break;
+            }
+            case "hb_children":
+                json.append(",\"names\":").append(strs(storage().get_worker_hb_children(w[1], false)));
+                break;
+            case "hb_delete":
+                storage().delete_worker_hb(w[1]);
+                break;
+            case "raw":
+                raw(w, json);
+                break;
+            case "serialize":
+                json.append(",\"hex\":").append(str(hex(Utils.serialize(
+                    heartbeat(w[1], Integer.parseInt(w[2]), Integer.parseInt(w[3]))))));
+                break;
+            default:
+                throw new IllegalArgumentException("unknown command " + w[0]);
+        }
+    }
+
+    private static void raw(String[] w, StringBuilder json) throws Exception {
+        PacemakerClient client = CLIENTS.computeIfAbsent(w[1], host -> new PacemakerClient(conf, host));
+        HBServerMessageType type = HBServerMessageType.valueOf(w[2]);
+        HBMessageData data;
+        if (type == HBServerMessageType.SEND_PULSE) {
+            HBPulse pulse = new HBPulse();
+            pulse.set_id(w[3]);
+            pulse.set_details(w[4].getBytes(StandardCharsets.UTF_8));
+            data = HBMessageData.pulse(pulse);
+        } else {
+            data = HBMessageData.path(w[3]);
+        }
+        HBMessage request = new HBMessage(type, data);
+        HBMessage reply = client.send(request); // matched by Storm on the echoed message id
+        json.append(",\"type\":").append(str(reply.get_type().name()));
+        json.append(",\"sent_id\":").append(request.get_message_id());
+        json.append(",\"reply_id\":").append(reply.get_message_id());
+        HBMessageData d = reply.get_data();
+        if (d == null) {
+            json.append(",\"data\":null");
+        } else if (d.is_set_boolval()) {
+            json.append(",\"boolval\":").append(d.get_boolval());
+        } else if (d.is_set_pulse()) {
+            HBPulse p = d.get_pulse();
+            json.append(",\"pulse_id\":").append(str(p.get_id()));
+            json.append(",\"details\":").append(p.is_set_details()
+                ? str(new String(p.get_details(), StandardCharsets.UTF_8)) : "null");
+        } else if (d.is_set_nodes()) {
+            json.append(",\"nodes\":").append(strs(d.get_nodes().get_pulseIds()));
+        } else if (d.is_set_records()) {
+            List<String> ids = new ArrayList<>();
+            for (HBPulse p : d.get_records().get_pulses()) {
+                ids.add(p.get_id() + "=" + new String(p.get_details(), StandardCharsets.UTF_8));
+            }
+            json.append(",\"records\":").append(strs(ids));
+        } else {
+            json.append(",\"data\":\"other\"");
+        }
+    }
+
+    /** A worker heartbeat as Storm's worker builds it: one spout executor, one bolt executor. */
+    private static ClusterWorkerHeartbeat heartbeat(String stormId, int timeSecs, int uptimeSecs) {
+        Map<String, Map<String, Long>> emitted = new HashMap<>();
+        emitted.put(":all-time", new HashMap<>(Map.of("default", 42L)));
+        SpoutStats spout = new SpoutStats(new HashMap<>(), new HashMap<>(), new HashMap<>());
+        Map<ExecutorInfo, ExecutorStats> stats = new HashMap<>();
+        stats.put(new ExecutorInfo(1, 1), new ExecutorStats(emitted, emitted, ExecutorSpecificStats.spout(spout), 1.0));
+        stats.put(new ExecutorInfo(2, 3), new ExecutorStats(emitted, emitted, ExecutorSpecificStats.spout(spout), 1.0));
+        return new ClusterWorkerHeartbeat(stormId, stats, timeSecs, uptimeSecs);
+    }
+
+    private static String hex(byte[] bytes) {
+        StringBuilder sb = new StringBuilder();
+        for (byte b : bytes) {
+            sb.append(String.format("%02x", b & 0xff));
+        }
+        return sb.toString();
+    }
+
+    private static String strs(List<String> values) {
+        StringBuilder sb = new StringBuilder("[");
+        for (String v : values) {
+            sb.append(sb.length() > 1 ? "," : "").append(str(v));
+        }
+        return sb.append(']').toString();
+    }
+
+    private static String str(String s) {
+        StringBuilder sb = new StringBuilder("\"");
+        for (char c : s.toCharArray()) {
+            if (c == '"' || c == '\\') {
+                sb.append('\\').append(c);
+            } else if (c < 0x20 || c > 0x7e) {
+                sb.append(String.format("\\u%04x", (int) c));
+            } else {
+                sb.append(c);
+            }
+        }
+        return sb.append('"').toString();
+    }
+}

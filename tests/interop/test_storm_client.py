@@ -1,0 +1,289 @@
+"""Storm's own Java client (storm-client's `PacemakerClient`, `PacemakerClientPool` and
+`PaceMakerStateStorage`, fetched by Maven from tests/interop/storm/pom.xml) against real pmcluster
+nodes, driven by `java/StormDriver.java`: one JVM per client configuration, one command per stdin
+line, one JSON line back per command.
+
+Where pmcluster intentionally differs from Storm's own server (and from Storm's PacemakerTest):
+GET_ALL_PULSE_FOR_PATH answers the pulses under the path (Storm answers no data), and listing is
+by path component (Storm's `/a/b` also lists `/a/bc`'s children)."""
+
+from __future__ import annotations
+
+import json
+import select
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import pytest
+
+from pmcluster.tools.localcluster import NodeCluster, NodeProcess, free_port
+
+pytestmark = pytest.mark.integration
+
+NODE_KEYS: dict[str, Any] = {
+    "pmcluster.request.timeout.secs": 1.0,
+    "pmcluster.connect.timeout.secs": 0.3,
+    "task.heartbeat.frequency.secs": 0.5,
+}
+CALL_TIMEOUT = 30.0  # a call with one dead server takes ~11 s in Storm's client (10 tries of 1 s)
+NOW = 1_700_000_000
+
+
+class Driver:
+    """One StormDriver JVM with its own Storm config (servers, port, auth method)."""
+
+    def __init__(
+        self,
+        storm: Sequence[str],
+        port: int,
+        hosts: Sequence[str],
+        auth: str = "NONE",
+        jaas: Path | None = None,
+    ) -> None:
+        self.proc = subprocess.Popen(
+            [
+                *storm,
+                "StormDriver",
+                str(port),
+                ",".join(hosts),
+                auth,
+                *([] if jaas is None else [str(jaas)]),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+        )
+
+    def __call__(self, *words: str | int, timeout: float = CALL_TIMEOUT) -> dict[str, Any]:
+        """Send one command; its JSON reply (bounded wait)."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(" ".join(str(w) for w in words) + "\n")
+        self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        assert ready, f"no reply to {words} within {timeout} s"
+        line = self.proc.stdout.readline()
+        assert line, f"driver exited (rc={self.proc.poll()}) on {words}"
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def ok(self, *words: str | int, timeout: float = CALL_TIMEOUT) -> dict[str, Any]:
+        reply = self(*words, timeout=timeout)
+        assert reply["ok"], reply
+        return reply
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            try:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.flush()
+                self.proc.wait(10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[NodeCluster]:
+    """Three nodes, static membership, one port shared by HTTP and Storm's protocol."""
+    with NodeCluster(3, workdir=tmp_path, extra=NODE_KEYS) as nodes:
+        yield nodes
+
+
+def wait_copies(nodes: Sequence[NodeProcess], path: str, want: int, timeout: float = 10.0) -> None:
+    """Bounded poll until `path` is stored on exactly `want` nodes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        have = sum(node.local_pulse(path) is not None for node in nodes if node.running())
+        if have == want or time.monotonic() > deadline:
+            assert have == want, f"{path}: {have} copies, want {want}"
+            return
+        time.sleep(0.05)
+
+
+def test_pacemaker_test_cases_over_the_wire(storm_java: list[str], cluster: NodeCluster) -> None:
+    """Every case of Storm's PacemakerTest, sent by Storm's PacemakerClient to node 1; the
+    authorized replies (the unauthorized ones are in the DIGEST test)."""
+    host = cluster.hosts[0]
+    with Driver(storm_java, cluster.port, cluster.hosts) as storm:
+
+        def raw(*words: str) -> dict[str, Any]:
+            reply = storm.ok("raw", host, *words)
+            assert reply["reply_id"] == reply["sent_id"]  # the message id is echoed
+            return reply
+
+        reply = raw("CREATE_PATH", "/testpath")
+        assert (reply["type"], reply["data"]) == ("CREATE_PATH_RESPONSE", None)
+        reply = raw("EXISTS", "/testpath")
+        assert (reply["type"], reply["boolval"]) == ("EXISTS_RESPONSE", False)
+        reply = raw("SEND_PULSE", "/exists_path", "pulse-data")
+        assert (reply["type"], reply["data"]) == ("SEND_PULSE_RESPONSE", None)
+        assert raw("EXISTS", "/exists_path")["boolval"] is True
+        reply = raw("GET_PULSE", "/exists_path")
+        assert (reply["type"], reply["pulse_id"], reply["details"]) == (
+            "GET_PULSE_RESPONSE",
+            "/exists_path",
+            "pulse-data",
+        )
+        reply = raw("GET_PULSE", "/no/such/pulse")  # a miss: the id, no details
+        assert (reply["pulse_id"], reply["details"]) == ("/no/such/pulse", None)
+
+        for name in ("foo", "bar", "baz", "boo"):
+            raw("SEND_PULSE", f"/some-root-path/{name}", "nothing")
+        raw("SEND_PULSE", "/some-root-path-x/other", "nothing")  # Storm's prefix match lists it
+        reply = raw("GET_ALL_NODES_FOR_PATH", "/some-root-path")
+        assert reply["type"] == "GET_ALL_NODES_FOR_PATH_RESPONSE"
+        assert sorted(reply["nodes"]) == ["bar", "baz", "boo", "foo"]
+        for name in ("foo", "bar", "baz"):
+            raw("SEND_PULSE", f"/some/deeper/path/{name}", "nothing")
+        assert sorted(raw("GET_ALL_NODES_FOR_PATH", "/some/deeper/path")["nodes"]) == [
+            "bar",
+            "baz",
+            "foo",
+        ]
+
+        reply = raw("GET_ALL_PULSE_FOR_PATH", "/some/deeper/path")  # Storm: no data
+        assert reply["type"] == "GET_ALL_PULSE_FOR_PATH_RESPONSE"
+        assert sorted(reply["records"]) == [
+            f"/some/deeper/path/{n}=nothing" for n in ("bar", "baz", "foo")
+        ]
+
+        for name in ("foo", "bar", "baz", "boo"):
+            raw("SEND_PULSE", f"/some-root/DELETE_PATH/{name}", "nothing")
+            raw("SEND_PULSE", f"/some-root/DELETE_PULSE_ID/{name}", "nothing")
+        reply = raw("DELETE_PATH", "/some-root/DELETE_PATH")
+        assert (reply["type"], reply["data"]) == ("DELETE_PATH_RESPONSE", None)
+        assert raw("GET_ALL_NODES_FOR_PATH", "/some-root/DELETE_PATH")["nodes"] == []
+        reply = raw("DELETE_PULSE_ID", "/some-root/DELETE_PULSE_ID/foo")
+        assert (reply["type"], reply["data"]) == ("DELETE_PULSE_ID_RESPONSE", None)
+        assert sorted(raw("GET_ALL_NODES_FOR_PATH", "/some-root/DELETE_PULSE_ID")["nodes"]) == [
+            "bar",
+            "baz",
+            "boo",
+        ]
+        # every node answers for the cluster, not only the one written to
+        for other in cluster.hosts[1:]:
+            reply = storm.ok("raw", other, "GET_PULSE", "/exists_path")
+            assert reply["details"] == "pulse-data"
+
+
+def test_state_storage_heartbeats_survive_the_writers_node(
+    storm_java: list[str], cluster: NodeCluster
+) -> None:
+    """PaceMakerStateStorage's four heartbeat calls with real ClusterWorkerHeartbeat payloads:
+    written through node 1 only, read through each other node, then node 1 is killed (-9) and
+    every heartbeat is still read; a delete reaches every copy."""
+    topo = "wordcount-1-1700000000"
+    paths = [f"/workerbeats/{topo}/node{i}-670{i}" for i in range(4)]
+    a, b, c = cluster.hosts
+    with Driver(storm_java, cluster.port, [a]) as worker:
+        for i, path in enumerate(paths):
+            worker.ok("hb_set", path, topo, NOW + i)
+    for path in paths:
+        wait_copies(cluster.nodes, path, 2)
+    for host in (b, c):
+        with Driver(storm_java, cluster.port, [host]) as nimbus:
+            names = nimbus.ok("hb_children", f"/workerbeats/{topo}")["names"]
+            assert sorted(names) == sorted(p.rsplit("/", 1)[1] for p in paths)
+            for i, path in enumerate(paths):
+                got = nimbus.ok("hb_get", path)
+                assert (got["found"], got["storm_id"], got["time_secs"], got["executors"]) == (
+                    True,
+                    topo,
+                    NOW + i,
+                    2,
+                )
+
+    cluster[0].kill()
+    # Nimbus listing every server, the dead one included: one call pays Storm's ~11 s for it
+    with Driver(storm_java, cluster.port, cluster.hosts) as nimbus:
+        names = nimbus.ok("hb_children", f"/workerbeats/{topo}")["names"]
+        assert len(names) == len(paths)
+    with Driver(storm_java, cluster.port, [b, c]) as nimbus:
+        for i, path in enumerate(paths):
+            assert nimbus.ok("hb_get", path)["time_secs"] == NOW + i
+        nimbus.ok("hb_delete", f"/workerbeats/{topo}")
+        assert nimbus.ok("hb_children", f"/workerbeats/{topo}")["names"] == []
+        for path in paths:
+            assert nimbus.ok("hb_get", path)["found"] is False
+    for path in paths:
+        wait_copies(cluster.nodes, path, 0)
+    for node in cluster.nodes[1:]:
+        node.check_alive()
+
+
+DIGEST_SERVER_JAAS = """\
+PacemakerDigest {
+    username="storm"
+    password="s3cret-pw";
+};
+"""
+DIGEST_CLIENT_JAAS = """\
+PacemakerDigest {
+    org.apache.zookeeper.server.auth.DigestLoginModule required
+    username="storm"
+    password="%s";
+};
+"""
+
+
+def test_digest_with_storms_sasl_client(storm_java: list[str], tmp_path: Path) -> None:
+    """Storm's own DIGEST client reads from a DIGEST node; a NONE client writes but its reads
+    get NOT_AUTHORIZED (PacemakerTest's unauthorized cases); a wrong password reads nothing."""
+    server_jaas = tmp_path / "server.jaas"
+    server_jaas.write_text(DIGEST_SERVER_JAAS)
+    config = {
+        "pacemaker.host": "127.0.0.1",
+        "pacemaker.port": free_port(),
+        "pacemaker.auth.method": "DIGEST",
+        "java.security.auth.login.config": str(server_jaas),
+    }
+    with NodeProcess(config, workdir=tmp_path) as node:
+        hosts = [node.host]
+        with Driver(storm_java, node.port, hosts) as worker:
+            worker.ok(
+                "raw", node.host, "SEND_PULSE", "/workerbeats/t-1/n-1", "beat"
+            )  # writes are open
+            for op, path in [
+                ("EXISTS", "/workerbeats/t-1/n-1"),
+                ("GET_PULSE", "/workerbeats/t-1/n-1"),
+                ("GET_ALL_PULSE_FOR_PATH", "/workerbeats/t-1"),
+                ("GET_ALL_NODES_FOR_PATH", "/workerbeats/t-1"),
+            ]:
+                reply = worker.ok("raw", node.host, op, path)
+                assert (reply["type"], reply["data"]) == ("NOT_AUTHORIZED", None)
+                assert reply["reply_id"] == reply["sent_id"]
+
+        right = tmp_path / "right.jaas"
+        right.write_text(DIGEST_CLIENT_JAAS % "s3cret-pw")
+        with Driver(storm_java, node.port, hosts, "DIGEST", right) as nimbus:
+            assert (
+                nimbus.ok("raw", node.host, "GET_PULSE", "/workerbeats/t-1/n-1")["details"]
+                == "beat"
+            )
+            assert nimbus.ok("hb_children", "/workerbeats/t-1")["names"] == ["n-1"]
+
+        wrong = tmp_path / "wrong.jaas"
+        wrong.write_text(DIGEST_CLIENT_JAAS % "wrong")
+        with Driver(storm_java, node.port, hosts, "DIGEST", wrong) as intruder:
+            reply = intruder("raw", node.host, "GET_PULSE", "/workerbeats/t-1/n-1")
+            assert reply["ok"] is False  # Storm gives up after its 10 tries
+            assert "PacemakerConnectionException" in reply["error"]
+        node.check_alive()
