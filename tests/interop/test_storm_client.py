@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import select
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -128,6 +129,15 @@ def wait_copies(nodes: Sequence[NodeProcess], path: str, want: int, timeout: flo
         time.sleep(0.05)
 
 
+def pmcluster(*args: str) -> str:
+    """Run the CLI; its stdout (it must exit 0)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pmcluster", *args], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def test_pacemaker_test_cases_over_the_wire(storm_java: list[str], cluster: NodeCluster) -> None:
     """Every case of Storm's PacemakerTest, sent by Storm's PacemakerClient to node 1; the
     authorized replies (the unauthorized ones are in the DIGEST test)."""
@@ -208,6 +218,21 @@ def test_state_storage_heartbeats_survive_the_writers_node(
             worker.ok("hb_set", path, topo, NOW + i)
     for path in paths:
         wait_copies(cluster.nodes, path, 2)
+    # Storm's bytes decoded by `pmcluster ls --decode` / `get --decode`
+    servers = ["--servers", f"{b}:{cluster.port}"]
+    listing = sorted(pmcluster("ls", "--decode", f"/workerbeats/{topo}", *servers).splitlines())
+    assert len(listing) == len(paths)
+    for i, (path, line) in enumerate(zip(paths, listing, strict=True)):
+        name, rest = line.split("  ", 1)
+        assert name == path.rsplit("/", 1)[1]
+        fields = dict(word.split("=", 1) for word in rest.split() if "=" in word)
+        assert fields["topology"] == topo and fields["time_secs"] == str(NOW + i)
+        assert abs(int(fields["age"].rstrip("s")) - (time.time() - NOW - i)) < 60
+        assert (fields["uptime"], fields["executors"]) == ("7s", "2")
+        assert rest.endswith(" [1],[2-3]")
+    shown = pmcluster("get", "--decode", paths[0], *servers)
+    assert shown.startswith(f"topology={topo} time_secs={NOW} age=")
+    assert pmcluster("ls", "--decode", "/workerbeats", *servers) == f"{topo}/\n"
     for host in (b, c):
         with Driver(storm_java, cluster.port, [host]) as nimbus:
             names = nimbus.ok("hb_children", f"/workerbeats/{topo}")["names"]
