@@ -22,6 +22,7 @@ from typing import Any, Self
 
 import pytest
 
+from pmcluster.testing.kdc import pacemaker_realm
 from pmcluster.tools.localcluster import NodeCluster, NodeProcess, free_port
 
 pytestmark = pytest.mark.integration
@@ -45,10 +46,13 @@ class Driver:
         hosts: Sequence[str],
         auth: str = "NONE",
         jaas: Path | None = None,
+        jvm: Sequence[str] = (),
     ) -> None:
         self.proc = subprocess.Popen(
             [
-                *storm,
+                *storm[:1],  # java
+                *jvm,
+                *storm[1:],  # -cp CLASSPATH
                 "StormDriver",
                 str(port),
                 ",".join(hosts),
@@ -331,3 +335,50 @@ def test_digest_with_storms_sasl_client(storm_java: list[str], tmp_path: Path) -
             metrics = response.read().decode()
         assert "pmcluster_storm_auth_total 1" in metrics  # the right password: authenticated
         assert 'pmcluster_storm_errors_total{kind="auth_failed"} 1' in metrics  # the wrong one
+
+
+def test_kerberos_with_storms_sasl_client(
+    storm_java: list[str], kdc_tools: None, tmp_path: Path
+) -> None:
+    """Storm's own KERBEROS client (KerberosSaslClientHandler, JAAS `PacemakerClient`) on a
+    throwaway MIT realm: `nimbus` (nimbus.daemon.user) reads what a NONE worker wrote;
+    `alice` authenticates to the KDC but is not authorized, so she reads nothing."""
+    host = "127.0.0.1"
+    workdir = tmp_path / "krb"
+    workdir.mkdir()
+    with pacemaker_realm(workdir, [host], ["nimbus", "alice"], ccache="MEMORY:storm-krb") as realm:
+        config = {
+            "pacemaker.host": host,
+            "pacemaker.port": free_port(),
+            "pacemaker.auth.method": "KERBEROS",
+            "java.security.auth.login.config": str(realm.server_jaas),
+            "nimbus.daemon.user": "nimbus",
+            "pmcluster.auth.secret.file": str(realm.secret),
+        }
+        with NodeProcess(config, workdir=tmp_path) as node:
+            with Driver(storm_java, node.port, [host]) as worker:
+                worker.ok("raw", host, "SEND_PULSE", "/workerbeats/t-9/n-1", "beat")
+                assert worker.ok("raw", host, "GET_PULSE", "/workerbeats/t-9/n-1")["type"] == (
+                    "NOT_AUTHORIZED"
+                )
+            jvm = [f"-Djava.security.krb5.conf={realm.kdc.env['KRB5_CONFIG']}"]
+            drivers = [
+                Driver(storm_java, node.port, [host], "KERBEROS", realm.client_jaas(who), jvm)
+                for who in ("nimbus", "alice")
+            ]
+            try:
+                for driver in drivers:
+                    driver.send("raw", host, "GET_PULSE", "/workerbeats/t-9/n-1")
+                nimbus, alice = (driver.receive() for driver in drivers)
+            finally:
+                for driver in drivers:
+                    driver.close()
+            assert nimbus["ok"], nimbus
+            assert (nimbus["type"], nimbus["details"]) == ("GET_PULSE_RESPONSE", "beat")
+            assert alice["ok"] is False
+            assert "PacemakerConnectionException" in alice["error"]
+            node.check_alive()
+            with urllib.request.urlopen(f"{node.url}/metrics", timeout=5) as response:
+                metrics = response.read().decode()
+            assert "pmcluster_storm_auth_total 1" in metrics  # nimbus
+            assert 'pmcluster_storm_errors_total{kind="auth_failed"} 1' in metrics  # alice, once

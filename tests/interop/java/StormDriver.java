@@ -9,6 +9,11 @@ import java.util.Arrays;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.CyclicBarrier;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
 import org.apache.storm.cluster.PaceMakerStateStorage;
 import org.apache.storm.generated.ClusterWorkerHeartbeat;
 import org.apache.storm.generated.ExecutorInfo;
@@ -37,6 +42,8 @@ import org.apache.storm.utils.Utils;
  *   <li>{@code hb_delete PATH} - delete_worker_hb
  *   <li>{@code raw HOST TYPE PATH [DETAILS]} - one HBMessage through PacemakerClient(conf, HOST)
  *   <li>{@code serialize STORM_ID TIME_SECS UPTIME_SECS} - hex of Utils.serialize(heartbeat)
+ *   <li>{@code inflight HOST N PREFIX} - N threads (N at most 100, the client's reply slots) on one
+ *       PacemakerClient, started together: N SEND_PULSE PREFIX/pI=vI, then N GET_PULSE of them
  *   <li>{@code quit}
  * </ul>
  */
@@ -112,6 +119,9 @@ public final class StormDriver {
             case "raw":
                 raw(w, json);
                 break;
+            case "inflight":
+                inflight(w[1], Integer.parseInt(w[2]), w[3], json);
+                break;
             case "serialize":
                 json.append(",\"hex\":").append(str(hex(Utils.serialize(
                     heartbeat(w[1], Integer.parseInt(w[2]), Integer.parseInt(w[3]))))));
@@ -159,6 +169,65 @@ public final class StormDriver {
         } else {
             json.append(",\"data\":\"other\"");
         }
+    }
+
+    /**
+     * N requests in flight at once on one connection, twice: a write round, then a read round
+     * whose every reply must carry its own request's id and pulse. One request per thread per
+     * round and N at most the client's 100 slots, so Storm's slot-reuse race cannot occur.
+     */
+    private static void inflight(String host, int n, String prefix, StringBuilder json) throws Exception {
+        PacemakerClient client = CLIENTS.computeIfAbsent(host, h -> new PacemakerClient(conf, h));
+        AtomicInteger writes = new AtomicInteger();
+        AtomicInteger reads = new AtomicInteger();
+        List<String> errors = java.util.Collections.synchronizedList(new ArrayList<>());
+        Set<Integer> ids = ConcurrentHashMap.newKeySet();
+        CyclicBarrier barrier = new CyclicBarrier(n);
+        List<Thread> threads = new ArrayList<>();
+        for (int i = 0; i < n; i++) {
+            final int k = i;
+            Thread t = new Thread(() -> {
+                try {
+                    String path = prefix + "/p" + k;
+                    HBPulse pulse = new HBPulse();
+                    pulse.set_id(path);
+                    pulse.set_details(("v" + k).getBytes(StandardCharsets.UTF_8));
+                    barrier.await(30, TimeUnit.SECONDS);
+                    HBMessage w1 = new HBMessage(HBServerMessageType.SEND_PULSE, HBMessageData.pulse(pulse));
+                    HBMessage r1 = client.send(w1);
+                    ids.add(w1.get_message_id());
+                    if (r1.get_type() == HBServerMessageType.SEND_PULSE_RESPONSE
+                            && r1.get_message_id() == w1.get_message_id()) {
+                        writes.incrementAndGet();
+                    } else {
+                        errors.add("write " + k + ": " + r1);
+                    }
+                    barrier.await(60, TimeUnit.SECONDS); // every write answered before any read
+                    HBMessage w2 = new HBMessage(HBServerMessageType.GET_PULSE, HBMessageData.path(path));
+                    HBMessage r2 = client.send(w2);
+                    HBMessageData d = r2.get_data();
+                    if (r2.get_type() == HBServerMessageType.GET_PULSE_RESPONSE
+                            && r2.get_message_id() == w2.get_message_id()
+                            && d != null && d.is_set_pulse() && path.equals(d.get_pulse().get_id())
+                            && ("v" + k).equals(new String(d.get_pulse().get_details(), StandardCharsets.UTF_8))) {
+                        reads.incrementAndGet();
+                    } else {
+                        errors.add("read " + k + ": " + r2);
+                    }
+                } catch (Exception e) {
+                    errors.add(k + ": " + e);
+                }
+            });
+            threads.add(t);
+            t.start();
+        }
+        for (Thread t : threads) {
+            t.join(120_000);
+        }
+        json.append(",\"writes\":").append(writes.get());
+        json.append(",\"reads\":").append(reads.get());
+        json.append(",\"distinct_ids\":").append(ids.size());
+        json.append(",\"errors\":").append(strs(errors.subList(0, Math.min(errors.size(), 3))));
     }
 
     /** A worker heartbeat as Storm's worker builds it: one spout executor, one bolt executor. */
