@@ -23,6 +23,7 @@ from typing import Any, Self
 import pytest
 
 from pmcluster.testing.kdc import pacemaker_realm
+from pmcluster.testing.proxy import TcpProxy
 from pmcluster.tools.localcluster import NodeCluster, NodeProcess, free_port
 
 pytestmark = pytest.mark.integration
@@ -265,6 +266,64 @@ def test_state_storage_heartbeats_survive_the_writers_node(
     for path in paths:
         wait_copies(cluster.nodes, path, 0)
     for node in cluster.nodes[1:]:
+        node.check_alive()
+
+
+def test_hundred_requests_in_flight(storm_java: list[str], cluster: NodeCluster) -> None:
+    """100 threads on one Storm PacemakerClient (its 100 reply slots all taken at once): 100
+    SEND_PULSE in flight on one connection to node 1, then 100 GET_PULSE; every reply carries its
+    own request's message id and pulse, and the other nodes list all 100."""
+    a, b, _ = cluster.hosts
+    with Driver(storm_java, cluster.port, cluster.hosts) as storm:
+        reply = storm.ok("inflight", a, 100, "/inflight/t-1")
+    assert reply["errors"] == []
+    assert (reply["writes"], reply["reads"], reply["distinct_ids"]) == (100, 100, 100)
+    listing = pmcluster("ls", "/inflight/t-1", "--servers", f"{b}:{cluster.port}").split()
+    assert sorted(listing) == sorted(f"p{i}" for i in range(100))
+
+
+def storm_requests(node: NodeProcess, kind: str) -> int:
+    """The node's count of Storm requests of one message type (its /metrics)."""
+    with urllib.request.urlopen(f"{node.url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    prefix = f'pmcluster_storm_requests_total{{type="{kind}"}} '
+    counts = [int(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix)]
+    return counts[0] if counts else 0
+
+
+def test_duplicated_message_ids_are_idempotent(storm_java: list[str], tmp_path: Path) -> None:
+    """Replies held 1.5 s by a proxy: Storm's client re-sends each unanswered request after 1 s
+    with the same message id, so the node gets every request twice. The write is applied once
+    (the value is the one sent), the read answers the right pulse, and the client takes the
+    first reply for its id (the late duplicate finds no waiter and is dropped by Storm)."""
+    config = {"pacemaker.host": "127.0.0.1", "pacemaker.port": free_port()}
+    with (
+        NodeProcess(config, workdir=tmp_path) as node,
+        TcpProxy((node.host, node.port)) as proxy,
+        Driver(storm_java, proxy.port, [proxy.host]) as storm,
+    ):
+        storm.ok("raw", proxy.host, "SEND_PULSE", "/dup/t-1/n-1", "first")  # connect, prompt
+        assert storm_requests(node, "SEND_PULSE") == 1
+        proxy.reply_delay = 1.5
+        sent = storm.ok("raw", proxy.host, "SEND_PULSE", "/dup/t-1/n-1", "second")
+        assert sent["type"] == "SEND_PULSE_RESPONSE" and sent["reply_id"] == sent["sent_id"]
+        assert sent["ms"] >= 1000
+        # at least one re-send reached the node (more if its reply took over 2 s under load)
+        assert storm_requests(node, "SEND_PULSE") >= 3
+        got = storm.ok("raw", proxy.host, "GET_PULSE", "/dup/t-1/n-1")  # re-sent too
+        assert (got["pulse_id"], got["details"], got["reply_id"]) == (
+            "/dup/t-1/n-1",
+            "second",
+            got["sent_id"],
+        )
+        assert storm_requests(node, "GET_PULSE") >= 2
+        proxy.reply_delay = 0.0
+        time.sleep(3.5)  # every late duplicate reply delivered (and dropped by Storm)
+        for _ in range(3):  # the slots those duplicates came back to still match
+            got = storm.ok("raw", proxy.host, "GET_PULSE", "/dup/t-1/n-1")
+            assert got["details"] == "second" and got["reply_id"] == got["sent_id"]
+            assert got["ms"] < 1000
+        assert node.local_pulse("/dup/t-1/n-1") == b"second"
         node.check_alive()
 
 

@@ -41,6 +41,9 @@ import org.apache.storm.utils.Utils;
  *   <li>{@code hb_children PATH} - get_worker_hb_children
  *   <li>{@code hb_delete PATH} - delete_worker_hb
  *   <li>{@code raw HOST TYPE PATH [DETAILS]} - one HBMessage through PacemakerClient(conf, HOST)
+ *   <li>{@code burst HOST THREADS ROUNDS} - THREADS threads share one PacemakerClient (so up to
+ *       THREADS requests in flight on its one connection), each SEND_PULSE then GET_PULSE of its
+ *       own paths ROUNDS times; counts replies by what they were
  *   <li>{@code serialize STORM_ID TIME_SECS UPTIME_SECS} - hex of Utils.serialize(heartbeat)
  *   <li>{@code inflight HOST N PREFIX} - N threads (N at most 100, the client's reply slots) on one
  *       PacemakerClient, started together: N SEND_PULSE PREFIX/pI=vI, then N GET_PULSE of them
@@ -121,6 +124,9 @@ public final class StormDriver {
                 break;
             case "inflight":
                 inflight(w[1], Integer.parseInt(w[2]), w[3], json);
+                break;
+            case "burst":
+                burst(w[1], Integer.parseInt(w[2]), Integer.parseInt(w[3]), json);
                 break;
             case "serialize":
                 json.append(",\"hex\":").append(str(hex(Utils.serialize(
@@ -228,6 +234,53 @@ public final class StormDriver {
         json.append(",\"reads\":").append(reads.get());
         json.append(",\"distinct_ids\":").append(ids.size());
         json.append(",\"errors\":").append(strs(errors.subList(0, Math.min(errors.size(), 3))));
+    }
+
+    private static void burst(String host, int threads, int rounds, StringBuilder json) throws Exception {
+        PacemakerClient client = CLIENTS.computeIfAbsent(host, h -> new PacemakerClient(conf, h));
+        java.util.concurrent.atomic.AtomicInteger ok = new java.util.concurrent.atomic.AtomicInteger();
+        java.util.concurrent.atomic.AtomicInteger wrong = new java.util.concurrent.atomic.AtomicInteger();
+        java.util.concurrent.atomic.AtomicInteger race = new java.util.concurrent.atomic.AtomicInteger();
+        java.util.concurrent.atomic.AtomicInteger failed = new java.util.concurrent.atomic.AtomicInteger();
+        java.util.concurrent.CountDownLatch start = new java.util.concurrent.CountDownLatch(1);
+        List<Thread> workers = new ArrayList<>();
+        for (int t = 0; t < threads; t++) {
+            final int id = t;
+            Thread worker = new Thread(() -> {
+                try {
+                    start.await();
+                    for (int r = 0; r < rounds; r++) {
+                        String path = "/burst/t" + id + "/r" + r;
+                        HBPulse pulse = new HBPulse();
+                        pulse.set_id(path);
+                        pulse.set_details(path.getBytes(StandardCharsets.UTF_8));
+                        HBMessage sent = client.send(new HBMessage(HBServerMessageType.SEND_PULSE, HBMessageData.pulse(pulse)));
+                        HBMessage got = client.send(new HBMessage(HBServerMessageType.GET_PULSE, HBMessageData.path(path)));
+                        if (sent.get_type() != HBServerMessageType.SEND_PULSE_RESPONSE
+                            || got.get_type() != HBServerMessageType.GET_PULSE_RESPONSE) {
+                            // Storm's slot reuse handed this thread another thread's request
+                            boolean isRequest = sent.get_type().getValue() % 2 == 0 && sent.get_type().getValue() < 16
+                                || got.get_type().getValue() % 2 == 0 && got.get_type().getValue() < 16;
+                            (isRequest ? race : wrong).incrementAndGet();
+                        } else if (path.equals(new String(got.get_data().get_pulse().get_details(), StandardCharsets.UTF_8))) {
+                            ok.incrementAndGet();
+                        } else {
+                            wrong.incrementAndGet();
+                        }
+                    }
+                } catch (Exception e) {
+                    failed.incrementAndGet();
+                }
+            });
+            worker.start();
+            workers.add(worker);
+        }
+        start.countDown();
+        for (Thread worker : workers) {
+            worker.join(120_000);
+        }
+        json.append(",\"ok_rounds\":").append(ok.get()).append(",\"wrong\":").append(wrong.get());
+        json.append(",\"storm_race\":").append(race.get()).append(",\"failed\":").append(failed.get());
     }
 
     /** A worker heartbeat as Storm's worker builds it: one spout executor, one bolt executor. */
