@@ -350,8 +350,8 @@ def test_digest_with_storms_sasl_client(storm_java: list[str], tmp_path: Path) -
     Storm 2.8.3's client then closes its own connection: after the server's `rspauth` token it
     calls `channelReady` and again on SASL_COMPLETE (-203), and the second call closes the
     channel it was given (PacemakerClient.channelReady -> close_channel), so the request is never
-    written and `send` gives up after 10 tries. Storm's own server sends the same two frames
-    (SaslStormServerHandler); docs/storm-compatibility.md records this as Storm's bug."""
+    written and `send` gives up after 10 tries. Storm's own Pacemaker 2.8.3 sends the same
+    frames and its client fails the same way (checked by hand, docs/storm-compatibility.md)."""
     server_jaas = tmp_path / "server.jaas"
     server_jaas.write_text(DIGEST_SERVER_JAAS)
     config = {
