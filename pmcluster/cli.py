@@ -70,12 +70,27 @@ def cmd_put(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _decoded(data: bytes) -> str:
+    """A Storm worker heartbeat as one line (or why it is not one)."""
+    import time
+
+    from pmcluster.storm.heartbeat import HeartbeatDecodeError, decode_heartbeat, describe
+
+    try:
+        return describe(decode_heartbeat(data), time.time())
+    except HeartbeatDecodeError as exc:
+        return f"not a Storm worker heartbeat ({len(data)} bytes): {exc}"
+
+
 def cmd_get(args: argparse.Namespace) -> int:
     with _client(args) as client:
         pulse = client.get_pulse(args.path)
     if pulse is None:
         print(f"absent: {args.path}", file=sys.stderr)
         return EXIT_ABSENT
+    if args.decode:
+        print(_decoded(pulse.data))
+        return EXIT_OK
     sys.stdout.buffer.write(pulse.data)
     sys.stdout.buffer.flush()
     return EXIT_OK
@@ -91,8 +106,13 @@ def cmd_exists(args: argparse.Namespace) -> int:
 def cmd_ls(args: argparse.Namespace) -> int:
     with _client(args) as client:
         names = client.get_all_nodes_for_path(args.path)
-    for name in names:
-        print(name)
+        for name in names:
+            if not args.decode:
+                print(name)
+                continue
+            pulse = client.get_pulse(f"{args.path.rstrip('/')}/{name}")
+            # a name with no heartbeat of its own is a directory (e.g. a topology id)
+            print(f"{name}/" if pulse is None else f"{name}  {_decoded(pulse.data)}")
     return EXIT_OK if names else EXIT_ABSENT
 
 
@@ -238,6 +258,11 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
 
     p = command("get", cmd_get, "print a heartbeat's bytes (get_pulse)")
     p.add_argument("path")
+    p.add_argument(
+        "--decode",
+        action="store_true",
+        help="show a Storm ClusterWorkerHeartbeat: topology, time_secs and age, uptime, executors",
+    )
     add_client_arguments(p)
 
     p = command("exists", cmd_exists, "is there a heartbeat at exactly PATH")
@@ -246,6 +271,11 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
 
     p = command("ls", cmd_ls, "list the direct children of PATH (get_all_nodes_for_path)")
     p.add_argument("path", nargs="?", default="/")
+    p.add_argument(
+        "--decode",
+        action="store_true",
+        help="after each name, its Storm ClusterWorkerHeartbeat decoded (one get per name)",
+    )
     add_client_arguments(p)
 
     p = command("rm", cmd_rm, "delete a heartbeat (delete_pulse_id), or with -r a whole subtree")

@@ -5,10 +5,10 @@
 - `pmcluster.state.zookeeper_state_factory` (Storm's
   `org.apache.storm.cluster.ZKStateStorageFactory`): everything in ZooKeeper under
   `storm.zookeeper.root`; heartbeats are plain data nodes.
-- `pmcluster.state.pacemaker_state_factory` (Storm's
-  `org.apache.storm.pacemaker.pacemaker_state_factory` and
-  `org.apache.storm.cluster.PaceMakerStateStorageFactory`): worker heartbeats in the pmcluster
-  ring, everything else in ZooKeeper.
+- `pmcluster.state.pacemaker_state_factory` (Storm 2.x's
+  `org.apache.storm.cluster.PaceMakerStateStorageFactory` and Storm 1.x's
+  `org.apache.storm.pacemaker.pacemaker_state_factory`, both accepted): worker heartbeats in the
+  pmcluster ring, everything else in ZooKeeper.
 
 Any other dotted Python path names a callable `factory(config) -> StateStorage` of your own.
 `conf` is a `Config` or a mapping of Storm YAML keys (validated by `config_from_mapping`).

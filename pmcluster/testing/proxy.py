@@ -8,6 +8,10 @@ it its own proxy and switch the proxy's mode (RECIPES, "cutting one node off"):
 - `blackhole`: connections are accepted and bytes are swallowed, nothing comes back (like a
   partition: only the client's timeouts notice).
 
+`reply_delay` (seconds, 0 by default) holds each chunk coming back from the target that long
+before forwarding it: a slow server, to make a client re-send (Storm's client re-sends a request
+unanswered after 1 s with the same message id).
+
 Threads only (no event loop), so it works under sync and async tests alike.
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from types import TracebackType
 from typing import Literal, Self
 
@@ -32,6 +37,7 @@ class TcpProxy:
         self._listener.settimeout(0.1)
         self.host, self.port = self._listener.getsockname()[:2]
         self._mode: Mode = "forward"
+        self.reply_delay = 0.0
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._closed = threading.Event()
@@ -95,13 +101,15 @@ class TcpProxy:
             self._open.add(client)
             if upstream is not None:
                 self._open.add(upstream)
-        threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+        threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
         if upstream is not None:
-            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket | None) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket | None, replies: bool) -> None:
         try:
             while chunk := src.recv(_CHUNK):
+                if replies and (delay := self.reply_delay) > 0:
+                    time.sleep(min(delay, 30.0))
                 if dst is not None and self._mode == "forward":
                     dst.sendall(chunk)
         except OSError:

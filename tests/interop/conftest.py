@@ -1,0 +1,53 @@
+"""Storm's own jars for the interop tests: Maven's classpath (once per session; the jars are
+cached in ~/.m2, fetched there by `scripts/setup`) and `java/StormDriver.java` compiled against it.
+
+A missing JDK or Maven is a failure, never a skip: `scripts/setup` installs both."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+POM = HERE / "storm" / "pom.xml"
+DRIVER = HERE / "java" / "StormDriver.java"
+MAVEN_TIMEOUT = 600.0  # a first fetch of ~80 MB; later runs take ~2 s (README)
+JAVAC_TIMEOUT = 120.0
+
+
+def require(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} not installed: run ./scripts/setup (installs a JDK 17 and Maven)")
+    return found
+
+
+@pytest.fixture(scope="session")
+def storm_java(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """`java -cp <storm-client's jars and the compiled driver>`: Maven resolves the jars, javac
+    compiles `java/StormDriver.java` against them."""
+    work = tmp_path_factory.mktemp("storm-java")
+    cp_file = work / "cp.txt"
+    maven = subprocess.run(
+        [
+            *(require("mvn"), "-q", "-B", "-f", str(POM), "dependency:build-classpath"),
+            *(f"-Dmdep.outputFile={cp_file}", "-Dstyle.color=never"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=MAVEN_TIMEOUT,
+    )
+    assert maven.returncode == 0, maven.stdout + maven.stderr
+    jars = cp_file.read_text().strip()
+    classes = work / "classes"
+    javac = subprocess.run(
+        [require("javac"), "-cp", jars, "-d", str(classes), str(DRIVER)],
+        capture_output=True,
+        text=True,
+        timeout=JAVAC_TIMEOUT,
+    )
+    assert javac.returncode == 0, javac.stderr
+    return [require("java"), "-cp", f"{jars}:{classes}"]
