@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from pmcluster.auth.digest import (
@@ -237,7 +239,25 @@ def test_authentication_info_proves_the_server_knows_the_password() -> None:
     header = client_for(srv).authorization("GET", "/v1/members")
     assert header is not None
     info = parse_auth_params(srv.verify("GET", "/v1/members", header).authentication_info)
-    assert len(info["rspauth"]) == 64 and info["nc"] == "00000001"
+    sent = parse_auth_params(header.removeprefix("Digest "))
+    assert info["nc"] == sent["nc"] == "00000001" and info["cnonce"] == sent["cnonce"]
+    assert info["qop"] == "auth"
+    assert info["rspauth"] == _rfc7616_rspauth(sent, "correct horse")
+
+
+def _rfc7616_rspauth(sent: dict[str, str], password: str) -> str:
+    """RFC 7616 §3.5, computed here and not by the code under test: the response digest with
+    A2 = ":" + uri (no method), over the client's own nonce, nc and cnonce."""
+
+    def h(text: str) -> str:
+        name = sent.get("algorithm", "MD5").upper().removesuffix("-SESS").replace("-", "")
+        return hashlib.new(name.lower(), text.encode()).hexdigest()
+
+    ha1 = h(f"{sent['username']}:{sent['realm']}:{password}")
+    if sent.get("algorithm", "").upper().endswith("-SESS"):
+        ha1 = h(f"{ha1}:{sent['nonce']}:{sent['cnonce']}")
+    ha2 = h(f":{sent['uri']}")
+    return h(f"{ha1}:{sent['nonce']}:{sent['nc']}:{sent['cnonce']}:auth:{ha2}")
 
 
 def test_session_cookies_verify_expire_and_resist_tampering() -> None:
