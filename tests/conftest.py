@@ -1,4 +1,6 @@
-"""Shared fixtures: one real ZooKeeper per test session, a fresh chroot per test."""
+"""Shared fixtures (one real ZooKeeper per session, a fresh chroot per test) and the skip
+policy: with `CI` set, any skip is a failure (the README's setup installs everything the suite
+needs, so a skip there means a test did not run that should have)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,30 @@ import pytest
 
 from pmcluster.testing.kdc import missing_kdc_tools
 from pmcluster.tools.localcluster import ManagedZooKeeper, missing_zookeeper_jar
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Iterator[None] | pytest.TestReport:
+    """Under CI, a skipped test (setup or call) is reported as failed, with the skip's reason."""
+    report: pytest.TestReport = yield
+    if os.environ.get("CI") and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI (a skip is a failure there): {report.longrepr}"
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Iterator[None] | pytest.CollectReport:
+    """Under CI, a module skipped at import (`pytest.skip(allow_module_level=True)`) fails."""
+    report: pytest.CollectReport = yield
+    if os.environ.get("CI") and report.skipped:
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI (a skip is a failure there): {report.longrepr}"
+    return report
 
 
 def require_zookeeper() -> None:

@@ -219,7 +219,10 @@ class DigestServer:
             _, _, encoded = rest.partition("'")
             if charset.upper() != "UTF-8":
                 raise DigestRejected("username* must be UTF-8")
-            return unquote(encoded, encoding="utf-8", errors="strict")
+            try:
+                return unquote(encoded, encoding="utf-8", errors="strict")
+            except UnicodeDecodeError:
+                raise DigestRejected("username* is not UTF-8") from None
         user = p.get("username")
         if not user:
             raise DigestRejected("Digest parameter 'username' missing")

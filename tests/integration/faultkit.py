@@ -9,6 +9,7 @@ scenario takes seconds.
 from __future__ import annotations
 
 import json
+import math
 import os
 import urllib.error
 import urllib.request
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pmcluster.config import Config, config_from_mapping
-from pmcluster.tools.history import History
+from pmcluster.tools.history import FaultWindow, History, Report, judge_window
 from pmcluster.tools.loadgen import BackgroundLoad, LoadSpec, StormLoad, heartbeat_paths
 from pmcluster.tools.localcluster import NodeCluster, NodeProcess, wait_until, zk_yaml
 
@@ -50,31 +51,62 @@ def run_load(urls: list[str], config: Config, workers: int = 24) -> BackgroundLo
     return BackgroundLoad(StormLoad(config, spec, node_urls=urls))
 
 
-def assert_clean(load: BackgroundLoad, history: History) -> None:
-    """The history checker found nothing, and the load read enough for that to mean something.
+# The ring-aware client waits at most one request timeout per read (`client/fanout.py`), then
+# answers from the owners that did; READ_OVERHEAD is the rest of one read on the loopback (its
+# merge, the second owner's answer): a read past TIMEOUT + READ_OVERHEAD waited twice.
+READ_OVERHEAD = 0.1
+READ_BOUND = TIMEOUT + READ_OVERHEAD
+# The load's plain-HTTP reads rotate like curl behind DNS (`loadgen.StormLoad._rotate`): one
+# attempt may time out on the stopped node, the next node coordinates the read and itself waits
+# up to one timeout for the stopped owner. Two timeouts, then.
+HTTP_READ_BOUND = 2 * TIMEOUT + READ_OVERHEAD
+RUN_FAILED_SHARE = 0.0
 
-    With PMCLUSTER_DUMP=FILE set, a failing history is written there as JSON lines.
-    """
+
+def judge_run(history: History, report: Report, windows: Iterable[FaultWindow] = ()) -> list[str]:
+    """Every reason a fault run failed: the checker's findings, too few reads, failed reads
+    over the whole run, and each fault window's bounds (reads overlapping it, failed share,
+    slowest read). Empty when the run passed."""
+    problems = [str(f) for f in report.findings()[:10]]
+    if not report.ok:
+        problems.insert(0, report.verdict_line())
+    ok_reads = sum(1 for op in history.ops if op.op == "read" and op.outcome in ("ok", "absent"))
+    if ok_reads <= 100:
+        problems.append(f"only {ok_reads} reads answered: too few to judge anything")
+    whole = FaultWindow("whole run", -math.inf, math.inf, math.inf, RUN_FAILED_SHARE)
+    for window in (whole, *windows):
+        verdict = judge_window(history, window)
+        print(verdict.line())
+        problems.extend(verdict.problems())
+    return problems
+
+
+def assert_clean(
+    load: BackgroundLoad, history: History, windows: Iterable[FaultWindow] = ()
+) -> None:
+    """The run passed `judge_run`; with PMCLUSTER_DUMP=FILE set, a failing history is written
+    there as JSON lines."""
     report = load.check()
-    detail = "\n".join(str(f) for f in report.findings()[:10])
-    if not report.ok and os.environ.get("PMCLUSTER_DUMP"):
+    problems = judge_run(history, report, windows)
+    if problems and os.environ.get("PMCLUSTER_DUMP"):
         history.dump_jsonl(os.environ["PMCLUSTER_DUMP"])
-    assert report.ok, f"{report.verdict_line()}\n{detail}"
-    reads = [op for op in history.ops if op.op == "read" and op.outcome in ("ok", "absent")]
-    assert len(reads) > 100, "the load did not read enough to judge anything"
+    assert not problems, "\n".join(problems)
     print(report.verdict_line())
 
 
-def max_read_latency(history: History, since: float, until: float) -> float:
-    """Slowest read of the ring-aware client that started in [since, until)."""
-    return max(
-        (
-            op.end - op.start
-            for op in history.ops
-            if op.op == "read" and op.client.endswith("-client") and since <= op.start < until
+def fault_window(
+    name: str, since: float, until: float, *, max_failed_share: float = 0.0
+) -> list[FaultWindow]:
+    """The bounds of one fault: reads of the ring-aware client within `READ_BOUND`, plain-HTTP
+    reads within `HTTP_READ_BOUND`, at least one read of each overlapping the fault."""
+    return [
+        FaultWindow(
+            f"{name} (client)", since, until, READ_BOUND, max_failed_share, client_suffix="-client"
         ),
-        default=0.0,
-    )
+        FaultWindow(
+            f"{name} (http)", since, until, HTTP_READ_BOUND, max_failed_share, client_suffix="-http"
+        ),
+    ]
 
 
 def http_json(url: str, timeout: float = 2.0) -> Any:

@@ -26,7 +26,7 @@ from faultkit import (
     assert_clean,
     client_config,
     converged,
-    max_read_latency,
+    fault_window,
     node_keys,
     run_load,
     running_cluster,
@@ -74,9 +74,8 @@ def test_sigstop_fails_over_and_node_returns_empty(zk_cluster: NodeCluster, zk_h
         wait_until(lambda: converged(zk_cluster.nodes, 3), timeout=10)
         time.sleep(2.0)
         history = load.stop()
-    assert_clean(load, history)
-    # Failover: no read waited longer than one request timeout (plus scheduling slack).
-    assert max_read_latency(history, stopped_at, resumed_at) <= TIMEOUT + 0.35
+    # Failover: reads go on during the stop, none waits past one request timeout.
+    assert_clean(load, history, fault_window("3.5 s SIGSTOP", stopped_at, resumed_at))
 
 
 def test_restart_empty_at_same_address(zk_cluster: NodeCluster, zk_hosts: str) -> None:

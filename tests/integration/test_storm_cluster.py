@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import thriftpy2  # a dev dependency: missing, the suite fails (never skips)
+from thriftpy2.utils import deserialize, serialize
 
 from pmcluster.protocol.paths import to_url
 from pmcluster.storm.client import StormClient
@@ -27,8 +29,6 @@ from pmcluster.tools.localcluster import NodeCluster, NodeProcess, wait_until, z
 
 pytestmark = pytest.mark.integration
 
-thriftpy2: Any = pytest.importorskip("thriftpy2")
-from thriftpy2.utils import deserialize, serialize  # noqa: E402
 
 IDL = Path(__file__).parents[1] / "interop" / "pacemaker.thrift"
 pm: Any = thriftpy2.load(str(IDL), module_name="pacemaker_cluster_thrift")

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import thriftpy2  # a dev dependency: missing, the suite fails (never skips)
+from thriftpy2.utils import deserialize, serialize
 
 from pmcluster.node.local import LocalBackend
 from pmcluster.store import PulseStore
@@ -25,9 +27,6 @@ from pmcluster.storm.codec import (
 from pmcluster.storm.codec import HBServerMessageType as T
 from pmcluster.storm.handler import StormHandler
 from pmcluster.storm.server import StormConnection
-
-thriftpy2: Any = pytest.importorskip("thriftpy2")
-from thriftpy2.utils import deserialize, serialize  # noqa: E402
 
 pm: Any = thriftpy2.load(
     str(Path(__file__).with_name("pacemaker.thrift")), module_name="pacemaker_thrift"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from pmcluster.protocol import pulsecodec
 from pmcluster.tools.bench.load import HttpSpec, build_requests, split, spread
@@ -61,10 +62,15 @@ def test_disk_target_misses_on_any_byte_written_while_storing() -> None:
 
 def test_proc_sample_of_this_process() -> None:
     before = sample(os.getpid())
-    sum(i * i for i in range(300_000))  # burn a little CPU
+    began, wall = time.process_time(), time.monotonic()
+    while time.process_time() - began < 0.2 and time.monotonic() - wall < 10:
+        sum(i * i for i in range(10_000))  # burn 0.2 s of CPU (10 s of wall time at most)
+    burned = time.process_time() - began
+    elapsed = time.monotonic() - wall
     after = sample(os.getpid())
     assert after.rss_bytes > 1_000_000
-    assert (after - before).cpu_secs >= 0.0
+    # /proc counts in clock ticks (10 ms): what we burned, within a tick either side.
+    assert burned - 0.011 <= (after - before).cpu_secs <= burned + 0.011 + elapsed * 0.05
 
 
 def test_batch_requests_carry_exactly_batch_heartbeats() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from pmcluster.auth.digest import (
@@ -237,7 +239,25 @@ def test_authentication_info_proves_the_server_knows_the_password() -> None:
     header = client_for(srv).authorization("GET", "/v1/members")
     assert header is not None
     info = parse_auth_params(srv.verify("GET", "/v1/members", header).authentication_info)
-    assert len(info["rspauth"]) == 64 and info["nc"] == "00000001"
+    sent = parse_auth_params(header.removeprefix("Digest "))
+    assert info["nc"] == sent["nc"] == "00000001" and info["cnonce"] == sent["cnonce"]
+    assert info["qop"] == "auth"
+    assert info["rspauth"] == _rfc7616_rspauth(sent, "correct horse")
+
+
+def _rfc7616_rspauth(sent: dict[str, str], password: str) -> str:
+    """RFC 7616 §3.5, computed here and not by the code under test: the response digest with
+    A2 = ":" + uri (no method), over the client's own nonce, nc and cnonce."""
+
+    def h(text: str) -> str:
+        name = sent.get("algorithm", "MD5").upper().removesuffix("-SESS").replace("-", "")
+        return hashlib.new(name.lower(), text.encode()).hexdigest()
+
+    ha1 = h(f"{sent['username']}:{sent['realm']}:{password}")
+    if sent.get("algorithm", "").upper().endswith("-SESS"):
+        ha1 = h(f"{ha1}:{sent['nonce']}:{sent['cnonce']}")
+    ha2 = h(f":{sent['uri']}")
+    return h(f"{ha1}:{sent['nonce']}:{sent['nc']}:{sent['cnonce']}:auth:{ha2}")
 
 
 def test_session_cookies_verify_expire_and_resist_tampering() -> None:
@@ -266,3 +286,89 @@ def test_replay_cache_forgets_expired_nonces() -> None:
     clock.now += 11
     assert cache.first_use("n2", 1, clock.now + 10)
     assert len(cache) == 1
+
+
+# --- each refusal for its own reason (mutation testing found these unchecked) --------------
+
+
+def _valid_params(srv: DigestServer) -> dict[str, str]:
+    header = client_for(srv).authorization("GET", "/v1/members")
+    assert header is not None
+    return parse_auth_params(header.removeprefix("Digest "))
+
+
+def _header(params: dict[str, str]) -> str:
+    def quote(v: str) -> str:
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    return "Digest " + ", ".join(f"{k}={quote(v)}" for k, v in params.items())
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"algorithm": "FOO"}, "unsupported algorithm 'FOO'"),
+        ({"qop": "auth-int"}, "unsupported qop 'auth-int'"),
+        ({"realm": "elsewhere"}, "wrong realm 'elsewhere'"),
+        ({"opaque": "forged"}, "wrong opaque value"),
+        ({"nc": "zz"}, "malformed nonce count"),
+        ({"nc": "000000001"}, "malformed nonce count"),
+        ({"uri": "/v1/pulse/other"}, "Digest uri does not match the request target"),
+        ({"nonce": "bm90LW91cnM="}, "nonce not issued by this cluster"),
+        ({"username": "mallory"}, "unknown user"),
+        ({"cnonce": "changed"}, "wrong password (response mismatch)"),
+        *(({key: ""}, f"Digest parameter {key!r} missing") for key in
+          ("realm", "nonce", "uri", "response", "qop", "nc", "cnonce", "username")),
+    ],
+)  # fmt: skip
+def test_each_refusal_names_its_reason(change: dict[str, str], reason: str) -> None:
+    srv = server()
+    params = _valid_params(srv) | change
+    assert reject(srv, "GET", "/v1/members", _header(params)).reason == reason
+
+
+def test_non_digest_credentials_are_named() -> None:
+    srv = server()
+    assert reject(srv, "GET", "/", "Basic eDp5").reason == (
+        "basic credentials where Digest is required"
+    )
+    assert reject(srv, "GET", "/", "").reason == "empty credentials where Digest is required"
+
+
+def test_extended_username_is_accepted_in_utf8_only() -> None:
+    """RFC 7616 §3.4.4 username* (RFC 5987 encoding) instead of username."""
+    srv = server()
+    params = _valid_params(srv)
+    del params["username"]
+    assert (
+        srv.verify("GET", "/v1/members", _header(params | {"username*": "UTF-8''storm"})).user
+        == "storm"
+    )
+    srv = server()
+    latin = _valid_params(srv)
+    del latin["username"]
+    bad = _header(latin | {"username*": "ISO-8859-1''storm"})
+    assert reject(srv, "GET", "/v1/members", bad).reason == "username* must be UTF-8"
+    srv = server()
+    broken = _valid_params(srv)
+    del broken["username"]
+    exc = reject(srv, "GET", "/v1/members", _header(broken | {"username*": "UTF-8''%ff"}))
+    assert exc.reason == "username* is not UTF-8"
+
+
+def test_hashed_username_is_accepted_and_a_wrong_hash_is_unknown() -> None:
+    """RFC 7616 §3.4.4 userhash=true: username is H(user:realm), the response uses the user."""
+    srv = server()
+    params = _valid_params(srv)
+    algorithm = params.get("algorithm", "MD5").upper().replace("-", "")
+    hashed = hashlib.new(algorithm.lower(), f"storm:{srv.realm}".encode()).hexdigest()
+    ok = _header(params | {"username": hashed, "userhash": "true"})
+    assert srv.verify("GET", "/v1/members", ok).user == "storm"
+    srv = server()
+    params = _valid_params(srv)
+    wrong = _header(params | {"username": "0" * len(hashed), "userhash": "true"})
+    assert reject(srv, "GET", "/v1/members", wrong).reason == "unknown user"
+    srv = server()
+    params = _valid_params(srv)
+    odd = _header(params | {"username": hashed, "userhash": "true", "algorithm": "FOO"})
+    assert reject(srv, "GET", "/v1/members", odd).reason == "unsupported algorithm"

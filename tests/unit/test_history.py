@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import random
 import subprocess
 import sys
@@ -97,6 +98,24 @@ def test_age_at_the_limit_passes_and_is_the_max_over_reads() -> None:
     report = run(*ops)
     assert report.ok
     assert report.ages == {"/p": pytest.approx(5.0), "/q": pytest.approx(1.5)}
+
+
+def test_age_is_measured_from_the_writers_next_write() -> None:
+    """A late writer (next write 4 s after, not 3) moves the limit by its lateness: a read
+    1.9 s after that next write began passes, 2.1 s after fails (timeout 2 s)."""
+    ops = [w("/p", 1, 0.0, 0.1), w("/p", 2, 4.0, 9.0, outcome="timeout")]
+    assert run(*ops, r("/p", 1, 5.9, 6.0)).ok
+    late = r("/p", 1, 6.1, 6.2)
+    f = only(run(*ops, late), "age")
+    assert (f.op, f.evidence) == (late, ops[0])
+    assert "6.100 s old > 6.000 s" in f.detail
+
+
+def test_an_early_next_write_tightens_the_age_limit() -> None:
+    """The next write began 1 s after: 3.5 s after v1 (2.5 s after it) v1 is too old, though
+    under period + timeout."""
+    ops = [w("/p", 1, 0.0, 0.1), w("/p", 2, 1.0, 4.0, outcome="error"), r("/p", 1, 3.5, 3.6)]
+    assert only(run(*ops), "age").op == ops[2]
 
 
 def test_invented_value_and_read_from_the_future_are_flagged() -> None:
@@ -390,11 +409,23 @@ def _covers(delete: Op, path: str) -> bool:
     return root == "/" or path == root or path.startswith(root + "/")
 
 
-def _reference(ops: list[Op]) -> set[tuple[str, str, Op]]:
-    """Every rule of the module docstring as a direct O(n^2) loop."""
+def _acked(o: Op) -> bool:
+    """The docstring's definition, restated here (not `Op.acked`, which is under test)."""
+    return o.outcome in (("ok", "absent") if o.op in ("delete", "delete_path") else ("ok",))
+
+
+def _effect_end(o: Op) -> float:
+    return o.end if _acked(o) else float("inf")
+
+
+def _reference(ops: list[Op]) -> tuple[set[tuple[str, str, Op]], dict[Op, float]]:
+    """Every rule of the module docstring as a direct O(n^2) loop, using nothing of the checker
+    but the `Op` record's fields: the findings, and per read its age's excess over its limit
+    (the age rule flags a path's worst read when that excess is positive)."""
     writes = [o for o in ops if o.op == "write"]
     deletes = [o for o in ops if o.op in ("delete", "delete_path")]
     found: set[tuple[str, str, Op]] = set()
+    excess: dict[Op, float] = {}
     for rd in (o for o in ops if o.op == "read" and o.outcome in ("ok", "absent")):
         p = rd.path
         cover = [x for x in deletes if _covers(x, p)]
@@ -402,9 +433,9 @@ def _reference(ops: list[Op]) -> set[tuple[str, str, Op]]:
             x
             for x in writes
             if x.path == p
-            and x.acked
+            and _acked(x)
             and x.end < rd.start
-            and not any(dl.effect_end >= x.start and dl.start <= rd.end for dl in cover)
+            and not any(_effect_end(dl) >= x.start and dl.start <= rd.end for dl in cover)
         ]
         got = rd.value if rd.outcome == "ok" else None
         if got is None:
@@ -417,9 +448,13 @@ def _reference(ops: list[Op]) -> set[tuple[str, str, Op]]:
         if not origins:
             found.add(("invented", p, rd))
             continue
-        latest = max(x.effect_end for x in origins)
-        if any(dl.acked and dl.end < rd.start and dl.start > latest for dl in cover):
+        latest = max(_effect_end(x) for x in origins)
+        if any(_acked(dl) and dl.end < rd.start and dl.start > latest for dl in cover):
             found.add(("resurrection", p, rd))
+        origin = max(origins, key=lambda x: x.start)
+        later = [x.start for x in writes if x.path == p and x.start > origin.start]
+        allowed = (min(later) - origin.start if later else PERIOD) + TIMEOUT
+        excess[rd] = rd.start - origin.start - allowed
     for lst in (o for o in ops if o.op == "list" and o.outcome == "ok"):
         for name in lst.children or ():
             s = "/" + name if lst.path == "/" else f"{lst.path}/{name}"
@@ -432,13 +467,13 @@ def _reference(ops: list[Op]) -> set[tuple[str, str, Op]]:
             cover = [
                 x
                 for x in deletes
-                if x.acked
+                if _acked(x)
                 and x.end < lst.start
                 and (_covers(x, s) if (x.op == "delete_path" or leaf) else False)
             ]
-            if any(all(x.effect_end < dl.start for x in seen) for dl in cover):
+            if any(all(_effect_end(x) < dl.start for x in seen) for dl in cover):
                 found.add(("resurrection", s, lst))
-    return found
+    return found, excess
 
 
 def _random_history(rng: random.Random) -> list[Op]:
@@ -479,4 +514,12 @@ def test_checker_agrees_with_literal_definitions(seed: int) -> None:
     report = run(*ops)
     got = [(f.rule, f.path, f.op) for f in report.findings() if f.rule != "age"]
     assert len(got) == len(set(got))
-    assert set(got) == _reference(ops)
+    found, excess = _reference(ops)
+    assert set(got) == found
+    worst: dict[str, float] = {}
+    for rd, e in excess.items():
+        worst[rd.path] = max(e, worst.get(rd.path, -math.inf))
+    flagged = {f.path: f.op for f in report.age}
+    assert set(flagged) == {p for p, e in worst.items() if e > 0}
+    for path, rd in flagged.items():  # the evidence is a worst read (ties: any of them)
+        assert excess[rd] == pytest.approx(worst[path])

@@ -477,3 +477,23 @@ async def test_a_run_of_pipelined_writes_is_answered_as_each_would_be_alone(
     listing = [(p.path, p.data) for p in batched.store.get_all_pulse_for_path("/")]
     assert listing == [(p.path, p.data) for p in single.store.get_all_pulse_for_path("/")]
     assert len(listing) == 39
+
+
+@pytest.mark.parametrize("authorized", [False, True])
+async def test_pipelined_heartbeats_need_auth_when_writes_do(
+    single_nodes: list[Node], authorized: bool
+) -> None:
+    """`send_pulses_now` (the server's batch of pipelined SEND_PULSEs) honours
+    pmcluster.auth.writes like `handle`: an unauthenticated connection stores nothing."""
+    node = single_nodes[0]
+    handler = StormHandler(node.backend, resolve_now=fixed_now(node.backend), writes_need_auth=True)
+    # The first write learns that this node owns every key (see the test above).
+    assert handler.answer_now(T.SEND_PULSE, "/wb/warm", b"x", 0, True) is not None
+    run_ = [(T.SEND_PULSE, mid, f"/wb/t0/w{mid}", b"beat") for mid in (1, 2, 3)]
+    replies = handler.send_pulses_now(run_, authorized_reader=authorized)
+    stored = sorted(p.path for p in node.store.get_all_pulse_for_path("/wb/t0"))
+    if authorized:
+        assert len(replies) == 3 and stored == ["/wb/t0/w1", "/wb/t0/w2", "/wb/t0/w3"]
+    else:
+        assert replies == [] and stored == []
+    assert handler.metrics.requests["SEND_PULSE"] == (4 if authorized else 1)

@@ -67,28 +67,92 @@ def test_server_accepts_the_rfc_response_and_answers_rspauth() -> None:
         (
             b"d388dad90d4bbd760a152321f2143af7",
             b"d388dad90d4bbd760a152321f2143af8",
-            "wrong response",
+            "^wrong response: the client does not know the secret$",
         ),
-        (b'nonce="OA6MG9tEQGm2hh"', b'nonce="OA6MG9tEQGm2hX"', "nonce"),
-        (b"nc=00000001", b"nc=00000002", "nonce count"),
-        (b"qop=auth", b"qop=auth-int", "qop"),
-        (b'digest-uri="imap/elwood.innosoft.com"', b'digest-uri="imap/evil"', "digest-uri"),
-        (b'realm="elwood.innosoft.com"', b'realm="other"', "realm"),
-        (b'username="chris",', b"", "without username"),
-        (b'cnonce="OA6MHXh6VqTrRk",', b"", "without cnonce"),
-        (b"charset=utf-8", b"charset=latin-2", "charset"),
-        (b"qop=auth", b'qop=auth,authzid="root"', "authzid"),
-        (b"qop=auth", b"qop=auth,nc=00000001", "more than once"),
-        (b'username="chris"', b'username="chris', "malformed"),
+        (b'nonce="OA6MG9tEQGm2hh"', b'nonce="OA6MG9tEQGm2hX"', "^nonce does not match"),
+        (b"nc=00000001", b"nc=00000002", "^nonce count '00000002'"),
+        (b"qop=auth", b"qop=auth-int", "^qop 'auth-int' was not offered"),
+        (
+            b'digest-uri="imap/elwood.innosoft.com"',
+            b'digest-uri="imap/evil"',
+            "^digest-uri 'imap/evil', expected 'imap/elwood.innosoft.com'$",
+        ),
+        (b'realm="elwood.innosoft.com"', b'realm="other"', "^realm 'other' was not offered$"),
+        (b'username="chris",', b"", "^digest-response without username$"),
+        (b'cnonce="OA6MHXh6VqTrRk",', b"", "^digest-response without cnonce$"),
+        (b"charset=utf-8", b"charset=latin-2", "^charset must be utf-8$"),
+        (b"qop=auth", b'qop=auth,authzid="root"', "^authzid differs from the user name$"),
+        (b"qop=auth", b"qop=auth,nc=00000001", "^directive nc given more than once$"),
+        (b'username="chris"', b'username="chris', "^(unterminated|garbage|malformed)"),
     ],
 )
 def test_server_refuses(old: bytes, new: bytes, why: str) -> None:
+    """Each refusal for its own reason: a check that is gone shows up as another reason."""
     server = rfc_server()
     server.challenge()
     assert old in RFC_RESPONSE
-    with pytest.raises(AuthError):
+    with pytest.raises(AuthError, match=why):
         server.verify(RFC_RESPONSE.replace(old, new))
     assert not server.complete
+
+
+def _md5(data: str) -> str:
+    return hashlib.md5(data.encode("latin-1"), usedforsecurity=False).hexdigest()
+
+
+def _forged(**change: str) -> bytes:
+    """The RFC example's digest-response with `change` applied and `response` recomputed by
+    RFC 2831 §2.1.2.1 here (not by the code under test): it proves the password, so only the
+    server's own check of the changed directive can refuse it."""
+    f = {
+        "username": "chris",
+        "realm": "elwood.innosoft.com",
+        "nonce": "OA6MG9tEQGm2hh",
+        "cnonce": "OA6MHXh6VqTrRk",
+        "nc": "00000001",
+        "qop": "auth",
+        "digest-uri": "imap/elwood.innosoft.com",
+    } | change
+    inner = hashlib.md5(
+        f"{f['username']}:{f['realm']}:secret".encode(), usedforsecurity=False
+    ).digest()
+    a1 = inner + f":{f['nonce']}:{f['cnonce']}".encode()
+    ha1 = hashlib.md5(a1, usedforsecurity=False).hexdigest()
+    ha2 = _md5(f"AUTHENTICATE:{f['digest-uri']}")
+    response = _md5(f"{ha1}:{f['nonce']}:{f['nc']}:{f['cnonce']}:{f['qop']}:{ha2}")
+    return (
+        f'charset=utf-8,username="{f["username"]}",realm="{f["realm"]}",nonce="{f["nonce"]}",'
+        f'nc={f["nc"]},cnonce="{f["cnonce"]}",digest-uri="{f["digest-uri"]}",'
+        f"response={response},qop={f['qop']}"
+    ).encode()
+
+
+def test_forged_response_helper_matches_the_rfc() -> None:
+    assert _forged() == RFC_RESPONSE
+    server = rfc_server()
+    server.challenge()
+    assert server.verify(_forged()) == b"rspauth=ea40f60335c427b5527b84dbabcdfffd"
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"digest-uri": "imap/evil"}, "^digest-uri 'imap/evil'"),
+        ({"nc": "00000002"}, "^nonce count '00000002'"),
+        ({"realm": "other"}, "^realm 'other' was not offered$"),
+        ({"qop": "auth-conf"}, "^qop 'auth-conf' was not offered"),
+    ],
+)
+def test_server_refuses_a_right_password_for_the_wrong_session(
+    change: dict[str, str], why: str
+) -> None:
+    """A response that proves the password but for another service, nonce count, realm or
+    quality of protection is refused (without those checks it would be accepted)."""
+    server = rfc_server()
+    server.challenge()
+    with pytest.raises(AuthError, match=why):
+        server.verify(_forged(**change))
+    assert not server.complete and server.username is None
 
 
 def test_one_attempt_per_challenge_and_no_replay() -> None:
@@ -129,7 +193,6 @@ def test_client_response_round_trip_with_non_ascii_user() -> None:
 def test_storm_digest_password() -> None:
     # Storm: base64 of the lowercase hex SHA-512 of "user:password".
     hexdigest = hashlib.sha512(b"storm:s3cret").hexdigest()
-    assert hexdigest == hexdigest.lower()
     expected = base64.b64encode(hexdigest.encode()).decode()
     assert storm_digest_password("storm", "s3cret") == expected
     assert storm_digest_password("storm", "s3cret ") != expected

@@ -2,7 +2,8 @@
 
 `pmcluster.tools.history.record` records (`History`, `Op`, `PendingOp`, JSON lines);
 `pmcluster.tools.history.check` judges (`check` → `Report` of `Finding`s; the rules are in its
-docstring). This module re-exports both and is the command line:
+docstring); `pmcluster.tools.history.windows` judges availability and latency around a fault
+(`judge_window`). This module re-exports both and is the command line:
 ``python -m pmcluster.tools.history FILE.jsonl --period P --timeout T``.
 """
 
@@ -15,8 +16,21 @@ from pathlib import Path
 
 from pmcluster.tools.history.check import Finding, Report, check
 from pmcluster.tools.history.record import OP_KINDS, OUTCOMES, History, Op, PendingOp
+from pmcluster.tools.history.windows import FaultWindow, WindowVerdict, judge_window
 
-__all__ = ["OP_KINDS", "OUTCOMES", "Finding", "History", "Op", "PendingOp", "Report", "check"]
+__all__ = [
+    "OP_KINDS",
+    "OUTCOMES",
+    "FaultWindow",
+    "Finding",
+    "History",
+    "Op",
+    "PendingOp",
+    "Report",
+    "WindowVerdict",
+    "check",
+    "judge_window",
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,10 +33,13 @@ Rules, for each read R of path p (``value`` = version returned, None when absent
   below S (any outcome) is concurrent with or after D and started before L ended. A child with
   no write at or below it started before L ended is *invented*. (Keys deleted one by one under
   S are not tracked for listings: that can miss a resurrection, never invent one.)
-- **age**: for each ok read, ``age = R.start - start of the write that produced v``; a path's age
-  is the max over its reads; a finding when it exceeds ``period + request_timeout`` (plus the
-  caller's ``writer_slack``). Writers must keep writing each path every period for this to
-  mean "the store served old data".
+- **age**: for each ok read, ``age = R.start - O.start`` where O, the *origin*, is the write of v
+  to p that started last before R ended; a path's age is the max over its reads. The value was
+  current until the writer's next recorded write N to p (the first write to p starting after
+  O; any outcome) began, so the read is a finding when ``R.start - N.start > request_timeout``
+  (N had a whole timeout to land, yet v was served). With no later write, the writer promised
+  one a period after O: the finding is ``age > period + request_timeout`` (plus the caller's
+  ``writer_slack``). A late writer thus moves the limit by exactly its measured lateness.
 
 Cost: O(n log n) for n ops (per path: writes sorted by end swept into a Fenwick tree keyed by
 start; deletes sorted with prefix maxima; listings use per-subtree prefix maxima).
@@ -190,8 +193,9 @@ class _MaxFenwick:
 class _Checker:
     """One pass over a history; fills a `Report`."""
 
-    def __init__(self, ops: Sequence[Op], report: Report) -> None:
+    def __init__(self, ops: Sequence[Op], report: Report, request_timeout: float) -> None:
         self.report = report
+        self.request_timeout = request_timeout
         self.writes: dict[str, list[Op]] = defaultdict(list)
         self.reads: dict[str, list[Op]] = defaultdict(list)
         self.lists: list[Op] = []
@@ -242,7 +246,9 @@ class _Checker:
         newest, newest_ver = -1, 0  # newest acked write inserted so far (no delete involved)
         inserted = 0
         limit = report.age_limit
-        worst: tuple[float, Op, Op] | None = None
+        all_starts = sorted(w.start for w in writes)
+        oldest = -_INF
+        worst: tuple[float, float, Op, Op] | None = None
         for read in sorted(reads, key=lambda o: o.start):
             while inserted < n and acked[by_end[inserted]].end < read.start:
                 slot = by_end[inserted]
@@ -287,15 +293,21 @@ class _Checker:
                 )
             origin = max(origins, key=lambda w: w.start)
             age = read.start - origin.start
-            if worst is None or age > worst[0]:
-                worst = (age, read, origin)
+            nxt = bisect_right(all_starts, origin.start)
+            allowed = (
+                all_starts[nxt] - origin.start + self.request_timeout
+                if nxt < len(all_starts)
+                else limit
+            )
+            oldest = max(oldest, age)
+            if worst is None or age - allowed > worst[0] - worst[1]:
+                worst = (age, allowed, read, origin)
         if worst is not None:
-            age, read, origin = worst
-            report.ages[path] = age
-            if age > limit:
-                report.age.append(
-                    Finding("age", path, read, origin, f"value {age:.3f} s old > {limit:.3f} s")
-                )
+            report.ages[path] = oldest
+            age, allowed, read, origin = worst
+            if age > allowed:
+                detail = f"value {age:.3f} s old > {allowed:.3f} s (next write + timeout)"
+                report.age.append(Finding("age", path, read, origin, detail))
 
     @staticmethod
     def _latest_acked_delete(sources: list[_DeleteIndex], before: float) -> Op | None:
@@ -358,10 +370,9 @@ def check(
 ) -> Report:
     """Judge a recorded run; see the module docstring for the exact rules.
 
-    `writer_slack`: how late a writer may start its next write (its timer's jitter on a busy
-    machine); the age limit grows by it, since a late writer is not the store serving old
-    data."""
+    `writer_slack`: grows the limit for a path's last value (no later write recorded); a
+    value with a later write is judged against that write's measured start instead."""
     ops = history.ops if isinstance(history, History) else list(history)
     report = Report(op_count=len(ops), age_limit=period + request_timeout + writer_slack)
-    _Checker(ops, report).run()
+    _Checker(ops, report, request_timeout).run()
     return report
