@@ -61,7 +61,8 @@ AuthMiddleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 _READ_RESOURCES = frozenset({"/v1/pulse/{path}", "/v1/children/{path}", "/v1/pulses/{path}"})
 _WRITE_RESOURCES = frozenset({"/v1/pulse/{path}", "/v1/path/{path}", "/v1/batch"})
 _READ_METHODS = frozenset({"GET", "HEAD"})
-PRINCIPAL_KEY = "pmcluster.principal"  # the authenticated user, for the admin routes' check
+# The authenticated user, for the admin routes' check.
+PRINCIPAL_KEY = web.RequestKey("principal", str)
 # Views of the cluster, gated like reads: the members, the status page and its JSON.
 _VIEW_RESOURCES = frozenset({"/v1/members", "/v1/cluster", "/"})
 

@@ -40,6 +40,7 @@ from typing import Any
 
 from aiohttp import web
 
+from pmcluster.auth.middleware import PRINCIPAL_KEY
 from pmcluster.client import ClusterClient
 from pmcluster.config import Config
 from pmcluster.errors import InvalidRequest, PmclusterError
@@ -132,9 +133,6 @@ async def _options(request: web.Request) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise InvalidRequest("drain options must be a JSON object")
     return doc
-
-
-PRINCIPAL_KEY = "pmcluster.principal"  # set on the request by the authentication gate
 
 
 def admin_refusal(request: web.Request) -> web.Response | None:
