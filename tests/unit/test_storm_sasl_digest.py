@@ -321,3 +321,38 @@ def test_client_response_token_fields() -> None:
              for _ in range(3)}  # fmt: skip
     assert len(fresh) == 3 and all(len(base64.b64decode(c)) == 30 for c in fresh)
     assert rspauth.startswith(b"rspauth=") and len(rspauth) == len(b"rspauth=") + 32
+
+
+def test_parse_directives_separators_are_exactly_the_rfcs() -> None:
+    assert parse_directives("X=X") == {"x": ["X"]}
+    with pytest.raises(AuthError, match=r"^unterminated quoted string$"):
+        parse_directives('a="\\"')  # the escaped quote does not close the string
+
+
+def _rfc_server_token(drop: bytes) -> tuple[DigestMD5Server, bytes]:
+    server = rfc_server()
+    server.challenge()
+    assert drop in RFC_RESPONSE
+    return server, RFC_RESPONSE.replace(drop, b"")
+
+
+def test_optional_directives_take_the_rfc_defaults() -> None:
+    """RFC 2831 §2.1.2: without qop the client means "auth"; without charset, ISO 8859-1."""
+    server, token = _rfc_server_token(b",qop=auth")
+    assert server.verify(token) == b"rspauth=ea40f60335c427b5527b84dbabcdfffd"
+    server, token = _rfc_server_token(b"charset=utf-8,")
+    assert server.verify(token) == b"rspauth=ea40f60335c427b5527b84dbabcdfffd"
+
+
+def test_a_response_without_realm_matches_an_empty_realm() -> None:
+    server = DigestMD5Server("secret", realm="", nonce="n")
+    token, rspauth = client_response(server.challenge(), "u", "secret", cnonce="c")
+    assert b'realm=""' in token
+    assert server.verify(token.replace(b'realm="",', b"")) == rspauth
+
+
+def test_a_response_announcing_utf8_must_be_utf8() -> None:
+    server = rfc_server()
+    server.challenge()
+    with pytest.raises(AuthError, match=r"^digest-response is not UTF-8$"):
+        server.verify(RFC_RESPONSE.replace(b'username="chris"', b'username="chr\xffs"'))
