@@ -216,6 +216,7 @@ def test_parse_directives() -> None:
         ("=x", "^malformed directive name$"),
         ("a b=1", "^malformed directive name$"),
         ('a="x" junk', "^garbage after a quoted value$"),
+        ('a="x"X', "^garbage after a quoted value$"),
         ('a="x', "^unterminated quoted string$"),
         ('a="x\\', "^unterminated quoted string$"),
     ],
@@ -231,6 +232,8 @@ def test_parse_directives_whitespace_and_escapes() -> None:
     assert parse_directives("a=1,a=2") == {"a": ["1", "2"]}
     assert parse_directives("x=,y=2") == {"x": [""], "y": ["2"]}
     assert parse_directives("") == {}
+    # Only blanks are skipped before a value, never its first characters.
+    assert parse_directives('a=Xy, b=X"') == {"a": ["Xy"], "b": ['X"']}
 
 
 def test_non_latin1_values_are_utf8_only_with_the_charset() -> None:
