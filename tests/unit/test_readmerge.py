@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import itertools
 
-from pmcluster.client.readmerge import covering_tombstone, merge_children, merge_pulse, merge_pulses
+from pmcluster.client.readmerge import (
+    covering_tombstone,
+    merge_children,
+    merge_pulse,
+    merge_pulses,
+    newer,
+)
 from pmcluster.protocol.pulse import Pulse
 from pmcluster.store import PulseStore
 
@@ -111,3 +117,40 @@ def test_a_recursive_delete_seen_by_one_replica_hides_the_others_children() -> N
     assert merge_children([fresh, stale]) == []
     rewritten = ({"n-1": 40}, {})
     assert merge_children([fresh, stale, rewritten]) == ["n-1"]
+
+
+# --- boundaries found by mutation testing (docs/testing.md) ----------------------------------
+
+
+def test_equal_version_and_data_is_not_newer() -> None:
+    a, b = Pulse("/k", b"same", 5), Pulse("/k", b"same", 5)
+    assert not newer(a, b) and not newer(b, a)
+    assert newer(Pulse("/k", b"b", 5), Pulse("/k", b"a", 5))
+
+
+def test_a_tombstone_at_the_values_version_removes_it_everywhere() -> None:
+    """A delete at version v removes writes with version <= v: lists, listings, one key."""
+    assert merge_pulse([(Pulse("/k", b"x", 1), 0)]) == Pulse("/k", b"x", 1)
+    assert merge_pulse([(Pulse("/k", b"x", 7), 7)]) is None
+    assert merge_pulses([[Pulse("/a/b", b"x", 7)]], {"/a": 7}) == []
+    assert merge_pulses([[Pulse("/a/b", b"x", 8)]], {"/a": 7}) == [Pulse("/a/b", b"x", 8)]
+    assert merge_children([({"c": 7}, {"c": 7})]) == []
+    assert merge_children([({"c": 7}, {"": 7})]) == []
+    assert merge_children([({"c": 1}, {})]) == ["c"]
+
+
+def test_merge_children_takes_the_max_across_answers_in_any_order() -> None:
+    for answers in itertools.permutations([({"c": 9}, {}), ({"c": 3}, {"c": 5}), ({}, {"c": 1})]):
+        assert merge_children(list(answers)) == ["c"]
+    for answers in itertools.permutations([({"c": 4}, {"c": 9}), ({}, {"c": 2}), ({"d": 1}, {})]):
+        assert merge_children(list(answers)) == ["d"]
+
+
+def test_covering_tombstone_walks_every_ancestor_and_the_root() -> None:
+    tombs = {"/a": 3, "/a/b": 1, "/": 2, "/x": 9}
+    assert covering_tombstone("/a/b/c", tombs) == 3
+    assert covering_tombstone("/a/b/c", {"/a/b/c": 4, "/a": 3}) == 4
+    assert covering_tombstone("/a/b/c", {"/a/b": 5}) == 5
+    assert covering_tombstone("/q/r", {"/": 2}) == 2
+    assert covering_tombstone("/q/r", {}) == 0
+    assert covering_tombstone("/ab/c", {"/a": 9}) == 0  # component-wise, not a string prefix

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 from uhashring import HashRing
 
@@ -244,3 +246,68 @@ def test_format_node_id_brackets_ipv6() -> None:
 def test_heartbeat_like_paths_shape() -> None:
     assert len(set(KEYS)) == len(KEYS)
     assert KEYS[0].startswith("/workerbeats/topo-0/node0-")
+
+
+# --- owners against an independent model (gaps found by mutation testing) ---------------------
+
+
+def _model_owners(ms: list[Member], key: str, replication: int) -> list[str]:
+    """The placement rule written out from uhashring's continuum: the distinct members clockwise
+    from the key's point; the first member of each zone (clockwise) come first, then the others
+    in clockwise order; the first `replication` of those."""
+    continuum = sorted(HashRing(nodes=[m.node_id for m in ms], vnodes=160).get_points())
+    position = int.from_bytes(hashlib.md5(key.encode()).digest(), "big")
+    start = next((n for n, (point, _) in enumerate(continuum) if point > position), 0)
+    clockwise: list[str] = []
+    for n in range(len(continuum)):
+        name = continuum[(start + n) % len(continuum)][1]
+        if name not in clockwise:
+            clockwise.append(name)
+    zone_of = {m.node_id: m.zone for m in ms}
+    firsts: list[str] = []
+    for name in clockwise:
+        if all(zone_of[name] != zone_of[other] for other in firsts):
+            firsts.append(name)
+    rest = [name for name in clockwise if name not in firsts]
+    return (firsts + rest)[:replication]
+
+
+@pytest.mark.parametrize("zones", [0, 1, 2, 3])
+@pytest.mark.parametrize("replication", [1, 2, 3, 4, 7, 8])
+def test_owners_match_the_model(zones: int, replication: int) -> None:
+    ms = members(7, zones=zones)
+    ring = Ring(ms, "e", replication=replication)
+    for key in KEYS[:300]:
+        got = [m.node_id for m in ring.owners(key)]
+        assert got == _model_owners(ms, key, replication), key
+
+
+def test_uneven_zones_match_the_model() -> None:
+    """One big zone and two single-member zones: the walk must defer big-zone members."""
+    ms = [*members(5), *members(1, zones=1, start=5), *members(1, zones=1, start=6)]
+    ms = [Member.at(m.host, m.port, zone=z) for m, z in zip(ms, "aaaaabc", strict=True)]
+    for replication in (2, 3, 4, 6):
+        ring = Ring(ms, "e", replication=replication)
+        for key in KEYS[:300]:
+            got = [m.node_id for m in ring.owners(key)]
+            assert got == _model_owners(ms, key, replication), (replication, key)
+
+
+def test_default_replication_is_two_and_errors_are_named() -> None:
+    ring = Ring(members(4), "e7")
+    assert ring.replication == 2 and len(ring.owners("/k")) == 2
+    with pytest.raises(ValueError, match=r"^duplicate member node_id in ring membership$"):
+        Ring([*members(2), *members(1)], "e")
+    with pytest.raises(ClusterUnavailable, match=r"^ring e0 has no members$"):
+        Ring([], "e0").primary("/k")
+
+
+def test_balance_summary_exact_figures() -> None:
+    assert balance_summary({}) == {"max_over_mean": 0.0, "min_over_mean": 0.0}
+    assert balance_summary({"a": 0, "b": 0}) == {"max_over_mean": 0.0, "min_over_mean": 0.0}
+    assert balance_summary({"a": 1, "b": 1}) == {"max_over_mean": 1.0, "min_over_mean": 1.0}
+    # mean 4: max 6 / 4, min 1 / 4.
+    assert balance_summary({"a": 6, "b": 5, "c": 1, "d": 4}) == {
+        "max_over_mean": 1.5,
+        "min_over_mean": 0.25,
+    }

@@ -204,3 +204,158 @@ def test_parse_directives() -> None:
     for bad in ("novalue", "=x", 'a="x" junk', 'a="x'):
         with pytest.raises(AuthError):
             parse_directives(bad)
+
+
+# --- found by mutation testing (docs/testing.md) ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("novalue", "^malformed directive: no '='$"),
+        ("=x", "^malformed directive name$"),
+        ("a b=1", "^malformed directive name$"),
+        ('a="x" junk', "^garbage after a quoted value$"),
+        ('a="x"X', "^garbage after a quoted value$"),
+        ('a="x', "^unterminated quoted string$"),
+        ('a="x\\', "^unterminated quoted string$"),
+    ],
+)
+def test_parse_directives_refuses_for_its_reason(text: str, why: str) -> None:
+    with pytest.raises(AuthError, match=why):
+        parse_directives(text)
+
+
+def test_parse_directives_whitespace_and_escapes() -> None:
+    assert parse_directives('\r\n\ta = 1 ,\tb=\t"x"\t, ,') == {"a": ["1"], "b": ["x"]}
+    assert parse_directives('a="\\\\"') == {"a": ["\\"]}
+    assert parse_directives("a=1,a=2") == {"a": ["1", "2"]}
+    assert parse_directives("x=,y=2") == {"x": [""], "y": ["2"]}
+    assert parse_directives("") == {}
+    # Only blanks are skipped before a value, never its first characters.
+    assert parse_directives('a=Xy, b=X"') == {"a": ["Xy"], "b": ['X"']}
+
+
+def test_non_latin1_values_are_utf8_only_with_the_charset() -> None:
+    """RFC 2831 §2.1.2.1: a user name outside ISO 8859-1 is hashed as UTF-8, and only when the
+    client announced charset=utf-8."""
+    server = DigestMD5Server("pw", nonce="n0nce")
+    token, rspauth = client_response(server.challenge(), "топология-€", "pw", cnonce="c")
+    assert server.verify(token) == rspauth and server.username == "топология-€"
+    # The value independently: MD5 over the UTF-8 bytes of user:realm:password.
+    inner = hashlib.md5("топология-€:default:pw".encode(), usedforsecurity=False).digest()
+    ha1 = hashlib.md5(inner + b":n0nce:c", usedforsecurity=False).hexdigest()
+    ha2 = hashlib.md5(b"AUTHENTICATE:null/default", usedforsecurity=False).hexdigest()
+    kd = f"{ha1}:n0nce:00000001:c:auth:{ha2}"
+    assert f"response={hashlib.md5(kd.encode(), usedforsecurity=False).hexdigest()}" in (
+        token.decode()
+    )
+    with pytest.raises(AuthError, match=r"^non-Latin-1 value without charset=utf-8$"):
+        digest_response(
+            username="€", realm="r", password="p", nonce="n", cnonce="c", nc="00000001",
+            qop="auth", digest_uri="u", utf8=False,
+        )  # fmt: skip
+    other = DigestMD5Server("pw")
+    other.challenge()
+    bad = token.replace(b"charset=utf-8,", b"") + b"\xff"
+    with pytest.raises(AuthError):
+        other.verify(bad)
+
+
+def test_an_authzid_equal_to_the_user_is_part_of_the_digest() -> None:
+    with_authzid = digest_response(**RFC, authzid="chris")  # type: ignore[arg-type]
+    assert with_authzid != digest_response(**RFC)  # type: ignore[arg-type]
+    # RFC 2831: A1 = H(user:realm:pass) ":" nonce ":" cnonce ":" authzid
+    inner = hashlib.md5(b"chris:elwood.innosoft.com:secret", usedforsecurity=False).digest()
+    a1 = inner + b":OA6MG9tEQGm2hh:OA6MHXh6VqTrRk:chris"
+    ha1 = hashlib.md5(a1, usedforsecurity=False).hexdigest()
+    ha2 = hashlib.md5(b"AUTHENTICATE:imap/elwood.innosoft.com", usedforsecurity=False).hexdigest()
+    kd = f"{ha1}:OA6MG9tEQGm2hh:00000001:OA6MHXh6VqTrRk:auth:{ha2}"
+    assert with_authzid == hashlib.md5(kd.encode(), usedforsecurity=False).hexdigest()
+    server = rfc_server()
+    server.challenge()
+    token = RFC_RESPONSE.replace(b"d388dad90d4bbd760a152321f2143af7", with_authzid.encode())
+    assert server.verify(token + b',authzid="chris"').startswith(b"rspauth=")
+
+
+def test_response_size_limit_is_inclusive() -> None:
+    server = rfc_server()
+    server.challenge()
+    padded = RFC_RESPONSE + b",x=" + b"y" * (MAX_RESPONSE_SIZE - len(RFC_RESPONSE) - 3)
+    assert len(padded) == MAX_RESPONSE_SIZE
+    assert server.verify(padded).startswith(b"rspauth=")
+
+
+def test_state_and_challenge_errors_are_named() -> None:
+    server = DigestMD5Server("p")
+    assert not server.complete and server.username is None
+    with pytest.raises(AuthError, match=r"^digest-response out of turn$"):
+        server.verify(b"x=1")
+    server.challenge()
+    with pytest.raises(AuthError, match=r"^challenge already sent$"):
+        server.challenge()
+    assert len(base64.b64decode(server.nonce)) == 30  # 240 bits of nonce
+
+
+@pytest.mark.parametrize(
+    ("challenge", "why"),
+    [
+        (b'realm="r",qop="auth"', "^challenge without a nonce$"),
+        (b'realm="r",nonce="n",qop="auth-int,auth-conf"', "^server does not offer qop auth$"),
+    ],
+)
+def test_client_refuses_a_challenge_it_cannot_answer(challenge: bytes, why: str) -> None:
+    with pytest.raises(AuthError, match=why):
+        client_response(challenge, "u", "p")
+
+
+def test_client_response_token_fields() -> None:
+    token, rspauth = client_response(
+        b'realm="r",nonce="n",qop="auth-int,auth"', 'a\\b"c', "p", digest_uri="x/y", cnonce="c"
+    )
+    fields = parse_directives(token.decode())
+    assert fields["username"] == ['a\\b"c'] and fields["realm"] == ["r"]
+    assert fields["digest-uri"] == ["x/y"] and fields["nc"] == ["00000001"]
+    assert fields["qop"] == ["auth"] and fields["charset"] == ["utf-8"]
+    assert fields["cnonce"] == ["c"] and fields["nonce"] == ["n"]
+    no_realm, _ = client_response(b'nonce="n"', "u", "p", cnonce="c")
+    assert parse_directives(no_realm.decode())["realm"] == [""]
+    fresh = {parse_directives(client_response(b'nonce="n"', "u", "p")[0].decode())["cnonce"][0]
+             for _ in range(3)}  # fmt: skip
+    assert len(fresh) == 3 and all(len(base64.b64decode(c)) == 30 for c in fresh)
+    assert rspauth.startswith(b"rspauth=") and len(rspauth) == len(b"rspauth=") + 32
+
+
+def test_parse_directives_separators_are_exactly_the_rfcs() -> None:
+    assert parse_directives("X=X") == {"x": ["X"]}
+    with pytest.raises(AuthError, match=r"^unterminated quoted string$"):
+        parse_directives('a="\\"')  # the escaped quote does not close the string
+
+
+def _rfc_server_token(drop: bytes) -> tuple[DigestMD5Server, bytes]:
+    server = rfc_server()
+    server.challenge()
+    assert drop in RFC_RESPONSE
+    return server, RFC_RESPONSE.replace(drop, b"")
+
+
+def test_optional_directives_take_the_rfc_defaults() -> None:
+    """RFC 2831 §2.1.2: without qop the client means "auth"; without charset, ISO 8859-1."""
+    server, token = _rfc_server_token(b",qop=auth")
+    assert server.verify(token) == b"rspauth=ea40f60335c427b5527b84dbabcdfffd"
+    server, token = _rfc_server_token(b"charset=utf-8,")
+    assert server.verify(token) == b"rspauth=ea40f60335c427b5527b84dbabcdfffd"
+
+
+def test_a_response_without_realm_matches_an_empty_realm() -> None:
+    server = DigestMD5Server("secret", realm="", nonce="n")
+    token, rspauth = client_response(server.challenge(), "u", "secret", cnonce="c")
+    assert b'realm=""' in token
+    assert server.verify(token.replace(b'realm="",', b"")) == rspauth
+
+
+def test_a_response_announcing_utf8_must_be_utf8() -> None:
+    server = rfc_server()
+    server.challenge()
+    with pytest.raises(AuthError, match=r"^digest-response is not UTF-8$"):
+        server.verify(RFC_RESPONSE.replace(b'username="chris"', b'username="chr\xffs"'))

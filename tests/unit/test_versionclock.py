@@ -128,3 +128,18 @@ async def test_put_answers_carry_the_held_version_header_only_when_ignored(
         headers["X-Pulse-Version"] = "5"
         async with client._session.put(base, data=b"y", headers=headers) as resp:
             assert resp.status == 204 and resp.headers[HELD_HEADER] == "10"
+
+
+def test_observing_exactly_the_plausibility_bound_is_accepted() -> None:
+    """A version at wall + MAX_OBSERVED_AHEAD_NS is still plausible; one more ns is not."""
+    clock = VersionClock(lambda: 1000)
+    clock.observe(1000 + MAX_OBSERVED_AHEAD_NS)
+    assert clock.now() == 1001 + MAX_OBSERVED_AHEAD_NS
+    other = VersionClock(lambda: 1000)
+    other.observe(1001 + MAX_OBSERVED_AHEAD_NS)
+    assert other.now() == 1000
+
+
+def test_a_wall_clock_at_zero_still_issues_positive_versions() -> None:
+    clock = VersionClock(lambda: 0)
+    assert [clock.now() for _ in range(3)] == [1, 2, 3]
