@@ -3,8 +3,10 @@
 A thin façade over smaller parts: `Ring` says who owns a path, `NodeTransport` talks HTTP to
 one node, `FailureTracker` skips failing nodes, `readmerge` merges replica answers.
 
-- Writes go to the current ring's owners in parallel and return on the first ack; the other
-  requests finish in the background (bounded by the request timeout, awaited by `close()`).
+- Writes go to the current ring's owners in parallel. One carrying the writer's version
+  returns on the first ack; one without (this client's clock assigns it) waits for every
+  owner that answers in time. The other requests finish in the background (bounded by the
+  request timeout, awaited by `close()`).
   With `coalesce=True`, concurrent `send_pulse` calls are coalesced (`pmcluster.client.coalesce`):
   the writes queued in one loop iteration leave as one `POST /v1/batch` per owner.
 - Reads ask the owners (plus, for `grace_window_secs` after each ring change, the replaced

@@ -239,7 +239,8 @@ class NodeTransport:
         return Pulse(path, answer.body, _int_header(answer.headers, VERSION_HEADER)), 0
 
     async def exists(self, path: str) -> tuple[bool, int]:
-        """HEAD /v1/pulse/{path} -> (exists, newest tombstone version or 0)."""
+        """HEAD /v1/pulse/{path} -> (True, the value's version) or (False, the covering
+        tombstone's version or 0)."""
         answer = await self._request("HEAD", self._url("pulse/", path))
         if answer.status == 404:
             return False, _int_header(answer.headers, TOMBSTONE_HEADER)

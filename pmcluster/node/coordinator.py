@@ -28,6 +28,7 @@ from typing import Any
 
 from pmcluster.client import readmerge
 from pmcluster.client.cluster import MAX_VERSION_RETRIES, ClusterClient
+from pmcluster.errors import PmclusterError
 from pmcluster.node.local import LocalBackend
 from pmcluster.protocol.backend import NOT_NOW, NotNowType, PulseEntry
 from pmcluster.protocol.paths import normalize, normalize_key
@@ -180,8 +181,8 @@ class CoordinatingBackend:
                     # An owner holding a newer version: the client's retry, for this one.
                     self._retry_above(local, key, data, v, local.backend.held_version(key))
                 done += 1
-        except Exception:  # an invalid path, a full store: that entry goes one by one
-            pass
+        except PmclusterError:  # an invalid path, a full store: that entry goes one by one
+            log.debug("batch of writes stops before an entry the async path answers")
         if done:
             client.failures.record_success(local.node_id)
         return done
