@@ -11,9 +11,9 @@ from pathlib import Path
 
 import trustme
 
-from pmcluster.tools.localcluster import HarnessError, NodeProcess
+from pmcluster.tools.localcluster import HarnessError, NodeCluster, NodeProcess
 
-__all__ = ["https_url", "wait_https_ready", "write_tls"]
+__all__ = ["https_url", "start_https", "wait_https_ready", "write_tls"]
 
 
 def write_tls(ca: trustme.CA, workdir: Path) -> dict[str, str]:
@@ -52,3 +52,18 @@ def wait_https_ready(node: NodeProcess, context: ssl.SSLContext, timeout: float 
                 f"node {node.node_id} not ready over TLS:\n{node.log_text()[-2000:]}"
             )
         time.sleep(0.05)
+
+
+def start_https(cluster: NodeCluster, ca_file: str) -> NodeCluster:
+    """Start every node of `cluster` and wait until each answers `/health` over TLS, verified
+    against `ca_file`; on failure every node is killed (by PID) before the error is raised."""
+    context = ssl.create_default_context(cafile=ca_file)
+    try:
+        for node in cluster.nodes:
+            node.start()
+        for node in cluster.nodes:
+            wait_https_ready(node, context)
+    except BaseException:
+        cluster.kill()
+        raise
+    return cluster

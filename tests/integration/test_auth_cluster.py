@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import ssl
 import subprocess
 import urllib.error
 import urllib.request
@@ -20,7 +19,7 @@ from pmcluster.auth.digest import DigestClient
 from pmcluster.client import SyncClusterClient
 from pmcluster.config import Config, config_from_mapping
 from pmcluster.errors import AuthError, ClusterUnavailable, PmclusterError
-from pmcluster.testing.tls import https_url, wait_https_ready, write_tls
+from pmcluster.testing.tls import https_url, start_https, write_tls
 from pmcluster.tools.localcluster import NodeCluster
 
 pytestmark = pytest.mark.integration
@@ -189,12 +188,8 @@ def tls_cluster(
     tls = write_tls(ca, tmp_path / "tls")
     keys = {**BASE_KEYS, "java.security.auth.login.config": str(jaas), **tls}
     cluster = NodeCluster(3, workdir=tmp_path, extra=keys)
-    context = ssl.create_default_context(cafile=tls["pmcluster.tls.ca"])
+    start_https(cluster, tls["pmcluster.tls.ca"])
     try:
-        for node in cluster.nodes:
-            node.start()
-        for node in cluster.nodes:
-            wait_https_ready(node, context)
         yield cluster, tls
     finally:
         cluster.kill()

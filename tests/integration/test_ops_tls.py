@@ -7,7 +7,6 @@ Three ZooKeeper-member nodes serve only https; the tools run as an operator runs
 from __future__ import annotations
 
 import json
-import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import trustme
 import yaml
 from faultkit import NODE_KEYS
 
-from pmcluster.testing.tls import wait_https_ready, write_tls
+from pmcluster.testing.tls import start_https, write_tls
 from pmcluster.tools.localcluster import NodeCluster, wait_until, zk_yaml
 
 pytestmark = pytest.mark.integration
@@ -46,12 +45,8 @@ def tls_zk_cluster(zk_hosts: str, tmp_path: Path) -> Iterator[tuple[NodeCluster,
     config = tmp_path / "cluster.yaml"
     config.write_text(yaml.safe_dump({**keys, **zk_yaml(zk_hosts)}))
     cluster = NodeCluster(3, workdir=tmp_path, zk_hosts=zk_hosts, extra=keys)
-    context = ssl.create_default_context(cafile=tls["pmcluster.tls.ca"])
+    start_https(cluster, tls["pmcluster.tls.ca"])
     try:
-        for node in cluster.nodes:
-            node.start()
-        for node in cluster.nodes:
-            wait_https_ready(node, context)
         yield cluster, config
     finally:
         cluster.kill()
