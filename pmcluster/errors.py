@@ -8,7 +8,15 @@ from __future__ import annotations
 
 
 class PmclusterError(Exception):
-    """Base class of every error pmcluster raises on purpose."""
+    """Base class of every error pmcluster raises on purpose.
+
+    `retriable`: the error is one node's failure, so another node may answer (aiokafka's
+    rule: the class says it, no tuple of types in the fan-out). `suspect`: for a retriable
+    error, whether the node should be backed off (a node that is only not ready yet is not).
+    """
+
+    retriable = False
+    suspect = True
 
 
 class ConfigError(PmclusterError):
@@ -46,6 +54,8 @@ class NotAuthorized(PmclusterError):
 class NodeUnavailable(PmclusterError):
     """A node could not be reached or did not answer in time."""
 
+    retriable = True
+
     def __init__(self, node: str, reason: str) -> None:
         super().__init__(f"node {node} unavailable: {reason}")
         self.node = node
@@ -64,5 +74,23 @@ class HttpStatusError(PmclusterError):
         self.status = status
 
 
+class NodeNotReady(NodeUnavailable):
+    """A node answered "absent" while it is still being filled (it joined or restarted empty
+    less than two grace windows ago): its absent is no answer, yet it is not failing."""
+
+    suspect = False
+
+    def __init__(self, node: str) -> None:
+        super().__init__(node, "not ready: joined or restarted empty recently")
+
+
+class NodeFenced(ClusterUnavailable):
+    """This node lost its ZooKeeper session while its peers moved on (HTTP 503): it answers
+    no data request until it is registered again (Curator's rule, narrowed: see
+    docs/reliability.md)."""
+
+
 class ProtocolError(PmclusterError):
     """A peer sent something that breaks the wire contract."""
+
+    retriable = True

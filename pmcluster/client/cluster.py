@@ -3,16 +3,17 @@
 A thin façade over smaller parts: `Ring` says who owns a path, `NodeTransport` talks HTTP to
 one node, `FailureTracker` skips failing nodes, `readmerge` merges replica answers.
 
-- Writes go to the current ring's owners in parallel. One carrying the writer's version
-  returns on the first ack; one without (this client's clock assigns it) waits for every
-  owner that answers in time. The other requests finish in the background (bounded by the
-  request timeout, awaited by `close()`).
-  With `coalesce=True`, concurrent `send_pulse` calls are coalesced (`pmcluster.client.coalesce`):
+- Writes go to every owner of the current ring in parallel (backed-off owners too) and are
+  acknowledged only once every owner that is not failing has stored them, never on the
+  first ack (docs/reliability.md, the replication guarantee). Concurrent `send_pulse` calls
+  are coalesced (`pmcluster.client.coalesce`, `pmcluster.write.coalesce`, on by default):
   the writes queued in one loop iteration leave as one `POST /v1/batch` per owner.
 - Reads ask the owners (plus, for `grace_window_secs` after each ring change, the replaced
-  ring's owners: every ring replaced within the window, not only the last) in parallel,
-  never wait longer than one request timeout, and merge: the newest of values and
-  tombstones wins. Absent only if at least one owner answered.
+  ring's owners: every ring replaced within the window, not only the last; and for the
+  first grace window after the client starts, when it knows no earlier ring, every member)
+  in parallel, never wait longer than one request timeout, and merge: the newest of values
+  and tombstones wins. Absent only if at least one owner answered, and an owner that joined
+  or restarted empty recently does not count as an answer when it says absent.
 - Listing, get-all and recursive delete fan out to every member; one delete version for all.
 - Membership: ZooKeeper when `zk_servers` is set; otherwise the seeds' own `GET /v1/members`
   view, refreshed whenever a response carries an epoch different from the ring's.
@@ -25,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -36,23 +37,24 @@ from pmcluster.auth.tls import client_ssl_context
 from pmcluster.client import readmerge
 from pmcluster.client.coalesce import MAX_BATCH_BYTES, WriteCoalescer
 from pmcluster.client.failures import FailureTracker
-from pmcluster.client.fanout import NODE_ERRORS, FanOut, abandon
+from pmcluster.client.fanout import FanOut, abandon
+from pmcluster.client.retry import MAX_VERSION_RETRIES, VersionRetry
 from pmcluster.client.transport import NodeTransport, Transport
-from pmcluster.client.versionclock import MAX_VERSION, VersionClock
+from pmcluster.client.versionclock import VersionClock
 from pmcluster.config import Config
-from pmcluster.errors import ClusterUnavailable
+from pmcluster.errors import ClusterUnavailable, NodeNotReady, PmclusterError
 from pmcluster.membership import MembershipSnapshot, MembershipSource, make_membership
 from pmcluster.protocol.paths import normalize, normalize_key
 from pmcluster.protocol.pulse import Pulse
 from pmcluster.ring import Member, Ring
 
-__all__ = ["ClusterClient"]
+__all__ = ["MAX_VERSION_RETRIES", "ClusterClient"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 PulseInput = tuple[str, bytes] | tuple[str, bytes, int | None]
-# How often an unversioned write retries above a newer version an owner holds.
-MAX_VERSION_RETRIES = 3
+# Rings kept for grace reads at most: under flapping membership the oldest go first.
+MAX_GRACE_RINGS = 8
 LIFECYCLE_SLACK_SECS = 20.0  # ZooKeeper membership: start waits up to 15 s, a close up to 10 s
 # Least time between two epoch-triggered membership refreshes.
 REFRESH_INTERVAL_SECS = 0.25
@@ -69,14 +71,12 @@ class ClusterClient:
         session: aiohttp.ClientSession | None = None,
         failures: FailureTracker | None = None,
         local: Transport | None = None,
-        coalesce: bool = False,
+        coalesce: bool | None = None,
     ) -> None:
         """`local` answers for one member without HTTP (a node coordinating for itself).
 
-        `coalesce=True` merges concurrent `send_pulse` calls into batches per owner
-        (`pmcluster.client.coalesce`). Off by default for now: with it on, the rolling-restart fault
-        test (tests/integration/test_faults_more.py) saw acknowledged writes missed by reads
-        in about 1 run in 4 (0 in 13 with it off), for a cause not yet found.
+        `coalesce` merges concurrent `send_pulse` calls into batches per owner
+        (`pmcluster.client.coalesce`); None takes `pmcluster.write.coalesce` (on by default).
 
         The client routes by the ring itself, so every request it sends is marked forwarded:
         the receiving node answers from its own store instead of coordinating again."""
@@ -84,6 +84,8 @@ class ClusterClient:
         self.stats: Counter[str] = Counter()
         self.failures = failures if failures is not None else FailureTracker()
         self.clock = VersionClock()  # versions of writes that come without one
+        self.retry = VersionRetry(self.clock, self.stats)
+        self._on_behind: list[Callable[[str, str], None]] = []
         self._membership = membership
         self._own_membership = membership is None
         self._seed_mode = membership is None and not config.zk_servers
@@ -94,6 +96,9 @@ class ClusterClient:
         # reader that has moved on by several ring changes still asks the owners a writer
         # on any of those rings wrote to.
         self._previous: list[tuple[Ring, float]] = []
+        # Until then (the first grace window after the first ring) reads ask every member:
+        # a client that has just started knows no ring a writer may still be writing to.
+        self._fresh_until = 0.0
         self._transports: dict[str, Transport] = {}
         # Credentials (`pacemaker.auth.method`) and TLS (`pmcluster.tls.*`) of this client; a
         # node's own client thereby authenticates to its peers with the node's credentials.
@@ -105,7 +110,7 @@ class ClusterClient:
             self._transport, self.failures, self.stats, config.request_timeout_secs
         )
         self._coalescer: WriteCoalescer | None = None
-        if coalesce:
+        if config.write_coalesce if coalesce is None else coalesce:
             self._coalescer = WriteCoalescer(
                 self._ring_owners,
                 self._fanout,
@@ -114,6 +119,9 @@ class ClusterClient:
             )
         self._refresh: asyncio.Task[None] | None = None
         self._next_refresh = 0.0
+        # Set by `follow_peers` while the membership source is out of reach and a peer is
+        # ahead: the ring then comes from the peers' `/v1/members`, never older than this.
+        self._peer_epoch: str | None = None
         self._has_ring = asyncio.Event()
         self._start_lock: asyncio.Lock | None = None
         self._subscribed = False
@@ -211,9 +219,12 @@ class ClusterClient:
             return
         self._ring = Ring(members, epoch, points=points, replication=replication)
         self._has_ring.set()
-        if current is not None:
-            until = time.monotonic() + self.config.grace_window_secs
+        until = time.monotonic() + self.config.grace_window_secs
+        if current is None:
+            self._fresh_until = until
+        else:
             self._previous.insert(0, (current, until))
+            del self._previous[MAX_GRACE_RINGS:]
             self.stats["ring_changes"] += 1
             log.info("ring changed: %s -> %s (%d members)", current.epoch, epoch, len(members))
 
@@ -221,17 +232,70 @@ class ClusterClient:
         """Membership source callback: ZooKeeper/injected sources define the ring directly."""
         if self._seed_mode:
             return  # seed lists only tell us whom to ask; the nodes' view defines the ring
+        ring = self._ring
+        following = self._peer_epoch is not None and ring is not None
+        if following and ring is not None and _zk_newer(ring.epoch, snapshot.epoch):
+            return  # following the peers: an old session's view must not turn the ring back
         self._set_ring(
             snapshot.members, snapshot.epoch, self.config.ring_points, self.config.replication
         )
 
+    def follow_peers(self, node_id: str, epoch: str) -> None:
+        """The membership source cannot be reached and `node_id` answered at the newer
+        `epoch`: take the ring from the peers' `/v1/members` (as a seed-list client does),
+        now and whenever an answer carries a newer epoch, until `follow_membership`."""
+        if self._peer_epoch is None or _zk_newer(epoch, self._peer_epoch):
+            self._peer_epoch = epoch
+        self._next_refresh = 0.0
+        self._refresh_soon(node_id)
+
+    def follow_membership(self) -> None:
+        """The membership source answers again: it alone defines the ring from now on."""
+        self._peer_epoch = None
+
+    def caught_up(self) -> bool:
+        """Whether the ring is at least as new as the epoch `follow_peers` was told about."""
+        ring, epoch = self._ring, self._peer_epoch
+        return epoch is None or (ring is not None and not _zk_newer(epoch, ring.epoch))
+
+    async def catch_up(self) -> bool:
+        """`caught_up`, after waiting (one request timeout at most) for a refresh under way."""
+        refresh = self._refresh
+        if not self.caught_up() and refresh is not None and not refresh.done():
+            with contextlib.suppress(TimeoutError, PmclusterError):
+                await asyncio.wait_for(asyncio.shield(refresh), self.config.request_timeout_secs)
+        return self.caught_up()
+
+    def on_behind(self, callback: Callable[[str, str], None]) -> None:
+        """Call `callback(node_id, epoch)` when a node answers with a ZooKeeper epoch newer
+        than this client's ring (the membership changed and this process has not seen it)."""
+        self._on_behind.append(callback)
+
     def _on_epoch(self, node_id: str, epoch: str) -> None:
-        """Transport callback: a node answered with its epoch; refresh if it differs."""
+        """Transport callback: a node answered with its epoch; refresh if it differs.
+
+        Every answer carries the node's epoch, so a client or node that is behind learns it
+        on its next request: seed-list clients ask the nodes for the new view, ZooKeeper
+        clients re-read ZooKeeper (an epoch `zk-N` only grows) and tell `on_behind`."""
         ring = self._ring
-        if not self._seed_mode or not self._started or self._closed:
+        if not self._started or self._closed:
             return
         if ring is not None and ring.epoch == epoch:
             return
+        if not self._seed_mode:
+            if ring is not None and _zk_newer(epoch, ring.epoch):
+                refresh = getattr(self._membership, "refresh", None)
+                if refresh is not None:
+                    refresh()
+                for callback in self._on_behind:
+                    callback(node_id, epoch)
+                if self._peer_epoch is not None:
+                    self.follow_peers(node_id, epoch)
+            return
+        self._refresh_soon(node_id)
+
+    def _refresh_soon(self, node_id: str | None) -> None:
+        """Start `_refresh_from_nodes` unless one runs or the last began too recently."""
         if self._refresh is not None and not self._refresh.done():
             return  # one refresh at a time
         if time.monotonic() < self._next_refresh:
@@ -285,6 +349,8 @@ class ClusterClient:
             return False
         if not members:
             return False
+        if self._peer_epoch is not None and _zk_newer(self._peer_epoch, epoch):
+            return False  # a member as far behind as this process (itself, say)
         self._set_ring(members, epoch, points, replication)
         return True
 
@@ -344,6 +410,9 @@ class ClusterClient:
             return None
         # One member owns everything (what `Ring.owners` answers then, without hashing).
         owners = list(ring.members) if len(ring.members) == 1 else list(ring.owners(path))
+        if read and self._fresh_until and time.monotonic() < self._fresh_until:
+            known = {m.node_id for m in owners}
+            owners += [m for m in ring.members if m.node_id not in known]
         if read and self._previous:
             known = {m.node_id for m in owners}
             for grace in self._grace_rings():
@@ -383,13 +452,15 @@ class ClusterClient:
     # --- Storm's operations -------------------------------------------------------------------
 
     async def send_pulse(self, path: str, data: bytes, version: int | None = None) -> None:
-        """Store `data` at `path` on its owners.
+        """Store `data` at `path` on its owners; returns once every owner that is not
+        failing has stored it (a failing owner is still sent the write).
 
-        With the writer's `version`: returns on the first ack. Without one, this client's
-        `VersionClock` assigns it and every owner that answers within the timeout is heard:
-        an owner holding a newer version (or tombstone) makes the write retry above it, so
-        the write is newer than every write acknowledged before it began, whatever the
-        clocks of the nodes that coordinated those (docs/reliability.md, clock skew).
+        With the writer's `version`, owners in back-off are not waited for. Without one,
+        this client's `VersionClock` assigns it and every owner is waited for (within one
+        timeout): an owner holding a newer version (or tombstone) makes the write retry
+        above it (`pmcluster.client.retry`), so the write is newer than every write
+        acknowledged before it began, whatever the clocks of the nodes that coordinated
+        those (docs/reliability.md, clock skew); still behind after the last try, it fails.
 
         Concurrent calls share batch requests (`pmcluster.client.coalesce`); a write the batch
         cannot settle (an owner ignored part of it, or refused it) is repeated here alone.
@@ -399,40 +470,37 @@ class ClusterClient:
         coalescer = self._coalescer
         if coalescer is not None and coalescer.accepts(data, v):
             await self._current()
-            if await coalescer.write(path, data, v, first_ack=version is not None):
+            if await coalescer.write(path, data, v, versioned=version is not None):
                 return
         owners = await self._owners(path)
         if version is not None:
-            await self._fanout.first_acks(
-                owners, lambda t: t.put_pulse(path, data, version), "write"
-            )
+            await self._fanout.all_acks(owners, lambda t: t.put_pulse(path, data, version), "write")
             return
-
-        async def put_all(v: int) -> int:
-            """Write at `v` to every owner; the newest version an owner kept instead (0: none)."""
-            return max(
-                await self._fanout.gather(owners, lambda t: t.put_pulse(path, data, v), "write")
-            )
-
-        for _ in range(MAX_VERSION_RETRIES):
-            retry = self.retry_version(v, await put_all(v))
-            if retry is None:
+        tries = self.retry.tries(path, v)
+        v = next(tries)
+        while True:
+            held = await self._put_all(owners, path, data, v)
+            try:
+                v = tries.send(held)
+            except StopIteration:
                 return
-            v = retry
-        log.warning("write to %s still behind its owners after %d tries", path, MAX_VERSION_RETRIES)
+
+    async def _put_all(self, owners: Sequence[Member], path: str, data: bytes, v: int) -> int:
+        """Write at `v` to every owner, waiting for each (back-off ones too, within one
+        timeout); the newest version an owner kept instead (0: none)."""
+        held = await self._fanout.all_acks(
+            owners, lambda t: t.put_pulse(path, data, v), "write", wait_suspects=True
+        )
+        return max(held)
 
     def retry_version(self, v: int, held: int) -> int | None:
-        """After an unversioned write at `v` whose owners answered `held` (the newest version
-        one kept instead, 0: none): None when the write stands, else the version to write it
-        again at, above `held` (counted in `version_retries`). The one rule of `send_pulse`'s
-        retries, which a node answering a write at once (`coordinator`) follows too."""
-        if held < v or v >= MAX_VERSION:
-            return None
-        self.stats["version_retries"] += 1
-        return self.clock.above(held)
+        """`VersionRetry.next_version` of this client (kept for callers of the old name)."""
+        return self.retry.next_version(v, held)
 
     async def send_pulses(self, pulses: Sequence[PulseInput]) -> None:
-        """Store many pulses: one batch request per owner; each pulse needs one owner's ack."""
+        """Store many pulses: one batch request per owner; returns once every owner that is
+        not failing has stored its share (each pulse acknowledged by at least one owner).
+        Hand-off relies on this: a copy leaves its old owner only once its new owners hold it."""
         now = self.clock.now()
         entries: list[tuple[str, bytes, int]] = []
         for item in pulses:
@@ -451,21 +519,55 @@ class ClusterClient:
         async def call(t: Transport) -> tuple[int, int]:
             return await t.batch([entries[i] for i in by_node[t.node_id]])
 
-        await self._fanout.first_acks(
+        await self._fanout.all_acks(
             list(members.values()), call, "write", covers=by_node.__getitem__, needed=len(entries)
         )
 
     async def get_pulse(self, path: str) -> Pulse | None:
         """The newest value among the owners, or None when absent (or deleted)."""
         path = normalize_key(path)
-        tagged = await self._fanout.gather(
-            await self._owners(path, read=True), lambda t: _tagged(t, t.get_pulse(path)), "read"
+        asked = await self._owners(path, read=True)
+        answers = await self._fanout.gather(
+            asked, lambda t: _tagged(t, _unless_not_ready(t.get_pulse(path))), "read"
         )
+        tagged = self._trusted(path, answers, (None, 0))
         pulse = readmerge.merge_pulse([answer for _, answer in tagged])
         self._read_repair(path, pulse, tagged)
         if pulse is not None:
             self.clock.observe(pulse.version)
         return pulse
+
+    def _trusted(
+        self, path: str, answers: Sequence[tuple[str, T | None]], absent: T
+    ) -> list[tuple[str, T]]:
+        """The answers a read may merge. A read needs an answer from an owner of the path
+        (current ring or a grace ring); other members asked during the client's first grace
+        window only add values. None marks a node that said absent while it is still being
+        filled (joined or restarted empty recently): it is no answer, and when no owner gave
+        a real one the read fails instead of reporting absent - unless every owner said so
+        (a new cluster, or one restarted whole: nothing exists anywhere)."""
+        owners = self._owner_ids(path)
+        trusted = [(node, answer) for node, answer in answers if answer is not None]
+        if any(node in owners for node, _ in trusted):
+            return trusted
+        not_ready = {node for node, answer in answers if answer is None and node in owners}
+        if not_ready and not_ready == owners:
+            return [(node, absent) for node in sorted(not_ready)]
+        self.stats["read_unavailable"] += 1
+        raise ClusterUnavailable(
+            f"read {path}: no owner of {sorted(owners)} gave an answer to trust "
+            f"({len(not_ready)} still being filled)"
+        )
+
+    def _owner_ids(self, path: str) -> set[str]:
+        """The path's owners on the current ring and on every grace ring."""
+        ring = self._ring
+        if ring is None:
+            return set()
+        ids = {m.node_id for m in ring.owners(path)}
+        for grace in self._grace_rings():
+            ids.update(m.node_id for m in grace.owners(path))
+        return ids
 
     def _read_repair(
         self, path: str, merged: Pulse | None, tagged: Sequence[tuple[str, PulseAnswer]]
@@ -496,9 +598,11 @@ class ClusterClient:
     async def exists(self, path: str) -> bool:
         """Whether the exact key holds a value on its owners (newest of values/tombstones)."""
         path = normalize_key(path)
-        answers = await self._fanout.gather(
-            await self._owners(path, read=True), lambda t: t.exists(path), "read"
+        asked = await self._owners(path, read=True)
+        tagged = await self._fanout.gather(
+            asked, lambda t: _tagged(t, _unless_not_ready(t.exists(path))), "read"
         )
+        answers = [answer for _, answer in self._trusted(path, tagged, (False, 0))]
         value = max((v for present, v in answers if present), default=-1)
         tombstone = max((v for present, v in answers if not present), default=0)
         return value >= 0 and (value > tombstone or value == 0 == tombstone)
@@ -518,21 +622,21 @@ class ClusterClient:
     async def get_all_pulse_for_path(self, path: str) -> list[Pulse]:
         """Every pulse at or under `path` across every member, newest per key, sorted."""
         path = normalize(path)
-        prefix = path.rstrip("/")
 
-        async def here(t: Transport) -> tuple[bool, int]:
-            return (True, 0) if path == "/" else await t.exists(path)
+        async def own_tomb(t: Transport) -> int:
+            if path == "/":
+                return 0
+            try:
+                present, version = await t.exists(path)
+            except NodeNotReady:
+                return 0  # a node still being filled: its listing counts, it holds no tombstone
+            return 0 if present else version
 
         async def call(t: Transport) -> tuple[list[Pulse], dict[str, int]]:
-            # The tombstones covering `path` and its children keep a node that missed a
-            # recursive delete from resurrecting what it still holds.
-            pulses, (_, child_tombs), (present, version) = await asyncio.gather(
-                t.pulses(path), t.children_versions(path), here(t)
+            pulses, (_, child_tombs), tomb = await asyncio.gather(
+                t.pulses(path), t.children_versions(path), own_tomb(t)
             )
-            tombs = {f"{prefix}/{name}": v for name, v in child_tombs.items() if name}
-            if not present and version:
-                tombs[path] = version
-            return pulses, tombs
+            return pulses, readmerge.subtree_tombstones(path, child_tombs, tomb)
 
         members = await self._all_members()
         answers = await self._fanout.gather(
@@ -558,12 +662,13 @@ class ClusterClient:
         )
 
     async def delete_pulse_id(self, path: str, version: int | None = None) -> None:
-        """Delete the exact key on its owners (and the grace rings'); returns on the first
-        ack of a current owner (the grace rings' owners stop being read soon)."""
+        """Delete the exact key on its owners (and the grace rings'); returns once every
+        owner that is not failing has the tombstone, at least one current owner among them
+        (the grace rings' owners stop being read soon)."""
         path = normalize_key(path)
         version = self.clock.now() if version is None else version
         current = {m.node_id for m in await self._owners(path)}
-        await self._fanout.first_acks(
+        await self._fanout.all_acks(
             await self._owners(path, read=True),
             lambda t: t.delete_pulse_id(path, version),
             "delete",
@@ -573,7 +678,7 @@ class ClusterClient:
     async def create_path(self, path: str) -> None:
         """Storm's no-op: validated locally and by an owner, nothing stored."""
         path = normalize(path)
-        await self._fanout.first_acks(
+        await self._fanout.all_acks(
             await self._owners(path), lambda t: t.create_path(path), "write"
         )
 
@@ -591,7 +696,9 @@ class ClusterClient:
                 continue
             try:
                 return await self._transport(found).members()
-            except NODE_ERRORS as exc:
+            except PmclusterError as exc:
+                if not exc.retriable:
+                    raise
                 log.debug("members view from %s failed: %s", member, exc)
         raise ClusterUnavailable("no member answered GET /v1/members")
 
@@ -599,9 +706,27 @@ class ClusterClient:
 PulseAnswer = tuple[Pulse | None, int]
 
 
+async def _unless_not_ready(answer: Awaitable[T]) -> T | None:
+    """The node's answer, or None when it said absent while still being filled."""
+    try:
+        return await answer
+    except NodeNotReady:
+        return None
+
+
 async def _tagged(transport: Transport, answer: Awaitable[T]) -> tuple[str, T]:
     """A node's answer with its name, so a merge can tell who is behind."""
     return transport.node_id, await answer
+
+
+def _zk_newer(theirs: str, ours: str) -> bool:
+    """True when both are ZooKeeper epochs (`zk-<cversion>`) and `theirs` is the later one."""
+    if not (theirs.startswith("zk-") and ours.startswith("zk-")):
+        return False
+    try:
+        return int(theirs[3:]) > int(ours[3:])
+    except ValueError:
+        return False
 
 
 def _member_from_doc(item: Any) -> Member:

@@ -1,7 +1,6 @@
 """Write coalescing: concurrent single writes leave as one `POST /v1/batch` per owner.
 
-Opt-in (`ClusterClient(..., coalesce=True)`) until the rolling-restart fault test passes
-reliably with it (see `ClusterClient.__init__`).
+On by default (`pmcluster.write.coalesce`; `ClusterClient(..., coalesce=False)` turns it off).
 
 Many heartbeats from one process (workers of a supervisor, a coordinating node forwarding
 Storm or HTTP writes) would otherwise cost one HTTP request per heartbeat per owner. A caller
@@ -9,13 +8,14 @@ of `WriteCoalescer.write` enqueues its entry and awaits a future; the queue is f
 next loop iteration (`call_soon`: no timer, so a lone write waits one iteration, not a time
 slice) or as soon as it reaches `max_entries` or `max_bytes`. A flush groups the entries by
 owner on the current ring and sends each owner its share in one batch through the client's
-`FanOut` (failure tracking, one request timeout, suspects only probed).
+`FanOut.all_acks` (every owner, backed-off ones too; one request timeout).
 
-Outcome per entry (the caller's future), matching the single-write semantics:
-- `first_ack` entries (the writer gave a version) resolve True on the first owner ack that
-  covers them, while the other owners' batches finish in the background;
-- other entries (versions the client assigned) resolve once every owner asked has answered or
-  timed out: True when every answering owner stored its whole batch; False when an owner
+Outcome per entry (the caller's future), matching the single-write semantics: every entry
+resolves only once every owner that is not failing has answered its batch (never on the first
+ack: the replication guarantee of docs/reliability.md holds for coalesced writes too), then
+- `versioned` entries (the writer gave a version) resolve True when some owner stored them;
+- other entries (versions the client assigned; the batch then waits for backed-off owners
+  too) resolve True when every answering owner stored its whole batch; False when an owner
   ignored some entry of it, because the batch answer does not say which, so the caller asks
   its owners on its own (`PUT`, which reports the version that won) and retries above it;
 - an entry no owner acknowledged fails with `ClusterUnavailable`;
@@ -49,7 +49,7 @@ class _Entry:
     path: str
     data: bytes
     version: int
-    first_ack: bool
+    versioned: bool
     future: asyncio.Future[bool]
     acks: int = 0
     ignored: bool = False
@@ -90,14 +90,14 @@ class WriteCoalescer:
         )
 
     def write(
-        self, path: str, data: bytes, version: int, *, first_ack: bool
+        self, path: str, data: bytes, version: int, *, versioned: bool
     ) -> asyncio.Future[bool]:
         """Enqueue one write of a normalised key path; see the module docstring for outcomes."""
         loop = asyncio.get_running_loop()
         size = len(path) + len(data) + _RECORD_OVERHEAD
         if self._queue and self._queued_bytes + size > self.max_bytes:
             self.flush()
-        entry = _Entry(path, data, version, first_ack, loop.create_future())
+        entry = _Entry(path, data, version, versioned, loop.create_future())
         self._queue.append(entry)
         self._queued_bytes += size
         if len(self._queue) >= self.max_entries:
@@ -151,11 +151,14 @@ class WriteCoalescer:
                 entry.acks += 1
                 if ignored:
                     entry.ignored = True
-                if entry.first_ack:
-                    _settle(entry, True)
 
         try:
-            await self._fanout.gather(list(members.values()), call, "write")
+            await self._fanout.all_acks(
+                list(members.values()),
+                call,
+                "write",
+                wait_suspects=not all(e.versioned for e in entries),
+            )
         except ClusterUnavailable:
             pass  # no owner answered: every entry left fails below
         except Exception:
@@ -171,7 +174,7 @@ class WriteCoalescer:
                     ClusterUnavailable(f"write: none of {list(entry.owners)} acknowledged"),
                 )
             else:
-                _settle(entry, not entry.ignored)
+                _settle(entry, entry.versioned or not entry.ignored)
 
 
 def _settle(entry: _Entry, done: bool) -> None:

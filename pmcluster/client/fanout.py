@@ -1,10 +1,11 @@
 """Parallel requests to several nodes: one timeout, failure tracking, background stragglers.
 
 `FanOut` is how the client asks many nodes at once. It lets the `FailureTracker` drop nodes
-that are backing off, never waits longer than one request timeout, and tells node failures
-(`NodeUnavailable`, `ProtocolError`: ask someone else) from caller errors (bad path, auth:
-re-raised as is). Writes return on the first acknowledgements they need and leave the other
-requests running in the background, tracked so `close()` can await or cancel them.
+that are backing off (reads), never waits longer than one request timeout, and tells node
+failures (an error class with `retriable = True`: ask someone else) from caller errors (bad
+path, auth: re-raised as is). Writes (`all_acks`) go to every owner, backed-off ones too,
+and return once every owner that is not failing has answered: the acknowledgement of a
+write means every live owner stored it (docs/reliability.md, the replication guarantee).
 """
 
 from __future__ import annotations
@@ -17,21 +18,24 @@ from typing import Any, TypeVar
 
 from pmcluster.client.failures import FailureTracker
 from pmcluster.client.transport import Transport
-from pmcluster.errors import ClusterUnavailable, NodeUnavailable, ProtocolError
+from pmcluster.errors import ClusterUnavailable, PmclusterError
 from pmcluster.ring import Member
 
-__all__ = ["NODE_ERRORS", "FanOut"]
+__all__ = ["FanOut", "node_failure"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Call = Callable[[Transport], Awaitable[T]]
-# Failures of one node (it is skipped, others may answer); anything else is the caller's error.
-NODE_ERRORS = (NodeUnavailable, ProtocolError)
 # A request that "took" this many timeouts did not time out because of the node: this process
 # was paused (SIGSTOP, a VM freeze, a starved loop) and every timer fired late at once. Such
 # failures are not recorded, or a node resuming from SIGSTOP would skip every peer as failing
 # and answer reads from its own (stale) store alone.
 PAUSE_FACTOR = 2.0
+
+
+def node_failure(exc: BaseException | None) -> bool:
+    """True for one node's failure (its error class is `retriable`): another node may answer."""
+    return isinstance(exc, PmclusterError) and exc.retriable
 
 
 def _failed(task: asyncio.Task[Any]) -> bool:
@@ -78,9 +82,14 @@ class FanOut:
         started = asyncio.get_running_loop().time()
         try:
             result = await call(self._transport_for(member))
-        except NODE_ERRORS as exc:
+        except PmclusterError as exc:
             # An abandoned request is counted as timed out by `_give_up`.
-            if asyncio.current_task() not in self._abandoned and not self._overslept(started):
+            if (
+                exc.retriable
+                and exc.suspect
+                and asyncio.current_task() not in self._abandoned
+                and not self._overslept(started)
+            ):
                 self.failures.record_failure(member.node_id)
                 self.stats["node_failures"] += 1
                 log.debug("node %s failed: %s", member.node_id, exc)
@@ -145,11 +154,53 @@ class FanOut:
         found: BaseException | None = None
         for task in done:
             exc = None if task.cancelled() else task.exception()
-            if exc is not None and not isinstance(exc, NODE_ERRORS) and found is None:
+            if exc is not None and not node_failure(exc) and found is None:
                 found = exc
         return found
 
     # --- many nodes -------------------------------------------------------------------------
+
+    async def _wait(
+        self,
+        names: dict[asyncio.Task[T], str],
+        suspects: set[str],
+        enough: Callable[[set[asyncio.Task[T]]], bool],
+        started: float,
+    ) -> tuple[set[asyncio.Task[T]], set[asyncio.Task[T]]]:
+        """Wait at most one timeout for the requests of members not in `suspects`; if their
+        answers are not `enough`, the suspects' requests (probes) get the rest of the time.
+        Probes still running then finish in the background and tell the failure tracker
+        whether their node is back. Returns (done, pending); pending ones are given up."""
+        loop = asyncio.get_running_loop()
+        healthy = {task for task, node in names.items() if node not in suspects}
+        probes = set(names) - healthy
+        try:
+            if not healthy:
+                done, pending = await asyncio.wait(names, timeout=self.timeout_secs)
+                return done, pending
+            # A node that has been failing is only probed: the answer waits for the healthy
+            # nodes, not for the probe. A hung node then costs one request one timeout, not
+            # one timeout per probe - unless the healthy nodes gave too little.
+            done, pending = await asyncio.wait(healthy, timeout=self.timeout_secs)
+        except BaseException:  # the caller was cancelled: no request outlives it untracked
+            self._drop(names)
+            raise
+        done |= {task for task in probes if task.done()}
+        probes -= done
+        if probes and not enough(done):
+            left = max(self.timeout_secs - (loop.time() - started), 0.0)
+            try:
+                more, probes = await asyncio.wait(probes, timeout=left)
+            except BaseException:
+                self._drop(names)
+                raise
+            done |= more
+            pending |= probes
+        else:
+            for task in probes:
+                self._background.add(task)
+                task.add_done_callback(self._probe_done)
+        return done, pending
 
     async def gather(
         self,
@@ -168,38 +219,15 @@ class FanOut:
         """
         planned = self._plan(members) if skip_failing else list(members)
         suspects = {m.node_id for m in planned if self.failures.looks_down(m.node_id)}
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = asyncio.get_running_loop().time()
         names = self._start(planned, call)
         if not names:
             raise ClusterUnavailable(f"{what}: no members to ask")
-        healthy = {task for task, node in names.items() if node not in suspects}
-        probes = set(names) - healthy
-        try:
-            if healthy:
-                # A node that has been failing is only probed: the answer waits for the
-                # healthy nodes, not for the probe, which finishes in the background and
-                # tells the failure tracker whether the node is back. A hung node then costs
-                # one read one timeout, not one timeout per probe - unless the healthy nodes
-                # gave too few answers, in which case the probes get the rest of the time.
-                done, pending = await asyncio.wait(healthy, timeout=self.timeout_secs)
-                done |= {task for task in probes if task.done()}
-                probes -= done
-                answered = sum(1 for task in done if not _failed(task))
-                if probes and answered < required:
-                    left = max(self.timeout_secs - (loop.time() - started), 0.0)
-                    more, probes = await asyncio.wait(probes, timeout=left)
-                    done |= more
-                    pending |= probes
-                else:
-                    for task in probes:
-                        self._background.add(task)
-                        task.add_done_callback(self._probe_done)
-            else:
-                done, pending = await asyncio.wait(names, timeout=self.timeout_secs)
-        except BaseException:  # the caller was cancelled: no request outlives it untracked
-            self._drop(names)
-            raise
+
+        def enough(done: set[asyncio.Task[T]]) -> bool:
+            return sum(1 for task in done if not _failed(task)) >= required
+
+        done, pending = await self._wait(names, suspects, enough, started)
         self._give_up(pending, names, started)
         error = self._caller_error(done)
         if error is not None:
@@ -215,69 +243,57 @@ class FanOut:
             self.stats[f"{what}_partial"] += 1
         return answers
 
-    async def first_acks(
+    async def all_acks(
         self,
         members: Sequence[Member],
-        call: Call[Any],
+        call: Call[T],
         what: str,
+        *,
         covers: Callable[[str], Iterable[int]] = lambda _: (0,),
         needed: int = 1,
-    ) -> None:
-        """Send to every planned member; return once each of `needed` items has an ack.
+        wait_suspects: bool = False,
+    ) -> list[T]:
+        """Send to every member (backed-off ones too) and wait, at most one timeout, for
+        every member that is not failing: a write is acknowledged only once every live
+        owner has it, never on the first ack. Members in back-off get the request as a
+        probe; `wait_suspects=True` waits for them as well (writes whose version this
+        client chose: docs/reliability.md, clock skew). Returns the answers that came.
 
         `covers(node_id)` names the items a node's ack covers (one item for a plain write,
-        the batch's indices for a batch). Unfinished requests continue in the background.
+        the batch's indices for a batch); each of the `needed` items must be acknowledged
+        by some member, or `ClusterUnavailable` is raised. A caller error is re-raised.
         """
-        names = self._start(self._plan(members), call)
-        acked: set[int] = set()
-        pending: set[asyncio.Task[Any]] = set(names)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout_secs
-        while pending and len(acked) < needed:
-            try:
-                done, pending = await asyncio.wait(
-                    pending,
-                    timeout=max(deadline - loop.time(), 0),
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-            except BaseException:  # the caller was cancelled
-                self._drop(names)
-                raise
-            if not done:
-                break
-            error = self._caller_error(done)
-            if error is not None:
-                self._give_up(pending, names, deadline - self.timeout_secs)
-                raise error
-            acked.update(i for task in done if not _failed(task) for i in covers(names[task]))
-        if len(acked) < needed:
-            self._give_up(pending, names, deadline - self.timeout_secs)
+        names = self._start(members, call)
+        if not names:
+            raise ClusterUnavailable(f"{what}: no members to ask")
+        suspects = (
+            set()
+            if wait_suspects
+            else {m.node_id for m in members if self.failures.looks_down(m.node_id)}
+        )
+        started = asyncio.get_running_loop().time()
+
+        def acked(done: Iterable[asyncio.Task[T]]) -> set[int]:
+            return {i for task in done if not _failed(task) for i in covers(names[task])}
+
+        def enough(done: set[asyncio.Task[T]]) -> bool:
+            return len(acked(done)) >= needed
+
+        done, pending = await self._wait(names, suspects, enough, started)
+        self._give_up(pending, names, started)
+        error = self._caller_error(done)
+        if error is not None:
+            raise error
+        missing = needed - len(acked(done))
+        if missing > 0:
             self.stats[f"{what}_unavailable"] += 1
             raise ClusterUnavailable(
-                f"{what}: {needed - len(acked)} item(s) unacknowledged by {sorted(names.values())}"
+                f"{what}: {missing} item(s) unacknowledged by {sorted(names.values())}"
             )
-        self._count_partial(what, len(members) - len(names), names, pending)
-
-    def _count_partial(
-        self, what: str, skipped: int, names: dict[Any, str], pending: set[asyncio.Task[Any]]
-    ) -> None:
-        """Count the write partial once all its requests ended, if any owner missed it."""
-        failed = skipped + sum(1 for t in names if t not in pending and _failed(t))
-        left = len(pending)
-
-        def one_done(task: asyncio.Task[Any]) -> None:
-            nonlocal failed, left
-            self._background.discard(task)
-            failed += _failed(task)
-            left -= 1
-            if left == 0 and failed:
-                self.stats[f"{what}_partial"] += 1
-
-        if not pending and failed:
+        answered = [task for task in done if not _failed(task)]
+        if len(answered) < len(members):
             self.stats[f"{what}_partial"] += 1
-        for task in pending:
-            self._background.add(task)
-            task.add_done_callback(one_done)
+        return [task.result() for task in answered]
 
 
 def abandon(task: asyncio.Task[Any]) -> None:

@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pmcluster.protocol.pulse import Pulse
 
-__all__ = ["covering_tombstone", "merge_children", "merge_pulse", "merge_pulses", "newer"]
+__all__ = [
+    "covering_tombstone",
+    "merge_children",
+    "merge_pulse",
+    "merge_pulses",
+    "newer",
+    "subtree_tombstones",
+]
 
 
 def newer(a: Pulse, b: Pulse) -> bool:
@@ -56,6 +63,18 @@ def merge_children(answers: Sequence[tuple[Mapping[str, int], Mapping[str, int]]
             tombstones[name] = max(version, tombstones.get(name, 0))
     every = tombstones.get("", 0)
     return sorted(name for name, v in versions.items() if v > max(tombstones.get(name, 0), every))
+
+
+def subtree_tombstones(path: str, child_tombs: Mapping[str, int], own_tomb: int) -> dict[str, int]:
+    """One node's tombstones that bear on a listing of `path` (path -> version): those of its
+    children (`children_versions`' second half; `""`, a delete covering every child, is left
+    to the ancestors' entry) and `own_tomb`, the tombstone of `path` itself (0: none). They
+    keep a node that missed a recursive delete from resurrecting what it still holds."""
+    prefix = path.rstrip("/")
+    tombs = {f"{prefix}/{name}": v for name, v in child_tombs.items() if name}
+    if own_tomb and path != "/":
+        tombs[path] = own_tomb
+    return tombs
 
 
 def covering_tombstone(path: str, tombstones: Mapping[str, int]) -> int:

@@ -11,6 +11,8 @@ bound. A batch longer than `batch_max_entries` leaves in several requests.
 
 Connection errors, timeouts and 5xx raise `NodeUnavailable`; 4xx raise the precise error the
 server named (`InvalidPath`, `InvalidRequest`, `PayloadTooLarge`, `AuthError`, `NotAuthorized`).
+A 404 marked `X-Pmcluster-Fresh` (the node joined or restarted empty recently) raises
+`NodeNotReady`: that node's "absent" is no answer, and it is not failing either.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from yarl import URL
 
 from pmcluster.errors import (
     InvalidRequest,
+    NodeNotReady,
     NodeUnavailable,
     PmclusterError,
     ProtocolError,
@@ -33,6 +36,7 @@ from pmcluster.protocol import pulsecodec
 from pmcluster.protocol.http import (
     EPOCH_HEADER,
     FORWARDED_HEADER,
+    FRESH_HEADER,
     HELD_HEADER,
     PULSES_MEDIA_TYPE,
     TOMBSTONE_HEADER,
@@ -235,16 +239,24 @@ class NodeTransport:
         """GET /v1/pulse/{path} -> (value or None, newest tombstone version or 0)."""
         answer = await self._request("GET", self._url("pulse/", path))
         if answer.status == 404:
-            return None, _int_header(answer.headers, TOMBSTONE_HEADER)
+            return None, self._absent(answer)
         return Pulse(path, answer.body, _int_header(answer.headers, VERSION_HEADER)), 0
 
     async def exists(self, path: str) -> tuple[bool, int]:
-        """HEAD /v1/pulse/{path} -> (True, the value's version) or (False, the covering
-        tombstone's version or 0)."""
+        """HEAD /v1/pulse/{path} -> (True, the value's version) when it holds a value, else
+        (False, its newest tombstone version or 0)."""
         answer = await self._request("HEAD", self._url("pulse/", path))
         if answer.status == 404:
-            return False, _int_header(answer.headers, TOMBSTONE_HEADER)
+            return False, self._absent(answer)
         return True, _int_header(answer.headers, VERSION_HEADER)
+
+    def _absent(self, answer: _Answer) -> int:
+        """A 404's tombstone version; `NodeNotReady` when the node is still being filled and
+        holds no tombstone (its absent says nothing)."""
+        tomb = _int_header(answer.headers, TOMBSTONE_HEADER)
+        if tomb == 0 and answer.headers.get(FRESH_HEADER) == "1":
+            raise NodeNotReady(self.node_id)
+        return tomb
 
     async def children(self, path: str) -> list[str]:
         """GET /v1/children/{path} -> sorted child names."""

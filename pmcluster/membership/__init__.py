@@ -45,17 +45,27 @@ def make_membership(
     self_member: Member | None,
     *,
     on_new_session: Callable[[], None] | None = None,
+    on_registered: Callable[[], None] | None = None,
+    register: bool = True,
 ) -> MembershipSource:
     """The membership source `config` asks for.
 
     ZooKeeper when `storm.zookeeper.servers` is set (the node registers `self_member`;
     `on_new_session` is called when a new ZooKeeper session starts, so the node can wipe its
-    store); else the `pacemaker.servers` seed list; else, for a node, itself alone.
+    store; `on_registered` each time its znode is created; `register=False` defers the
+    registration to the source's `register()`); else the `pacemaker.servers` seed list; else,
+    for a node, itself alone.
     """
     if config.zk_servers:
         from pmcluster.membership.zookeeper import ZooKeeperMembership
 
-        return ZooKeeperMembership(config, self_member, on_new_session=on_new_session)
+        return ZooKeeperMembership(
+            config,
+            self_member,
+            on_new_session=on_new_session,
+            on_registered=on_registered,
+            register=register,
+        )
     if config.servers:
         return SeedMembership(
             config.servers,

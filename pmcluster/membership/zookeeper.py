@@ -10,6 +10,11 @@ Clients (no `self_member`) only watch. A snapshot's epoch is `zk-<cversion>` of 
 an epoch always names exactly one member list and every process that sees epoch N agrees on
 who the members are.
 
+A node registers only once it can answer (`register()`, called by the daemon after its socket
+listens): peers that see it in the ring at once would otherwise meet a refused connection and
+back it off. `on_registered` runs on the loop each time our znode is created (first start and
+after every new session).
+
 Session rules (see RECIPES, ZooKeeper): while the connection is SUSPENDED the last snapshot
 stays in force (the node keeps serving); after a LOST session kazoo reconnects with a new
 session, and then `on_new_session()` runs (the node wipes its store) *before* the ephemeral
@@ -108,14 +113,20 @@ class ZooKeeperMembership(SnapshotPublisher):
         self_member: Member | None,
         *,
         on_new_session: Callable[[], None] | None = None,
+        on_registered: Callable[[], None] | None = None,
+        register: bool = True,
         start_timeout_secs: float = 15.0,
     ) -> None:
+        """`register=False`: watch only until `register()` is called (the daemon does so
+        once its socket listens)."""
         super().__init__()
         self.config = config
         self.self_member = self_member
         self.path = members_path(config)
         self.hosts = kazoo_hosts(config)
         self._on_new_session = on_new_session
+        self._on_registered = on_registered
+        self._deferred = not register
         self._start_timeout = start_timeout_secs
         # Every blocking ZooKeeper call is bounded so a partition never hangs a thread forever.
         self._op_timeout = max(5.0, config.zk_session_timeout_secs)
@@ -190,6 +201,21 @@ class ZooKeeperMembership(SnapshotPublisher):
         await asyncio.to_thread(self._close_client)
 
     # --- extras ---------------------------------------------------------------------------
+
+    async def register(self) -> None:
+        """Register `self_member` now (deferred by `register=False`); returns once the znode
+        exists or the attempt failed (the worker then retries on the next event)."""
+        self._deferred = False
+        try:
+            async with self._ops:
+                await self._reconcile()
+        except _ZK_ERRORS as exc:
+            log.warning("registering in ZooKeeper failed (%r); retrying when connected", exc)
+            self._retry_soon()
+
+    def refresh(self) -> None:
+        """Re-read the members soon (a peer answered with a newer epoch than ours)."""
+        self._post(self._wake.set)
 
     async def leave(self) -> None:
         """Delete our znode but keep watching (graceful shutdown / drain); never re-register."""
@@ -291,8 +317,15 @@ class ZooKeeperMembership(SnapshotPublisher):
                         self._on_new_session()
                     except Exception:
                         log.exception("on_new_session callback failed")
-        if self.self_member is not None and not self._left and self._registered_session is None:
+        if (
+            self.self_member is not None
+            and not self._left
+            and not self._deferred
+            and self._registered_session is None
+        ):
             self._registered_session = await asyncio.to_thread(self._register_blocking, session)
+            if self._on_registered is not None:
+                self._on_registered()
         snapshot = await asyncio.to_thread(self._read_blocking)
         if snapshot is None:
             self._retry_soon()  # raced a departure: the next read has the newer epoch
@@ -348,9 +381,15 @@ class ZooKeeperMembership(SnapshotPublisher):
         """Children and parent stat in one read (so epoch and members match), then each
         child's data; None when a child vanished meanwhile (a newer epoch is on its way)."""
         client = self._client
-        children, stat = self._wait(
-            client.get_children_async(self.path, watch=self._on_children_event, include_data=True)
-        )
+        try:
+            children, stat = self._wait(
+                client.get_children_async(
+                    self.path, watch=self._on_children_event, include_data=True
+                )
+            )
+        except NoNodeError:  # nobody registered yet (we register only once we listen)
+            self._wait(client.ensure_path_async(self.path))
+            return None
         pending = [(name, client.get_async(f"{self.path}/{name}")) for name in children]
         members = []
         for name, result in pending:

@@ -7,6 +7,7 @@ keeping them apart from the handlers means none of them imports `app` for a key.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,13 @@ class NodeState:
     coordinator: Backend | None = None
     member_docs: list[dict[str, object]] | None = None
     leave: Callable[[], Awaitable[None]] | None = None
+    # Registration in the membership, deferred until the socket listens (the daemon calls it).
+    join: Callable[[], Awaitable[None]] | None = None
+    # Until then (monotonic) the node is still being filled after joining or restarting
+    # empty: its "absent" on a forwarded read is marked as no answer (`FRESH_HEADER`).
+    fresh_until: float = 0.0
+    # Cut off from ZooKeeper while its peers moved on: no data request is answered (503).
+    fenced: bool = False
     in_flight: int = 0  # requests inside the middleware (body read + handler)
     draining: bool = False  # shutting down: answer with `Connection: close`
     _idle: asyncio.Event | None = field(default=None, repr=False)
@@ -47,6 +55,11 @@ class NodeState:
     def identity_headers(self) -> tuple[tuple[str, str], tuple[str, str]]:
         """The headers every answer carries, on either HTTP path: who answered, at which epoch."""
         return ((NODE_HEADER, self.node_id), (EPOCH_HEADER, self.epoch))
+
+    def is_fresh(self) -> bool:
+        """Whether this node's "absent" says nothing yet: it joined or restarted empty less
+        than two grace windows ago, and it is not alone (alone, nobody else could know)."""
+        return len(self.members) > 1 and time.monotonic() < self.fresh_until
 
     def request_done(self) -> None:
         self.in_flight -= 1

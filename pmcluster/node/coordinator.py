@@ -27,8 +27,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from pmcluster.client import readmerge
-from pmcluster.client.cluster import MAX_VERSION_RETRIES, ClusterClient
-from pmcluster.errors import PmclusterError
+from pmcluster.client.cluster import ClusterClient
+from pmcluster.errors import NodeFenced, NodeNotReady, PmclusterError
 from pmcluster.node.local import LocalBackend
 from pmcluster.protocol.backend import NOT_NOW, NotNowType, PulseEntry
 from pmcluster.protocol.paths import normalize, normalize_key
@@ -71,11 +71,19 @@ class LocalTransport:
     """The `Transport` of a node to itself: the local store, no HTTP, no forwarding."""
 
     def __init__(
-        self, node_id: str, local: LocalBackend, members_doc: Callable[[], dict[str, Any]]
+        self,
+        node_id: str,
+        local: LocalBackend,
+        members_doc: Callable[[], dict[str, Any]],
+        *,
+        is_fresh: Callable[[], bool] = lambda: False,
     ) -> None:
+        """`is_fresh()`: the node is still being filled, so its own absent is no answer
+        either (`NodeNotReady`, as a peer's marked 404 is)."""
         self.node_id = node_id
         self._local = local
         self._members_doc = members_doc
+        self._is_fresh = is_fresh
 
     def __repr__(self) -> str:
         return f"LocalTransport({self.node_id!r})"
@@ -91,10 +99,13 @@ class LocalTransport:
         return self._local.held_version(path)
 
     async def get_pulse(self, path: str) -> tuple[Pulse | None, int]:
-        return await self._local.get_pulse(path)
+        pulse, tombstone = await self._local.get_pulse(path)
+        if pulse is None and tombstone == 0 and self._is_fresh():
+            raise NodeNotReady(self.node_id)
+        return pulse, tombstone
 
     async def exists(self, path: str) -> tuple[bool, int]:
-        pulse, tombstone = await self._local.get_pulse(path)
+        pulse, tombstone = await self.get_pulse(path)
         return (True, pulse.version) if pulse is not None else (False, tombstone)
 
     async def children(self, path: str) -> list[str]:
@@ -125,9 +136,19 @@ class LocalTransport:
 class CoordinatingBackend:
     """`Backend` that answers for the whole cluster through the node's ring-aware client."""
 
-    def __init__(self, local: LocalBackend, client: ClusterClient) -> None:
+    def __init__(
+        self,
+        local: LocalBackend,
+        client: ClusterClient,
+        *,
+        fenced: Callable[[], bool] = lambda: False,
+    ) -> None:
+        """`fenced()`: the node lost its ZooKeeper session while its peers moved on; until it
+        is registered again it answers nothing from its own ring: requests wait for the
+        peers' ring (`NodeFenced`, 503, when that does not come within a request timeout)."""
         self.local = local
         self.client = client
+        self._fenced = fenced
         # A ring of one member: whether that member is served locally, decided once per ring.
         self._solo_ring: Ring | None = None
         self._solo_local: LocalTransport | None = None
@@ -136,13 +157,15 @@ class CoordinatingBackend:
 
     def _alone(self, members: list[Member] | None) -> LocalTransport | None:
         """The local transport when `members` is exactly this node, served locally."""
-        if members is None or len(members) != 1:
+        if members is None or len(members) != 1 or self._fenced():
             return None
         transport = self.client.transport(members[0])
         return transport if isinstance(transport, LocalTransport) else None
 
     def send_pulse_now(self, path: str, data: bytes) -> bool:
         """`ClusterClient.send_pulse(path, data)` when this node is the key's only owner."""
+        if self._fenced():
+            return False
         key = normalize_key(path)
         client = self.client
         ring = client.ring
@@ -168,7 +191,7 @@ class CoordinatingBackend:
         client = self.client
         ring = client.ring
         local = self._solo_local
-        if ring is None or ring is not self._solo_ring or local is None:
+        if ring is None or ring is not self._solo_ring or local is None or self._fenced():
             return 0  # `send_pulse_now` decides (and caches) whether this ring is ours alone
         store = local.backend.store
         clock = client.clock
@@ -181,27 +204,25 @@ class CoordinatingBackend:
                     # An owner holding a newer version: the client's retry, for this one.
                     self._retry_above(local, key, data, v, local.backend.held_version(key))
                 done += 1
-        except PmclusterError:  # an invalid path, a full store: that entry goes one by one
-            log.debug("batch of writes stops before an entry the async path answers")
+        except PmclusterError as exc:  # an invalid path, a full store: the rest goes one by one
+            log.debug("answering a batch at once stopped after %d entries: %s", done, exc)
         if done:
             client.failures.record_success(local.node_id)
         return done
 
     def _retry_above(self, local: LocalTransport, key: str, data: bytes, v: int, held: int) -> None:
-        """The rest of `ClusterClient.send_pulse`'s retry loop (one owner: this node) after a
-        first try at `v` lost to `held`."""
-        client = self.client
+        """The rest of `ClusterClient.send_pulse`'s tries (one owner: this node, one rule:
+        `VersionRetry.tries`) after a first try at `v` lost to `held`; raises
+        `ClusterUnavailable` when the write is still behind after the last try."""
         store = local.backend.store
-        for _ in range(MAX_VERSION_RETRIES - 1):
-            retry = client.retry_version(v, held)
-            if retry is None:
+        tries = self.client.retry.tries(key, v)
+        next(tries)
+        while True:
+            try:
+                v = tries.send(held)
+            except StopIteration:
                 return
-            v = retry
             held = 0 if store.send_pulse(key, data, v) else local.backend.held_version(key)
-        if client.retry_version(v, held) is not None:  # as the client's last round
-            log.warning(
-                "write to %s still behind its owners after %d tries", key, MAX_VERSION_RETRIES
-            )
 
     def get_pulse_now(self, path: str) -> Pulse | NotNowType | None:
         """`ClusterClient.get_pulse` when this node is the key's only owner (grace ring too)."""
@@ -250,12 +271,10 @@ class CoordinatingBackend:
         store = local.backend.store
         pulses = store.get_all_pulse_for_path(norm)
         _, child_tombs = store.children_versions(norm)
-        prefix = norm.rstrip("/")
-        tombs = {f"{prefix}/{name}": v for name, v in child_tombs.items() if name}
-        if norm != "/" and store.get_pulse(norm) is None:
-            version = store.tombstone_version(norm)
-            if version:
-                tombs[norm] = version
+        present = norm == "/" or store.get_pulse(norm) is not None
+        tombs = readmerge.subtree_tombstones(
+            norm, child_tombs, 0 if present else store.tombstone_version(norm)
+        )
         self.client.failures.record_success(local.node_id)
         # `readmerge.merge_pulses([pulses], tombs)`: one store's keys are unique, so merging
         # is sorting by path (and the tombstone filter, when there are tombstones).
@@ -264,13 +283,21 @@ class CoordinatingBackend:
             merged = [p for p in merged if readmerge.covering_tombstone(p.path, tombs) < p.version]
         return merged
 
+    async def _check(self) -> None:
+        """Fenced, coordinate only on the peers' ring (`ClusterClient.follow_peers`): 503
+        while the client has not caught up with it within one request timeout."""
+        if self._fenced() and not await self.client.catch_up():
+            raise NodeFenced("this node lost its ZooKeeper session; ask another node")
+
     async def send_pulse(self, path: str, data: bytes, version: int | None = None) -> bool:
+        await self._check()
         await self.client.send_pulse(path, data, version)
         return True
 
     async def send_pulses(
         self, pulses: Sequence[PulseEntry], *, trusted: bool = False
     ) -> tuple[int, int]:
+        await self._check()
         await self.client.send_pulses(pulses)
         return len(pulses), 0
 
@@ -278,12 +305,15 @@ class CoordinatingBackend:
         return 0  # the client already retried above what the owners held
 
     async def get_pulse(self, path: str) -> tuple[Pulse | None, int]:
+        await self._check()
         return await self.client.get_pulse(path), 0
 
     async def exists(self, path: str) -> tuple[bool, int]:
+        await self._check()
         return await self.client.exists(path), 0
 
     async def get_all_nodes_for_path(self, path: str) -> list[str]:
+        await self._check()
         return await self.client.get_all_nodes_for_path(path)
 
     async def children_versions(self, path: str) -> tuple[dict[str, int], dict[str, int]]:
@@ -291,15 +321,19 @@ class CoordinatingBackend:
         return await self.local.children_versions(path)
 
     async def get_all_pulse_for_path(self, path: str) -> list[Pulse]:
+        await self._check()
         return await self.client.get_all_pulse_for_path(path)
 
     async def delete_path(self, path: str, version: int | None = None) -> int:
+        await self._check()
         await self.client.delete_path(path, version)
         return 0
 
     async def delete_pulse_id(self, path: str, version: int | None = None) -> bool:
+        await self._check()
         await self.client.delete_pulse_id(path, version)
         return True
 
     async def create_path(self, path: str) -> None:
+        await self._check()
         await self.client.create_path(path)

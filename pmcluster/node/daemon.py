@@ -2,10 +2,11 @@
 
 `run_node(config)` only sets up logging and runs `serve`, which composes the parts: the HTTP
 app (`node.make_app`), the node's place in the cluster (`cluster.cluster_ctx`: membership and
-coordination), and the listener. Shutdown (SIGTERM/SIGINT): leave the membership first, so
-peers and clients see the node go at once; close the listener; let in-flight requests finish
-(including bodies still arriving) for at most `drain_timeout(config)`; then close idle
-connections and exit 0.
+coordination), and the listener. The node registers in the membership only after the listener
+is up, so no peer meets a refused connection from a member it has just learnt of. Shutdown
+(SIGTERM/SIGINT): leave the membership first, so peers and clients see the node go at once;
+close the listener; let in-flight requests finish (including bodies still arriving) for at
+most `drain_timeout(config)`; then close idle connections and exit 0.
 """
 
 from __future__ import annotations
@@ -144,6 +145,9 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
                 sniff_timeout=config.handshake_timeout_secs,
             )
         await site.start()
+        join = app[STATE_KEY].join
+        if join is not None:  # only now: peers that see us in the ring can connect at once
+            await join()
         for sig in signals:
             loop.add_signal_handler(sig, stop.set)
         addresses = ", ".join(f"{a[0]}:{a[1]}" for a in runner.addresses)

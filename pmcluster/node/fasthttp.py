@@ -125,7 +125,7 @@ class FastPath:
     ) -> bytes | None:
         """The whole response to one request whose body is `buf[start:stop]` (left in the
         receive buffer: a batch is decoded in place), or None: aiohttp must answer it."""
-        if self.state.draining:
+        if self.state.draining or self.state.fenced:
             return None
         coordinator = self.state.coordinator
         if headers.get(_FORWARDED) == b"1" or coordinator is None:

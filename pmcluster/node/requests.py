@@ -12,12 +12,24 @@ from typing import Any, NoReturn
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from pmcluster.errors import InsufficientStorage, InvalidPath, InvalidRequest, PayloadTooLarge
+from pmcluster.errors import (
+    InsufficientStorage,
+    InvalidPath,
+    InvalidRequest,
+    NodeFenced,
+    PayloadTooLarge,
+)
 from pmcluster.node.appstate import BACKEND_KEY, CONFIG_KEY, LOCAL_BACKEND_KEY, STATE_KEY
 from pmcluster.protocol import paths
 from pmcluster.protocol.backend import Backend
 from pmcluster.protocol.budget import BufferBudget
-from pmcluster.protocol.http import FORWARDED_HEADER, MAX_VERSION, TOMBSTONE_HEADER, VERSION_HEADER
+from pmcluster.protocol.http import (
+    FORWARDED_HEADER,
+    FRESH_HEADER,
+    MAX_VERSION,
+    TOMBSTONE_HEADER,
+    VERSION_HEADER,
+)
 
 BODY_TIMEOUT_FACTOR = 5.0  # a body must arrive within request_timeout_secs * this
 
@@ -92,7 +104,11 @@ def raise_too_new(version: int, ceiling: int) -> NoReturn:
 
 
 def request_backend(request: web.Request) -> Backend:
+    """The local store for a forwarded request, else the coordinator; a fenced node answers
+    neither (`NodeFenced`, 503)."""
     if request.headers.get(FORWARDED_HEADER) == "1":
+        if request.app[STATE_KEY].fenced:
+            raise NodeFenced("this node lost its ZooKeeper session; ask another node")
         return request.app[LOCAL_BACKEND_KEY]
     coordinator = request.app[STATE_KEY].coordinator
     return coordinator if coordinator is not None else request.app[BACKEND_KEY]
@@ -165,6 +181,8 @@ def error_response(status: int, error: str, detail: str) -> web.Response:
 
 def absent_response(request: web.Request, path: str, tombstone: int) -> web.Response:
     headers = {TOMBSTONE_HEADER: str(tombstone)} if tombstone > 0 else {}
+    if request.headers.get(FORWARDED_HEADER) == "1" and request.app[STATE_KEY].is_fresh():
+        headers[FRESH_HEADER] = "1"  # still being filled: this absent is no answer
     if request.method == "HEAD":
         return web.Response(status=404, headers=headers)
     response = error_response(404, "not_found", f"no pulse at {path}")

@@ -13,6 +13,7 @@ from pmcluster.errors import (
     InsufficientStorage,
     InvalidPath,
     InvalidRequest,
+    NodeFenced,
     NodeUnavailable,
     NotAuthorized,
     PayloadTooLarge,
@@ -28,6 +29,8 @@ NODE_HEADER = "X-Pmcluster-Node"
 EPOCH_HEADER = "X-Pmcluster-Epoch"
 FORWARDED_HEADER = "X-Pmcluster-Forwarded"
 ADMIN_SECRET_HEADER = "X-Pmcluster-Admin-Secret"  # the admin routes' secret (node/admin.py)
+# On a forwarded 404: the node joined or restarted empty recently, so its "absent" is no answer.
+FRESH_HEADER = "X-Pmcluster-Fresh"
 PULSES_MEDIA_TYPE = pulsecodec.MEDIA_TYPE
 
 MAX_VERSION = pulsecodec.MAX_VERSION  # versions travel as i64 in the pulse-list encoding
@@ -41,6 +44,7 @@ ERROR_STATUS: tuple[tuple[type[PmclusterError], int, str], ...] = (
     (InsufficientStorage, 507, "insufficient_storage"),
     (AuthError, 401, "unauthorized"),
     (NotAuthorized, 403, "forbidden"),
+    (NodeFenced, 503, "fenced"),
     (ClusterUnavailable, 503, "cluster_unavailable"),
     (NodeUnavailable, 503, "node_unavailable"),
     (ProtocolError, 502, "bad_gateway"),

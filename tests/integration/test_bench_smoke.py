@@ -47,7 +47,8 @@ def test_bench_smoke_prints_every_row_and_target() -> None:
             target = json.loads(line)["bench_target"]
             targets[target["name"]] = target
     assert sorted(rows) == sorted(ROWS)
-    for name in ("zk-write", "baseline", "node-put", "node-batch", "storm-put", "cluster3-put"):
+    names = ("zk-write", "baseline", "node-put", "node-batch", "storm-put", "cluster3-put")
+    for name in (*names, "cluster3-put-v"):
         row = rows[name]
         assert row["errors"] == 0, row
         # Every heartbeat path was written in the window (the figures come from real counts).

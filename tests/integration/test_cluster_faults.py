@@ -38,6 +38,7 @@ from pmcluster.membership import FixedMembership
 from pmcluster.protocol.paths import to_url
 from pmcluster.ring import Member
 from pmcluster.testing.dns import DnsServer
+from pmcluster.tools.loadgen import BackgroundLoad, LoadSpec, StormLoad, heartbeat_paths
 from pmcluster.tools.localcluster import ManagedZooKeeper, NodeCluster, NodeProcess, wait_until
 
 pytestmark = pytest.mark.integration
@@ -116,6 +117,42 @@ def test_add_a_node_then_drain_one(zk_cluster: NodeCluster, zk_hosts: str, tmp_p
         counts = [node_keys(n) for n in remaining]
         assert all(c > 0 for c in counts)
         assert before > 0
+    finally:
+        fourth.kill()
+
+
+def test_kill9_then_a_fourth_node_joins_under_plain_http_load(
+    zk_cluster: NodeCluster, zk_hosts: str, tmp_path: Path
+) -> None:
+    """The issue's scenario: Storm-like writers and readers as plain HTTP through any live
+    node; kill -9 one node, let its session expire (the ring drops it), then start a fourth.
+    Adding capacity must not lose a heartbeat: 0 misses, 0 stale reads."""
+    spec = LoadSpec(
+        paths=tuple(heartbeat_paths(40)),
+        period=PERIOD,
+        payload=200,
+        readers=3,
+        plain_http_share=1.0,
+    )
+    load = BackgroundLoad(StormLoad(client_config(zk_hosts), spec, node_urls=zk_cluster.urls))
+    fourth = NodeProcess(
+        {**zk_cluster[0].config_yaml, "pacemaker.host": "127.0.0.4"}, workdir=tmp_path
+    )
+    try:
+        with load:
+            time.sleep(2.0)
+            zk_cluster[1].kill()
+            alive = [zk_cluster[0], zk_cluster[2]]
+            wait_until(lambda: converged(alive, 2), timeout=10)  # its session expired
+            # At once: the dead node's paths have new owners that may not hold them yet.
+            fourth.start()
+            load.load.node_urls.append(fourth.url)  # readers and writers use it once it answers
+            fourth.wait_ready()
+            wait_until(lambda: converged([*alive, fourth], 3), timeout=10)
+            time.sleep(3.0)  # past the grace window: hand-off moved the keys the fourth owns
+            history = load.stop()
+        assert_clean(load, history)
+        assert node_keys(fourth) > 0
     finally:
         fourth.kill()
 

@@ -325,8 +325,16 @@ async def single_nodes() -> AsyncIterator[list[Node]]:
 
 
 async def coordinating(members: list[Member], replication: int = 2) -> Node:
+    """A coordinating node of `members` (itself first). No grace window: a client that has
+    just started otherwise reads every member for one window, so nothing is its alone."""
     me = members[0]
-    config = Config(host=me.host, port=me.port, replication=replication, request_timeout_secs=0.5)
+    config = Config(
+        host=me.host,
+        port=me.port,
+        replication=replication,
+        request_timeout_secs=0.5,
+        grace_secs=0.0,
+    )
     store = PulseStore()
     local = LocalBackend(store)
     transport = LocalTransport(me.node_id, local, lambda: {})

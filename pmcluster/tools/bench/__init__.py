@@ -32,6 +32,7 @@ ROW_NAMES = (
     "node-batch",
     "storm-put",
     "cluster3-put",
+    "cluster3-put-v",
     "read-zookeeper",
     "read-pmcluster",
     "read-storm",
@@ -139,6 +140,7 @@ def run_bench(args: argparse.Namespace) -> int:
         bench.stop_node()
         if "cluster" in plan.rows:
             rows.append(bench.row_cluster())
+            rows.append(bench.row_cluster(versioned=True))
         if "read" in plan.rows:
             rows.append(bench.row_read_pmcluster())
         bench.stop_cluster()

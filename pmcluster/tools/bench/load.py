@@ -366,6 +366,7 @@ class RingSpec:
     payload: int
     in_flight: int
     batch: int = 0
+    versioned: bool = False  # send_pulse with the writer's own version (time_ns)
 
 
 def ring_load(spec: RingSpec, ctl: Control) -> Outcome:
@@ -396,6 +397,8 @@ def ring_load(spec: RingSpec, ctl: Control) -> Outcome:
                                 spec.paths[(first + k) % len(spec.paths)] for k in range(per_call)
                             ]
                             await client.send_pulses([(p, data) for p in group])
+                        elif spec.versioned:
+                            await client.send_pulse(spec.paths[first], data, time.time_ns())
                         else:
                             await client.send_pulse(spec.paths[first], data)
                     except Exception:

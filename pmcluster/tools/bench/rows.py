@@ -335,19 +335,24 @@ class Bench:
             pmcluster_node=True,
         )
 
-    def row_cluster(self) -> Row:
+    def row_cluster(self, *, versioned: bool = False) -> Row:
         plan = self.plan
         cluster = self.cluster()
         specs = [
-            RingSpec(tuple(cluster.hosts), cluster.port, 2, part, plan.payload, n)
+            RingSpec(
+                tuple(cluster.hosts), cluster.port, 2, part, plan.payload, n, versioned=versioned
+            )
             for part, n in self._deal(self.write_paths, plan.concurrency)
         ]
         pids = [node.pid for node in cluster.nodes]
-        measured = self._drive("cluster3-put", ring_load, specs, pids)
+        name = "cluster3-put-v" if versioned else "cluster3-put"
+        measured = self._drive(name, ring_load, specs, pids)
+        how = "with the writer's version" if versioned else "without a version"
         return _write_row(
-            "cluster3-put",
-            f"3 nodes, replication 2, ring-aware ClusterClient.send_pulse, {plan.concurrency} "
-            f"in flight from {plan.clients} processes (CPU is the sum of the 3 nodes)",
+            name,
+            f"3 nodes, replication 2, ring-aware ClusterClient.send_pulse {how}, "
+            f"{plan.concurrency} in flight from {plan.clients} processes (CPU is the sum of "
+            "the 3 nodes)",
             measured,
             pmcluster_node=True,
         )
