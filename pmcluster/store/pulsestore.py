@@ -48,6 +48,36 @@ from pmcluster.store.deletes import StoreDeletes
 from pmcluster.store.room import KEY_OVERHEAD_BYTES, StoreRoom
 from pmcluster.store.trie import Node, covering_tree_tomb, iter_subtree
 
+# How a write meets the value a key holds (`_meets`): it replaces it, it is that value
+# already (stored, nothing to do), or it loses (older version; same version, smaller data).
+_WINS, _SAME, _LOSES = "wins", "same", "loses"
+
+
+def _meets(node: Node, old: bytes, data: bytes, version: int) -> str:
+    """`_WINS`, `_SAME` or `_LOSES` for a write of (`data`, `version`) to a key holding `old`
+    at `node.version`: the newer version wins; at equal versions the larger data does, so
+    every replica keeps the same value whatever order the writes came in."""
+    held = node.version
+    if version > held:
+        return _WINS
+    if version < held or data < old:
+        return _LOSES
+    return _SAME if data == old else _WINS
+
+
+def _replace(chain: tuple[Node, ...] | list[Node], node: Node, data: bytes, version: int) -> None:
+    """Store the winning (`data`, `version`) at `node` and raise `maxv` up its parents'
+    `chain` (a parent's maxv is never below its child's)."""
+    node.data = data
+    node.version = version
+    if version > node.maxv:
+        node.maxv = version
+        for each in reversed(chain):
+            if version <= each.maxv:
+                break
+            each.maxv = version
+
+
 __all__ = ["KEY_OVERHEAD_BYTES", "PulseStore"]
 
 
@@ -112,8 +142,9 @@ class PulseStore(StoreDeletes, StoreRoom):
         now = self._tidy()
         if self.max_bytes is not None:
             self._check_batch_room(checked)
-        # The loop is `_rewrite` inlined for keys already stored (the steady state: workers
-        # rewrite their heartbeats); new keys take `_put`. Keep the two in step.
+        # Keys already stored (the steady state: workers rewrite their heartbeats) take
+        # `_rewrite`'s two steps here, with the memory check done once for the batch; new
+        # keys take `_put`.
         put = self._put
         parents = self._parents.get
         written = self._written if self._ttl is not None else None
@@ -130,22 +161,12 @@ class PulseStore(StoreDeletes, StoreRoom):
                 stored += put(key, data, version, now)
                 continue
             assert node is not None and chain is not None
-            held = node.version
-            if version <= held:
-                if version < held or data < old:
-                    continue
-                if data == old:
-                    stored += 1
-                    continue
+            verdict = _meets(node, old, data, version)
+            if verdict is not _WINS:
+                stored += verdict is _SAME
+                continue
             grown += len(data) - len(old)
-            node.data = data
-            node.version = version
-            if version > node.maxv:
-                node.maxv = version
-                for each in reversed(chain):
-                    if version <= each.maxv:
-                        break  # a parent's maxv is never below its child's
-                    each.maxv = version
+            _replace(chain, node, data, version)
             if written is not None:
                 written[key] = now
                 written.move_to_end(key)
@@ -302,13 +323,9 @@ class PulseStore(StoreDeletes, StoreRoom):
             node = self._grow(nodes, names)
         old = node.data
         if old is not None:
-            if version < node.version:
-                return False
-            if version == node.version:
-                if data == old:
-                    return True
-                if data < old:
-                    return False
+            verdict = _meets(node, old, data, version)
+            if verdict is not _WINS:
+                return verdict is _SAME
             self._total_bytes += len(data) - len(old)
         else:
             self._key_count += 1
@@ -332,28 +349,18 @@ class PulseStore(StoreDeletes, StoreRoom):
         """`_put` (with the memory check) for a key already stored, its parent's `chain` known.
 
         No tombstone can beat a write that beats the stored value (module docstring), so
-        only the value's version and data decide. `send_pulses` inlines this: keep in step.
-        """
+        only the value's version and data decide (`_meets`, `_replace`, which `send_pulses`
+        uses too)."""
         old = node.data
         assert old is not None
-        held = node.version
-        if version <= held:
-            if version < held or data < old:
-                return False
-            if data == old:
-                return True
+        verdict = _meets(node, old, data, version)
+        if verdict is not _WINS:
+            return verdict is _SAME
         grown = len(data) - len(old)
         if grown > 0 and self.max_bytes is not None:
             self._check_room(grown)
         self._total_bytes += grown
-        node.data = data
-        node.version = version
-        if version > node.maxv:
-            node.maxv = version
-            for each in reversed(chain):
-                if version <= each.maxv:
-                    break  # a parent's maxv is never below its child's
-                each.maxv = version
+        _replace(chain, node, data, version)
         if self._ttl is not None:
             self._written[key] = now
             self._written.move_to_end(key)
