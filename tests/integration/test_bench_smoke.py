@@ -19,7 +19,7 @@ from pmcluster.tools.localcluster import missing_zookeeper_jar
 pytestmark = pytest.mark.integration
 
 ROWS = ROW_NAMES  # every row the benchmark knows
-TARGETS = 8
+TARGETS = 11
 
 
 @pytest.mark.timeout(90)
@@ -48,7 +48,7 @@ def test_bench_smoke_prints_every_row_and_target() -> None:
             targets[target["name"]] = target
     assert sorted(rows) == sorted(ROWS)
     names = ("zk-write", "baseline", "node-put", "node-batch", "storm-put", "cluster3-put")
-    for name in (*names, "cluster3-put-v"):
+    for name in (*names, "cluster3-put-v", "cluster3-http-put", "cluster3-storm-put"):
         row = rows[name]
         assert row["errors"] == 0, row
         # Every heartbeat path was written in the window (the figures come from real counts).

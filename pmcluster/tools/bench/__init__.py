@@ -33,6 +33,8 @@ ROW_NAMES = (
     "storm-put",
     "cluster3-put",
     "cluster3-put-v",
+    "cluster3-http-put",
+    "cluster3-storm-put",
     "read-zookeeper",
     "read-pmcluster",
     "read-storm",
@@ -141,6 +143,9 @@ def run_bench(args: argparse.Namespace) -> int:
         if "cluster" in plan.rows:
             rows.append(bench.row_cluster())
             rows.append(bench.row_cluster(versioned=True))
+            rows.append(bench.row_cluster_http())
+            if "storm" in plan.rows:
+                rows.append(bench.row_cluster_storm())
         if "read" in plan.rows:
             rows.append(bench.row_read_pmcluster())
         bench.stop_cluster()

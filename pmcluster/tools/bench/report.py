@@ -190,6 +190,27 @@ def targets(rows: Sequence[Row], payload: int, node_lifetime_writes: int | None)
             "storm-put / zk-write server CPU µs per heartbeat (issue 10)",
         ),
         Target(
+            "3 nodes R=2, plain PUTs through every node: summed node CPU/hb vs ZooKeeper",
+            _ratio(get("cluster3-http-put", "cpu_us_per_hb"), zk_cpu),
+            1 / 5,
+            True,
+            "cluster3-http-put (sum of 3 nodes) / zk-write server CPU µs per heartbeat",
+        ),
+        Target(
+            "3 nodes R=2, Storm SEND_PULSE into one node: summed node CPU/hb vs ZooKeeper",
+            _ratio(get("cluster3-storm-put", "cpu_us_per_hb"), zk_cpu),
+            1 / 10,
+            True,
+            "cluster3-storm-put (sum of 3 nodes) / zk-write server CPU µs per heartbeat",
+        ),
+        Target(
+            "3 nodes R=2, ring-aware client: summed node CPU/hb vs ZooKeeper",
+            _ratio(get("cluster3-put", "cpu_us_per_hb"), zk_cpu),
+            1 / 10,
+            True,
+            "cluster3-put (sum of 3 nodes) / zk-write server CPU µs per heartbeat",
+        ),
+        Target(
             "single node write rate vs bare aiohttp dict server",
             _ratio(get("node-put", "heartbeats_per_sec"), get("baseline", "heartbeats_per_sec")),
             0.8,

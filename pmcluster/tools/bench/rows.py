@@ -89,6 +89,11 @@ def _node_yaml(host: str, port: int, servers: Sequence[str]) -> dict[str, Any]:
     }
 
 
+def _cycle(items: Sequence[str], count: int) -> list[str]:
+    """`count` items taken round-robin from `items`."""
+    return [items[i % len(items)] for i in range(count)]
+
+
 def _ms(value: float | None) -> float | None:
     return None if value is None else value * 1000.0
 
@@ -353,6 +358,54 @@ class Bench:
             f"3 nodes, replication 2, ring-aware ClusterClient.send_pulse {how}, "
             f"{plan.concurrency} in flight from {plan.clients} processes (CPU is the sum of "
             "the 3 nodes)",
+            measured,
+            pmcluster_node=True,
+        )
+
+    def row_cluster_http(self) -> Row:
+        """Plain PUTs (no internal header) spread over every node of the 3-node cluster, as
+        clients behind one DNS name send them: a node coordinates each write to the path's
+        owners. CPU is the sum of the 3 nodes."""
+        plan = self.plan
+        cluster = self.cluster()
+        specs = [
+            HttpSpec(host, cluster.port, "put", paths, plan.payload, n, plan.batch, False)
+            for host, (paths, n) in zip(
+                _cycle(cluster.hosts, plan.clients),
+                self._deal(self.write_paths, plan.concurrency),
+                strict=True,
+            )
+        ]
+        measured = self._drive(
+            "cluster3-http-put", http_load, specs, [n.pid for n in cluster.nodes]
+        )
+        return _write_row(
+            "cluster3-http-put",
+            f"3 nodes, replication 2, one plain PUT /v1/pulse per heartbeat through every "
+            f"node (as curl behind DNS), {plan.concurrency} connections from {plan.clients} "
+            "processes (CPU is the sum of the 3 nodes)",
+            measured,
+            pmcluster_node=True,
+        )
+
+    def row_cluster_storm(self) -> Row:
+        """Storm's SEND_PULSE pipelined into one node of the 3-node cluster (Storm's client
+        writes to one server of `pacemaker.servers`): that node coordinates every write."""
+        plan = self.plan
+        cluster = self.cluster()
+        host = cluster.hosts[0]
+        connections = max(plan.storm_connections, plan.clients)
+        specs = [
+            storm.StormSpec(host, cluster.port, part, plan.payload, n * plan.storm_depth, n)
+            for part, n in self._deal(self.write_paths, connections)
+        ]
+        pids = [n.pid for n in cluster.nodes]
+        measured = self._drive("cluster3-storm-put", storm.storm_load, specs, pids)
+        return _write_row(
+            "cluster3-storm-put",
+            f"3 nodes, replication 2, Storm protocol into one node: one SEND_PULSE per "
+            f"heartbeat, {plan.storm_depth} in flight pipelined on each of "
+            f"{sum(s.connections for s in specs)} connections (CPU is the sum of the 3 nodes)",
             measured,
             pmcluster_node=True,
         )
