@@ -171,6 +171,7 @@ class NodeTransport:
         *,
         data: bytes | None = None,
         headers: Mapping[str, str] | None = None,
+        timeout: aiohttp.ClientTimeout | None = None,
     ) -> _Answer:
         """One request; returns 200, 204 and 404 answers, raises for everything else."""
         send_headers = dict(headers or {})
@@ -185,7 +186,7 @@ class NodeTransport:
                     url,
                     data=data,
                     headers=sent,
-                    timeout=self._timeout,
+                    timeout=self._timeout if timeout is None else timeout,
                     ssl=self._ssl,
                 ) as resp:
                     body = await _read_capped(resp, self._max_response, self.node_id)
@@ -330,6 +331,20 @@ class NodeTransport:
             return int(doc["stored"]), int(doc.get("ignored", 0))
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"node {self.node_id}: bad batch answer: {exc}") from exc
+
+    async def internal(self, route: str, doc: Any, timeout_secs: float) -> Any:
+        """POST a JSON `doc` to the peer-only route `/v1/internal/{route}` (anti-entropy);
+        the JSON answer. `timeout_secs` bounds the whole exchange (a digest of a large store
+        takes longer than one heartbeat request)."""
+        timeout = aiohttp.ClientTimeout(total=timeout_secs, sock_connect=self._timeout.sock_connect)
+        answer = await self._request(
+            "POST",
+            self._url(f"internal/{route}"),
+            data=json.dumps(doc).encode(),
+            headers={"Content-Type": "application/json"},
+            timeout=timeout,
+        )
+        return self._not_404(answer, f"internal/{route}").json()
 
     async def members(self) -> dict[str, Any]:
         """GET /v1/members -> this node's view (epoch, members, ring parameters)."""

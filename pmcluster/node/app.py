@@ -36,6 +36,7 @@ from pmcluster import __version__
 from pmcluster.auth.middleware import make_auth_middleware
 from pmcluster.config import Config
 from pmcluster.errors import PayloadTooLarge, PmclusterError
+from pmcluster.node.antientropy import install_antientropy
 from pmcluster.node.appstate import (
     BACKEND_KEY,
     BODY_KEY,
@@ -364,4 +365,6 @@ def make_app(
         app.router.add_route(route.method, route.pattern, route.handler)
     app.cleanup_ctx.append(_housekeeping)
     app.cleanup_ctx.append(cluster_view_ctx)
+    # Anti-entropy's peer routes (the loop starts with the node's cluster context).
+    install_antientropy(app)
     return app
