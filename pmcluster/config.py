@@ -12,7 +12,7 @@ import argparse
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,9 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 STORM_READ_MODES = ("cluster", "local")
 EVENT_LOOPS = ("uvloop", "asyncio")  # pmcluster.event.loop: the node's event loop
 DEFAULT_STATE_STORE = "pmcluster.state.zookeeper_state_factory"
+# A coordinating node's wait for its peers, as a share of `pmcluster.request.timeout.secs`
+# (`pmcluster.peer.timeout.secs` unset): the rest is the client's hop and the node's answer.
+PEER_TIMEOUT_SHARE = 0.6
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class Config:
     zone: str | None = None
     connect_timeout_secs: float = 0.5
     request_timeout_secs: float = 2.0
+    peer_timeout_secs: float | None = None
     grace_secs: float | None = None
     ttl_secs: float | None = None
     tombstone_secs: float = 600.0
@@ -107,6 +111,15 @@ class Config:
         if self.grace_secs is not None:
             return self.grace_secs
         return self.heartbeat_secs + self.request_timeout_secs
+
+    @property
+    def peer_request_timeout_secs(self) -> float:
+        """How long a node coordinating a request waits for its peers: a share of the
+        request timeout, so a plain client with that timeout gets the answer even when an
+        owner hangs (the coordinator answers from the owners that did, in time)."""
+        if self.peer_timeout_secs is not None:
+            return self.peer_timeout_secs
+        return self.request_timeout_secs * PEER_TIMEOUT_SHARE
 
 
 # --- value parsers: each takes (key, raw value) and returns the typed value or raises -------
@@ -259,6 +272,7 @@ KEYS: dict[str, tuple[str, Parser]] = {
     "pmcluster.zone": ("zone", _optional(_nonempty_str)),
     "pmcluster.connect.timeout.secs": ("connect_timeout_secs", _float(0.001, 600.0)),
     "pmcluster.request.timeout.secs": ("request_timeout_secs", _float(0.001, 600.0)),
+    "pmcluster.peer.timeout.secs": ("peer_timeout_secs", _optional(_float(0.001, 600.0))),
     "pmcluster.grace.secs": ("grace_secs", _optional(_float(0.0, _MAX_SECS))),
     "pmcluster.ttl.secs": ("ttl_secs", _optional(_float(0.001, _MAX_SECS))),
     "pmcluster.tombstone.secs": ("tombstone_secs", _float(0.001, _MAX_SECS)),
@@ -337,12 +351,33 @@ def config_from_mapping(values: Mapping[str, Any]) -> Config:
     return config
 
 
+def peer_config(config: Config) -> Config:
+    """The settings of a node's own cluster client: `peer_request_timeout_secs` as its
+    request timeout (connect timeout at most that), the node's grace window unchanged."""
+    timeout = config.peer_request_timeout_secs
+    return replace(
+        config,
+        request_timeout_secs=timeout,
+        connect_timeout_secs=min(config.connect_timeout_secs, timeout),
+        grace_secs=config.grace_window_secs,
+    )
+
+
 def _check_consistency(config: Config) -> None:
     if config.connect_timeout_secs > config.request_timeout_secs:
         raise ConfigError(
             "pmcluster.connect.timeout.secs",
             f"({config.connect_timeout_secs:g}) must not exceed pmcluster.request.timeout.secs "
             f"({config.request_timeout_secs:g})",
+        )
+    if config.peer_timeout_secs is not None and (
+        config.peer_timeout_secs >= config.request_timeout_secs
+    ):
+        raise ConfigError(
+            "pmcluster.peer.timeout.secs",
+            f"({config.peer_timeout_secs:g}) must be less than pmcluster.request.timeout.secs "
+            f"({config.request_timeout_secs:g}): a client waiting that long through a "
+            "coordinating node must get the node's answer",
         )
     if config.auth_method == "DIGEST" and not config.jaas_path:
         raise ConfigError(

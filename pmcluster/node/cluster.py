@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from pmcluster.client import ClusterClient
+from pmcluster.config import peer_config
 from pmcluster.membership import MembershipSnapshot, make_membership
 from pmcluster.node.antientropy import make_antientropy
 from pmcluster.node.appstate import (
@@ -114,7 +115,9 @@ async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
         lambda: members_doc(app),
         is_fresh=state.is_fresh,
     )
-    client = ClusterClient(config, membership=membership, local=local)
+    # Its peers get a share of the request timeout: a client waiting one timeout through
+    # this node gets an answer even when an owner hangs.
+    client = ClusterClient(peer_config(config), membership=membership, local=local)
     client.on_behind(on_behind)
     await client.start()
     handoff = HandOff(store, client, config.node_id, config.grace_window_secs)

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pmcluster.config import Config, config_from_mapping
+from pmcluster.config import PEER_TIMEOUT_SHARE, Config, config_from_mapping
 from pmcluster.tools.history import FaultWindow, History, Report, judge_window
 from pmcluster.tools.loadgen import BackgroundLoad, LoadSpec, StormLoad, heartbeat_paths
 from pmcluster.tools.localcluster import NodeCluster, NodeProcess, wait_until, zk_yaml
@@ -58,8 +58,8 @@ READ_OVERHEAD = 0.1
 READ_BOUND = TIMEOUT + READ_OVERHEAD
 # The load's plain-HTTP reads rotate like curl behind DNS (`loadgen.StormLoad._rotate`): one
 # attempt may time out on the stopped node, the next node coordinates the read and itself waits
-# up to one timeout for the stopped owner. Two timeouts, then.
-HTTP_READ_BOUND = 2 * TIMEOUT + READ_OVERHEAD
+# for the stopped owner up to its peer timeout (`Config.peer_request_timeout_secs`).
+HTTP_READ_BOUND = TIMEOUT + PEER_TIMEOUT_SHARE * TIMEOUT + READ_OVERHEAD
 RUN_FAILED_SHARE = 0.0
 
 

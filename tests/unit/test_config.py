@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pmcluster.config import Config, load_config
+from pmcluster.config import Config, load_config, peer_config
 from pmcluster.errors import ConfigError
 
 
@@ -71,6 +71,8 @@ def test_overrides_beat_the_file(tmp_path: Path) -> None:
         ("pacemaker.servers: {a: 1}\n", "pacemaker.servers"),
         ("pmcluster.request.timeout.secs: fast\n", "pmcluster.request.timeout.secs"),
         ("pacemaker.auth.method: DIGEST\n", "java.security.auth.login.config"),
+        ("pmcluster.peer.timeout.secs: 2.0\n", "pmcluster.peer.timeout.secs"),
+        ("pmcluster.peer.timeout.secs: 0\n", "pmcluster.peer.timeout.secs"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:
@@ -96,3 +98,15 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
         load_config(write(tmp_path, "pacemaker.port: [\n"))
     with pytest.raises(ConfigError, match="mapping"):
         load_config(write(tmp_path, "- a\n- b\n"))
+
+
+def test_a_node_waits_for_its_peers_less_than_its_clients_wait() -> None:
+    """A node's own client gets a share of the request timeout (an explicit key wins), its
+    connect timeout at most that, and the grace window the clients use."""
+    config = Config(request_timeout_secs=2.0, connect_timeout_secs=1.5, heartbeat_secs=3.0)
+    peers = peer_config(config)
+    assert 0 < peers.request_timeout_secs < config.request_timeout_secs
+    assert peers.connect_timeout_secs == peers.request_timeout_secs
+    assert peers.grace_window_secs == config.grace_window_secs == 5.0
+    explicit = peer_config(Config(request_timeout_secs=2.0, peer_timeout_secs=0.25))
+    assert explicit.request_timeout_secs == 0.25
