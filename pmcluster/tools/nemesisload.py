@@ -98,17 +98,24 @@ class _StormLink:
         self.timeout = timeout
         self.index = offset % len(self.hosts)
         self.client: StormClient | None = None
+        # Whether the last `call` gave up on an attempt whose request may have been sent:
+        # that attempt may still land later (`history.Op.late`).
+        self.gave_up = False
 
     async def call(self, attempt: Callable[[StormClient], Awaitable[T]]) -> T:
+        self.gave_up = False
         for _ in range(len(self.hosts)):
+            sent = False
             try:
                 if self.client is None:
                     host, port = self.hosts[self.index]
                     client = StormClient(host, port, timeout=self.timeout)
                     await client.connect()
                     self.client = client
+                sent = True
                 return await attempt(self.client)
             except (PmclusterError, OSError, TimeoutError):
+                self.gave_up |= sent
                 await self.close()
                 self.index = (self.index + 1) % len(self.hosts)
         raise PmclusterError("no node answered the Storm protocol")
@@ -276,9 +283,9 @@ class MixedLoad:
                 await _Rotation(self.urls, self.rng).call(delete)
             else:
                 await link.call(lambda c: c.delete_path(top))
-            op.finish("ok")
+            op.finish("ok", late=link.gave_up)
         except _FAILURES as exc:
-            op.finish("timeout" if isinstance(exc, TimeoutError) else "error")
+            op.finish("timeout" if isinstance(exc, TimeoutError) else "error", late=kind == "storm")
         finally:
             await link.close()
 
@@ -310,9 +317,12 @@ class MixedLoad:
                     await self._write(
                         kind, client, session, link, path, _payload(version, filler), version
                     )
-                    op.finish("ok")
+                    op.finish("ok", late=link.gave_up)
                 except _FAILURES as exc:
-                    op.finish("timeout" if isinstance(exc, TimeoutError) else "error")
+                    op.finish(
+                        "timeout" if isinstance(exc, TimeoutError) else "error",
+                        late=kind == "storm",
+                    )
                 delay = self.spec.period - (time.monotonic() - began)
                 if delay > 0:
                     with contextlib.suppress(TimeoutError):
