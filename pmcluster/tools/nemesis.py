@@ -369,9 +369,11 @@ class NemesisResult:
         ops = self.history.ops
         reads = sum(1 for o in ops if o.op == "read" and o.outcome in ("ok", "absent"))
         writes = sum(1 for o in ops if o.op == "write" and o.outcome == "ok")
+        late = sum(1 for o in ops if o.late)
         return (
             f"seed {self.seed}: {'OK' if self.ok else 'FAILED'} in {self.seconds:.0f} s; "
-            f"{writes} acked writes, {reads} reads; misses {len(r.misses)}, stale "
+            f"{writes} acked writes ({late} ops late: Storm attempts given up on), "
+            f"{reads} reads; misses {len(r.misses)}, stale "
             f"{len(r.stale)}, resurrections {len(r.resurrections)}, invented "
             f"{len(r.invented)}; faults: {', '.join(self.steps)}"
         )
