@@ -69,8 +69,8 @@ class Transport(Protocol):
     async def children(self, path: str) -> list[str]: ...
     async def children_versions(self, path: str) -> tuple[dict[str, int], dict[str, int]]: ...
     async def pulses(self, path: str) -> list[Pulse]: ...
-    async def delete_pulse_id(self, path: str, version: int) -> None: ...
-    async def delete_path(self, path: str, version: int) -> None: ...
+    async def delete_pulse_id(self, path: str, version: int) -> int: ...
+    async def delete_path(self, path: str, version: int) -> int: ...
     async def create_path(self, path: str) -> None: ...
     async def batch(self, pulses: Sequence[tuple[str, bytes, int]]) -> tuple[int, int]: ...
     async def members(self) -> dict[str, Any]: ...
@@ -292,17 +292,21 @@ class NodeTransport:
             raise ProtocolError(f"node {self.node_id}: bad pulse list: {exc}") from exc
         return [Pulse(p, data, version) for p, data, version in entries]
 
-    async def delete_pulse_id(self, path: str, version: int) -> None:
-        """DELETE /v1/pulse/{path}: tombstone the exact key at `version`."""
-        await self._request(
+    async def delete_pulse_id(self, path: str, version: int) -> int:
+        """DELETE /v1/pulse/{path}: tombstone the exact key at `version`; returns the newer
+        version of a value the node kept (`X-Pulse-Held`), 0 when none."""
+        answer = await self._request(
             "DELETE", self._url("pulse/", path), headers={VERSION_HEADER: str(version)}
         )
+        return _int_header(answer.headers, HELD_HEADER)
 
-    async def delete_path(self, path: str, version: int) -> None:
-        """DELETE /v1/path/{path}: tombstone the subtree at `version`."""
-        await self._request(
+    async def delete_path(self, path: str, version: int) -> int:
+        """DELETE /v1/path/{path}: tombstone the subtree at `version`; returns the newest
+        version of a value under it the node kept (`X-Pulse-Held`), 0 when none."""
+        answer = await self._request(
             "DELETE", self._url("path/", path), headers={VERSION_HEADER: str(version)}
         )
+        return _int_header(answer.headers, HELD_HEADER)
 
     async def create_path(self, path: str) -> None:
         """POST /v1/path/{path}: validated, no effect (Storm's no-op)."""
