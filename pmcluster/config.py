@@ -61,6 +61,7 @@ class Config:
     grace_secs: float | None = None
     ttl_secs: float | None = None
     tombstone_secs: float = 600.0
+    antientropy_secs: float = 5.0
     memory_max_bytes: int | None = None
     max_connections: int = 10_000
     dns_nameservers: tuple[str, ...] = ()
@@ -151,6 +152,17 @@ def _float(lo: float, hi: float, *, scale: float = 1.0) -> Parser:
         if math.isnan(value) or not lo <= value <= hi:
             raise ConfigError(key, f"must be between {lo / scale:g} and {hi / scale:g}, got {raw}")
         return value
+
+    return parse
+
+
+def _off_or(inner: Parser) -> Parser:
+    """0 switches the feature off; any other value goes through `inner`."""
+
+    def parse(key: str, raw: Any) -> Any:
+        if not isinstance(raw, bool) and isinstance(raw, int | float) and raw == 0:
+            return 0.0
+        return inner(key, raw)
 
     return parse
 
@@ -264,6 +276,7 @@ KEYS: dict[str, tuple[str, Parser]] = {
     "pmcluster.grace.secs": ("grace_secs", _optional(_float(0.0, _MAX_SECS))),
     "pmcluster.ttl.secs": ("ttl_secs", _optional(_float(0.001, _MAX_SECS))),
     "pmcluster.tombstone.secs": ("tombstone_secs", _float(0.001, _MAX_SECS)),
+    "pmcluster.antientropy.secs": ("antientropy_secs", _off_or(_float(0.1, _MAX_SECS))),
     "pmcluster.memory.max.bytes": ("memory_max_bytes", _optional(_int(1024, 1 << 50))),
     "pmcluster.max.connections": ("max_connections", _int(1, 1_000_000)),
     "pmcluster.dns.nameservers": ("dns_nameservers", _str_list),

@@ -73,8 +73,10 @@ def needs_auth(request: web.Request, writes: bool) -> bool:
     if resource is None:
         return False  # unknown route or wrong method: 404/405 need no credentials
     canonical = resource.canonical
-    if canonical.startswith("/v1/admin/"):
-        return True  # draining a node is never open when authentication is on
+    if canonical.startswith(("/v1/admin/", "/v1/internal/")):
+        # Draining a node is never open when authentication is on; the peers' internal
+        # routes (anti-entropy) read and write heartbeats: peers authenticate as readers.
+        return True
     if request.method in _READ_METHODS:
         return canonical in _READ_RESOURCES or canonical in _VIEW_RESOURCES
     return writes and canonical in _WRITE_RESOURCES

@@ -649,31 +649,58 @@ class ClusterClient:
         return readmerge.merge_pulses((pulses for pulses, _ in answers), tombstones)
 
     async def delete_path(self, path: str, version: int | None = None) -> None:
-        """Recursive delete on every member, one version so the tombstones agree."""
+        """Recursive delete on every member, one version so the tombstones agree.
+
+        Without a version, this client's clock chooses it, and a member that kept a value
+        written at a newer version (a writer whose clock is ahead of ours) makes the delete
+        repeat above it: the retry rule of unversioned writes (`pmcluster.client.retry`)."""
         path = normalize(path)
-        version = self.clock.now() if version is None else version
         members = await self._all_members()
-        await self._fanout.gather(
-            members,
-            lambda t: t.delete_path(path, version),
-            "delete",
-            skip_failing=False,  # a replica in back-off may still hear it
-            required=self._quorum_of_all(members),
-        )
+
+        async def once(v: int) -> int:
+            helds = await self._fanout.gather(
+                members,
+                lambda t: t.delete_path(path, v),
+                "delete",
+                skip_failing=False,  # a replica in back-off may still hear it
+                required=self._quorum_of_all(members),
+            )
+            return max(helds, default=0)
+
+        await self._delete_above(path, version, once)
 
     async def delete_pulse_id(self, path: str, version: int | None = None) -> None:
         """Delete the exact key on its owners (and the grace rings'); returns once every
         owner that is not failing has the tombstone, at least one current owner among them
-        (the grace rings' owners stop being read soon)."""
+        (the grace rings' owners stop being read soon). Without a version, repeated above a
+        newer value an owner kept, as `delete_path`."""
         path = normalize_key(path)
-        version = self.clock.now() if version is None else version
         current = {m.node_id for m in await self._owners(path)}
-        await self._fanout.all_acks(
-            await self._owners(path, read=True),
-            lambda t: t.delete_pulse_id(path, version),
-            "delete",
-            covers=lambda node_id: (0,) if node_id in current else (),
-        )
+        owners = await self._owners(path, read=True)
+
+        async def once(v: int) -> int:
+            helds = await self._fanout.all_acks(
+                owners,
+                lambda t: t.delete_pulse_id(path, v),
+                "delete",
+                covers=lambda node_id: (0,) if node_id in current else (),
+            )
+            return max(helds, default=0)
+
+        await self._delete_above(path, version, once)
+
+    async def _delete_above(
+        self, path: str, version: int | None, once: Callable[[int], Awaitable[int]]
+    ) -> None:
+        """Run `once(v)`; without the caller's version, drive `v` by the retry rule."""
+        if version is not None:
+            await once(version)
+            return
+        tries = self.retry.tries(path, self.clock.now())
+        v = next(tries)
+        with contextlib.suppress(StopIteration):
+            while True:
+                v = tries.send(await once(v))
 
     async def create_path(self, path: str) -> None:
         """Storm's no-op: validated locally and by an owner, nothing stored."""

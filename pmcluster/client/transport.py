@@ -69,8 +69,8 @@ class Transport(Protocol):
     async def children(self, path: str) -> list[str]: ...
     async def children_versions(self, path: str) -> tuple[dict[str, int], dict[str, int]]: ...
     async def pulses(self, path: str) -> list[Pulse]: ...
-    async def delete_pulse_id(self, path: str, version: int) -> None: ...
-    async def delete_path(self, path: str, version: int) -> None: ...
+    async def delete_pulse_id(self, path: str, version: int) -> int: ...
+    async def delete_path(self, path: str, version: int) -> int: ...
     async def create_path(self, path: str) -> None: ...
     async def batch(self, pulses: Sequence[tuple[str, bytes, int]]) -> tuple[int, int]: ...
     async def members(self) -> dict[str, Any]: ...
@@ -171,6 +171,7 @@ class NodeTransport:
         *,
         data: bytes | None = None,
         headers: Mapping[str, str] | None = None,
+        timeout: aiohttp.ClientTimeout | None = None,
     ) -> _Answer:
         """One request; returns 200, 204 and 404 answers, raises for everything else."""
         send_headers = dict(headers or {})
@@ -185,7 +186,7 @@ class NodeTransport:
                     url,
                     data=data,
                     headers=sent,
-                    timeout=self._timeout,
+                    timeout=self._timeout if timeout is None else timeout,
                     ssl=self._ssl,
                 ) as resp:
                     body = await _read_capped(resp, self._max_response, self.node_id)
@@ -291,17 +292,21 @@ class NodeTransport:
             raise ProtocolError(f"node {self.node_id}: bad pulse list: {exc}") from exc
         return [Pulse(p, data, version) for p, data, version in entries]
 
-    async def delete_pulse_id(self, path: str, version: int) -> None:
-        """DELETE /v1/pulse/{path}: tombstone the exact key at `version`."""
-        await self._request(
+    async def delete_pulse_id(self, path: str, version: int) -> int:
+        """DELETE /v1/pulse/{path}: tombstone the exact key at `version`; returns the newer
+        version of a value the node kept (`X-Pulse-Held`), 0 when none."""
+        answer = await self._request(
             "DELETE", self._url("pulse/", path), headers={VERSION_HEADER: str(version)}
         )
+        return _int_header(answer.headers, HELD_HEADER)
 
-    async def delete_path(self, path: str, version: int) -> None:
-        """DELETE /v1/path/{path}: tombstone the subtree at `version`."""
-        await self._request(
+    async def delete_path(self, path: str, version: int) -> int:
+        """DELETE /v1/path/{path}: tombstone the subtree at `version`; returns the newest
+        version of a value under it the node kept (`X-Pulse-Held`), 0 when none."""
+        answer = await self._request(
             "DELETE", self._url("path/", path), headers={VERSION_HEADER: str(version)}
         )
+        return _int_header(answer.headers, HELD_HEADER)
 
     async def create_path(self, path: str) -> None:
         """POST /v1/path/{path}: validated, no effect (Storm's no-op)."""
@@ -330,6 +335,20 @@ class NodeTransport:
             return int(doc["stored"]), int(doc.get("ignored", 0))
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"node {self.node_id}: bad batch answer: {exc}") from exc
+
+    async def internal(self, route: str, doc: Any, timeout_secs: float) -> Any:
+        """POST a JSON `doc` to the peer-only route `/v1/internal/{route}` (anti-entropy);
+        the JSON answer. `timeout_secs` bounds the whole exchange (a digest of a large store
+        takes longer than one heartbeat request)."""
+        timeout = aiohttp.ClientTimeout(total=timeout_secs, sock_connect=self._timeout.sock_connect)
+        answer = await self._request(
+            "POST",
+            self._url(f"internal/{route}"),
+            data=json.dumps(doc).encode(),
+            headers={"Content-Type": "application/json"},
+            timeout=timeout,
+        )
+        return self._not_404(answer, f"internal/{route}").json()
 
     async def members(self) -> dict[str, Any]:
         """GET /v1/members -> this node's view (epoch, members, ring parameters)."""

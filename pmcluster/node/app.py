@@ -36,6 +36,7 @@ from pmcluster import __version__
 from pmcluster.auth.middleware import make_auth_middleware
 from pmcluster.config import Config
 from pmcluster.errors import PayloadTooLarge, PmclusterError
+from pmcluster.node.antientropy import install_antientropy
 from pmcluster.node.appstate import (
     BACKEND_KEY,
     BODY_KEY,
@@ -133,7 +134,18 @@ async def head_pulse(request: web.Request) -> web.StreamResponse:
 
 async def delete_pulse(request: web.Request) -> web.StreamResponse:
     path = request_key(request, "/v1/pulse/")
-    await request_backend(request).delete_pulse_id(path, request_version(request))
+    version = request_version(request)
+    backend = request_backend(request)
+    await backend.delete_pulse_id(path, version)
+    return _deleted(backend, path, version, tree=False)
+
+
+def _deleted(backend: Backend, path: str, version: int | None, *, tree: bool) -> web.Response:
+    """204; with the version a value newer than the delete kept (`X-Pulse-Held`), so the
+    coordinator that chose the delete's version deletes again above it."""
+    held = 0 if version is None else backend.held_after_delete(path, version, tree=tree)
+    if held:
+        return web.Response(status=204, headers={HELD_HEADER: str(held)})
     return web.Response(status=204)
 
 
@@ -169,8 +181,10 @@ def _pulse_json(pulse: Pulse) -> dict[str, Any]:
 
 async def delete_path(request: web.Request) -> web.StreamResponse:
     path = request_tree(request, "/v1/path/")
-    await request_backend(request).delete_path(path, request_version(request))
-    return web.Response(status=204)
+    version = request_version(request)
+    backend = request_backend(request)
+    await backend.delete_path(path, version)
+    return _deleted(backend, path, version, tree=True)
 
 
 async def create_path(request: web.Request) -> web.StreamResponse:
@@ -364,4 +378,6 @@ def make_app(
         app.router.add_route(route.method, route.pattern, route.handler)
     app.cleanup_ctx.append(_housekeeping)
     app.cleanup_ctx.append(cluster_view_ctx)
+    # Anti-entropy's peer routes (the loop starts with the node's cluster context).
+    install_antientropy(app)
     return app

@@ -13,7 +13,8 @@ answers; for two grace windows after it registers its "absent" is marked as no a
 node that cannot reach ZooKeeper while a peer answers with a newer epoch fences itself (no
 data request answered, 503) until it is registered again. A grace window after each ring change the
 node hands off the keys it no longer owns (`handoff.HandOff`). On shutdown the node leaves
-the membership before it drains (`NodeState.leave`).
+the membership before it drains (`NodeState.leave`). Anti-entropy (`antientropy.AntiEntropy`)
+runs for the context's lifetime on the client's ring, and not while the node is fenced.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from aiohttp import web
 from pmcluster.client import ClusterClient
 from pmcluster.config import peer_config
 from pmcluster.membership import MembershipSnapshot, make_membership
+from pmcluster.node.antientropy import make_antientropy
 from pmcluster.node.appstate import (
     CONFIG_KEY,
     HISTORY_KEY,
@@ -132,9 +134,13 @@ async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
             registered()
 
     state.join = join
+    # Anti-entropy (issue 15): owners compare digests and repair what differs.
+    antientropy = make_antientropy(app, client, fenced=lambda: state.fenced)
+    antientropy.start()
     try:
         yield
     finally:
+        await antientropy.close()
         state.coordinator = None
         state.join = None
         await handoff.close()

@@ -88,13 +88,42 @@ KEYS, BYTES, CONNECTIONS = (
     "pmcluster_connections_open",
 )
 
-REPLICATION_PLACEHOLDER: dict[str, Any] = {
-    "available": False,
-    "under_replicated_keys": None,
-    "anti_entropy": None,
-    "detail": "not available: the replication layer does not report under-replicated keys "
-    "or anti-entropy progress yet",
-}
+# Anti-entropy's families (pmcluster.node.antientropy), summed over the answering members.
+AE_ROUNDS = "pmcluster_antientropy_rounds_total"
+AE_UNDER = "pmcluster_antientropy_under_replicated_keys"
+AE_REPAIRED = "pmcluster_antientropy_keys_repaired_total"
+AE_LAST_END = "pmcluster_antientropy_last_round_end_timestamp_seconds"
+
+
+def replication_health(figures: list[dict[str, float]], now: float) -> dict[str, Any]:
+    """The page's replication block from the members' `/metrics`: keys their owners held at
+    different versions in each member's last anti-entropy round (summed), keys repaired, and
+    how long ago the least recent member finished a round. "Not available" when no answering
+    member runs anti-entropy (`pmcluster.antientropy.secs: 0`)."""
+    running = [f for f in figures if AE_ROUNDS in f]
+    if not running:
+        return {
+            "available": False,
+            "under_replicated_keys": None,
+            "anti_entropy": None,
+            "detail": "not available: no answering member runs anti-entropy (a node outside "
+            "a cluster, or pmcluster.antientropy.secs: 0)",
+        }
+    ends = [f[AE_LAST_END] for f in running if f.get(AE_LAST_END, 0.0) > 0]
+    oldest = round(now - min(ends), 1) if len(ends) == len(running) else None
+    return {
+        "available": True,
+        "under_replicated_keys": int(sum(f.get(AE_UNDER, 0.0) for f in running)),
+        "anti_entropy": {
+            "members": len(running),
+            "rounds": int(sum(f[AE_ROUNDS] for f in running)),
+            "keys_repaired": int(sum(f.get(AE_REPAIRED, 0.0) for f in running)),
+            "last_round_secs_ago": oldest,
+        },
+        "detail": "keys found at different versions on two owners in each member's last "
+        "round; anti-entropy copies the newest to the owner behind",
+    }
+
 
 T = TypeVar("T")
 
@@ -280,7 +309,9 @@ class ClusterView:
                 ],
             },
             "topologies": topologies,
-            "replication_health": dict(REPLICATION_PLACEHOLDER),
+            "replication_health": replication_health(
+                [p.figures for p in probes if p.answered], now
+            ),
             "events": [e.describe() for e in history.events(EVENTS_SHOWN)],
         }
         self._doc_at = time.monotonic()

@@ -117,11 +117,13 @@ class LocalTransport:
     async def pulses(self, path: str) -> list[Pulse]:
         return await self._local.get_all_pulse_for_path(path)
 
-    async def delete_pulse_id(self, path: str, version: int) -> None:
+    async def delete_pulse_id(self, path: str, version: int) -> int:
         await self._local.delete_pulse_id(path, version)
+        return self._local.held_after_delete(path, version, tree=False)
 
-    async def delete_path(self, path: str, version: int) -> None:
+    async def delete_path(self, path: str, version: int) -> int:
         await self._local.delete_path(path, version)
+        return self._local.held_after_delete(path, version, tree=True)
 
     async def create_path(self, path: str) -> None:
         await self._local.create_path(path)
@@ -303,6 +305,9 @@ class CoordinatingBackend:
 
     def held_version(self, path: str) -> int:
         return 0  # the client already retried above what the owners held
+
+    def held_after_delete(self, path: str, version: int, *, tree: bool) -> int:
+        return 0  # the client already deleted again above what the owners held
 
     async def get_pulse(self, path: str) -> tuple[Pulse | None, int]:
         await self._check()

@@ -63,6 +63,14 @@ class LocalBackend:
     async def create_path(self, path: str) -> None:
         self.store.create_path(path)
 
+    def held_after_delete(self, path: str, version: int, *, tree: bool) -> int:
+        if tree:
+            newest = self.store.subtree_version(path)
+        else:
+            pulse = self.store.get_pulse(path)
+            newest = 0 if pulse is None else pulse.version
+        return newest if newest > version else 0
+
     def held_version(self, path: str) -> int:
         """The newest version this store holds for key `path`: its value's or the covering
         tombstone's, 0 when none (what an ignored write lost to)."""

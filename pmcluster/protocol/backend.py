@@ -72,6 +72,12 @@ class Backend(Protocol):
         """Delete exactly `path`; True when a value was removed."""
         ...
 
+    def held_after_delete(self, path: str, version: int, *, tree: bool) -> int:
+        """After a delete of `path` (`tree`: and everything under it) at `version`: the
+        newest version of a value it left standing, newer than `version` (so a coordinator
+        can delete again above it), or 0 when none or the backend already dealt with it."""
+        ...
+
     async def create_path(self, path: str) -> None:
         """Validate `path`; no effect on stored pulses (Storm's create_path is a no-op)."""
         ...

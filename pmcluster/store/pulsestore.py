@@ -191,6 +191,13 @@ class PulseStore(StoreDeletes, StoreRoom):
             return None
         return make_pulse(path, node.data, node.version)
 
+    def subtree_version(self, path: str) -> int:
+        """The newest version of a value at or under `path` (0 when none): what a delete
+        at an older version left standing."""
+        self._tidy()
+        node = self._find(normalize(path))
+        return 0 if node is None else node.maxv
+
     def exists(self, path: str) -> bool:
         """True if exactly `path` is a key (a path with only children below it is not)."""
         found = self._lookup(path)

@@ -24,6 +24,7 @@ class StormMetricsSnapshot(TypedDict):
     invalid_paths: int
     protocol_errors: int
     backend_errors: int
+    abandoned: int
     auth_ok: int
     auth_failed: int
 
@@ -40,6 +41,7 @@ class StormMetrics:
         self.invalid_paths = 0  # requests answered "empty" because their path is invalid
         self.protocol_errors = 0  # connections closed for breaking the wire contract
         self.backend_errors = 0  # connections closed because the store could not answer
+        self.abandoned = 0  # writes dropped: their client closed before they ran
         self.auth_ok = 0  # SASL handshakes completed
         self.auth_failed = 0  # SASL handshakes refused (the connection is closed)
 
@@ -56,6 +58,7 @@ class StormMetrics:
             invalid_paths=self.invalid_paths,
             protocol_errors=self.protocol_errors,
             backend_errors=self.backend_errors,
+            abandoned=self.abandoned,
             auth_ok=self.auth_ok,
             auth_failed=self.auth_failed,
         )
@@ -80,12 +83,14 @@ def prometheus_lines(snap: StormMetricsSnapshot) -> Iterator[str]:
         "pmcluster_storm_errors_total",
         "counter",
         "Storm protocol errors: protocol (connection closed for a bad frame), backend "
-        "(closed: the store could not answer), invalid_path (answered empty), "
+        "(closed: the store could not answer), abandoned (a write dropped: its client "
+        "closed before it ran), invalid_path (answered empty), "
         "not_authorized (read refused), auth_failed (SASL handshake refused).",
     )
     for kind, count in (
         ("protocol", snap["protocol_errors"]),
         ("backend", snap["backend_errors"]),
+        ("abandoned", snap["abandoned"]),
         ("invalid_path", snap["invalid_paths"]),
         ("not_authorized", snap["not_authorized"]),
         ("auth_failed", snap["auth_failed"]),

@@ -65,6 +65,16 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _SEND_PULSE = int(HBServerMessageType.SEND_PULSE)
+# Requests that change the store. Storm's protocol carries no version, so the coordinating
+# node gives each the version of the moment it runs it (`ClusterClient.clock`).
+_MUTATIONS = frozenset(
+    {
+        HBServerMessageType.SEND_PULSE,
+        HBServerMessageType.DELETE_PULSE_ID,
+        HBServerMessageType.DELETE_PATH,
+        HBServerMessageType.CREATE_PATH,
+    }
+)
 
 _AUTH_TYPES = frozenset(
     {HBServerMessageType.CONTROL_MESSAGE, HBServerMessageType.SASL_MESSAGE_TOKEN}
@@ -143,6 +153,7 @@ class StormConnection(asyncio.Protocol):
         self._read_paused = False
         self._draining = False
         self._lost = False
+        self._eof = False  # the client has closed its side
         self._closed = asyncio.Event()
         self._out: list[bytes] = []  # replies waiting for this loop iteration's single write
         self._answered = 0  # fast-lane replies in `_out`: they hold in-flight slots until written
@@ -204,7 +215,9 @@ class StormConnection(asyncio.Protocol):
                 self._flush()
 
     def eof_received(self) -> bool:
-        # Half-close: finish the requests already received and write their replies first.
+        # Half-close: finish the requests already received and write their replies first
+        # (a write whose client closed before it ran is dropped instead: `_serve`).
+        self._eof = True
         if self._tasks or self._pending:
             self.shutdown()
             return True
@@ -390,6 +403,22 @@ class StormConnection(asyncio.Protocol):
         task.add_done_callback(self._finished)
 
     async def _serve(self, message: HBMessage, authorized: bool) -> None:
+        if message.type in _MUTATIONS:
+            # A client that closes has given up on its request: Storm's client (and ours)
+            # closes on a timeout and sends the write to the next node. Its bytes can still
+            # arrive here with the close, late: after a SIGSTOP of this node, or when the
+            # network held them. Run then, the write would get a version newer than the
+            # writes acknowledged meanwhile (or a delete acknowledged meanwhile) and win over
+            # them. One loop iteration lets a close that came with the request be seen first.
+            await asyncio.sleep(0)
+            if self._eof:
+                self.metrics.abandoned += 1
+                log.info(
+                    "Storm connection %s: dropped a %s its client closed before it ran",
+                    self.peer,
+                    HBServerMessageType(message.type).name,
+                )
+                return
         try:
             reply = await self.handler.handle(message, authorized_reader=authorized)
         except ProtocolError as exc:

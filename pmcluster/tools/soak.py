@@ -10,6 +10,14 @@ RSS growth per node after warm-up (must stay under 5 %) and the descriptor count
 
     pmcluster soak                       # the full 10 minutes
     pmcluster soak --duration 120 --kill-every 40 --history soak.jsonl
+
+With `--nemesis` it runs the nemesis suite instead (`pmcluster.tools.nemesis`): per seed, a
+fresh ZooKeeper and 4 nodes, every fault kind once in a seeded order under the three-kind
+load, judged by the history checker; a summary line per seed and the findings of the failed
+ones, with the fault each happened under:
+
+    pmcluster soak --nemesis --seeds 20            # seeds 1..20
+    pmcluster soak --nemesis --seeds 1 --first-seed 7
 """
 
 from __future__ import annotations
@@ -308,10 +316,51 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-zookeeper", action="store_true", help="static membership instead")
     p.add_argument("--workdir", help="node configs and logs (default: a temp dir, kept)")
     p.add_argument("--history", metavar="FILE", help="dump the history as JSON lines")
+    p.add_argument("--nemesis", action="store_true", help="run the nemesis suite instead")
+    p.add_argument("--seeds", type=int, default=20, help="nemesis: how many seeds (20)")
+    p.add_argument("--first-seed", type=int, default=1, help="nemesis: the first seed (1)")
+
+
+def run_nemesis(args: argparse.Namespace, workdir: Path) -> int:
+    """`pmcluster soak --nemesis`: 0 when every seed's history is clean, 1 otherwise."""
+    from pmcluster.tools.nemesis import NemesisSpec, PeerCut, faketime_env, run_seed
+
+    missing = PeerCut.available()
+    try:
+        faketime_env(0)
+    except RuntimeError as exc:
+        missing = missing or str(exc)
+    if missing is not None:
+        print(f"soak --nemesis: {missing}")
+        return 2
+    failed: list[int] = []
+    blame: dict[str, int] = {}
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        result = run_seed(NemesisSpec(), seed, workdir / f"seed-{seed}")
+        print(result.summary(), flush=True)
+        if args.history:
+            result.history.dump_jsonl(f"{args.history}.seed-{seed}")
+        if not result.ok:
+            failed.append(seed)
+            for line in result.findings(10):
+                print(f"  {line}")
+            for key, count in result.by_fault().items():
+                blame[key] = blame.get(key, 0) + count
+    print(f"nemesis: {args.seeds - len(failed)} of {args.seeds} seeds clean; failed: {failed}")
+    for key, count in sorted(blame.items(), key=lambda kv: -kv[1]):
+        print(f"  {count:5d} {key}")
+    return 1 if failed else 0
 
 
 def run_command(args: argparse.Namespace) -> int:
     """`pmcluster soak`: 0 when no heartbeat was lost, hidden or resurrected, 1 otherwise."""
+    if args.nemesis:
+        if not 1 <= args.seeds <= 1000:
+            print("soak: --seeds must be between 1 and 1000")
+            return 2
+        workdir = Path(args.workdir or tempfile.mkdtemp(prefix="pmcluster-nemesis-"))
+        print(f"soak --nemesis: {args.seeds} seeds from {args.first_seed}; logs in {workdir}")
+        return run_nemesis(args, workdir)
     spec = SoakSpec(
         duration=args.duration,
         workers=args.workers,

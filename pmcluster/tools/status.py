@@ -1,7 +1,8 @@
 """`pmcluster status`: every node's view of the cluster, its figures, and a one-line verdict.
 
 For each member it asks `GET /v1/members` (its epoch and member list) and samples `GET
-/metrics` twice a second apart (keys, bytes, write/read rates, errors). The verdict is for
+/metrics` twice a second apart (keys, bytes, write/read rates, errors, and anti-entropy's
+progress: keys found behind on an owner in the last round, keys repaired so far). The verdict is for
 monitoring: OK (exit 0) when every member answers and all agree on the epoch, DEGRADED (exit 1)
 when some member does not answer, the views disagree, or there are fewer members than the
 replication factor (or than `--expect-nodes`), DOWN (exit 2) when none answers.
@@ -42,6 +43,8 @@ class NodeStatus:
     writes_per_sec: float = 0.0
     reads_per_sec: float = 0.0
     errors: int = 0
+    behind: int = 0  # anti-entropy: keys found behind on an owner in the node's last round
+    repaired: int = 0  # anti-entropy: keys the node's store took from a peer, so far
     problem: str = ""
 
 
@@ -73,6 +76,8 @@ async def probe(http: OpsHttp, node_id: str, host: str, port: int, timeout: floa
     status.writes_per_sec = rate("pmcluster_pulses_received_total")
     status.reads_per_sec = rate("pmcluster_pulse_reads_total")
     status.errors = int(second.get("pmcluster_errors_total", 0))
+    status.behind = int(second.get("pmcluster_antientropy_under_replicated_keys", 0))
+    status.repaired = int(second.get("pmcluster_antientropy_keys_repaired_total", 0))
     return status
 
 
@@ -117,13 +122,14 @@ async def collect(config: Config) -> list[NodeStatus]:
 def render(nodes: list[NodeStatus], state: str, reason: str) -> str:
     lines = [
         f"{'node':24} {'state':5} {'epoch':22} {'keys':>8} {'bytes':>12} "
-        f"{'writes/s':>9} {'reads/s':>9} {'errors':>7}"
+        f"{'writes/s':>9} {'reads/s':>9} {'errors':>7} {'behind':>7} {'repaired':>9}"
     ]
     for n in nodes:
         if n.up:
             lines.append(
                 f"{n.node_id:24} {'up':5} {n.epoch or '-':22} {n.keys:8d} {n.bytes:12d} "
-                f"{n.writes_per_sec:9.1f} {n.reads_per_sec:9.1f} {n.errors:7d}"
+                f"{n.writes_per_sec:9.1f} {n.reads_per_sec:9.1f} {n.errors:7d} "
+                f"{n.behind:7d} {n.repaired:9d}"
             )
         else:
             lines.append(f"{n.node_id:24} {'DOWN':5} {n.problem}")

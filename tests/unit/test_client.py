@@ -292,6 +292,32 @@ async def test_recursive_delete_is_not_undone_by_a_stale_node(
     assert len(everything) == 10
 
 
+async def test_an_unversioned_delete_goes_above_values_written_by_a_clock_ahead(
+    cluster: Cluster, client: ClusterClient
+) -> None:
+    """A writer whose clock is ahead (5 s) wrote under the subtree and the key; a delete
+    without a version from this client's slower clock must still remove them (a later
+    acknowledged delete wins), as an unversioned write retries above what owners held."""
+    ahead = time.time_ns() + 5 * 10**9
+    await client.send_pulse(P, b"x", version=ahead)
+    await client.send_pulse("/workerbeats/gone/n0", b"x", version=ahead + 10)
+    await client.send_pulse("/workerbeats/gone/n1", b"x", version=ahead + 11)
+    await client.delete_pulse_id(P)
+    assert client.stats["version_retries"] == 1
+    await client.delete_path("/workerbeats/gone")
+    assert client.stats["version_retries"] == 2
+    assert await client.get_all_nodes_for_path("/workerbeats/gone") == []
+    assert await client.get_pulse(P) is None
+    for node in cluster.nodes:
+        assert node.store.get_all_nodes_for_path("/workerbeats/gone") == []
+        assert node.store.get_pulse(P) is None
+    # With the caller's own version the delete is what it asked for: older values only.
+    await client.send_pulse(P, b"y", version=ahead + 10)
+    await client.delete_pulse_id(P, version=ahead + 5)
+    pulse = await client.get_pulse(P)
+    assert pulse is not None and pulse.version == ahead + 10
+
+
 async def test_listing_merges_across_nodes(cluster: Cluster, client: ClusterClient) -> None:
     topologies = [f"topo-{i}(x)+$[" for i in range(12)]
     for topo in topologies:

@@ -347,10 +347,41 @@ def test_jsonl_round_trip(tmp_path: Path) -> None:
     )
     history.record("r1", "read", "/wb/x", start=1.0, end=1.5, outcome="absent")
     history.record("d1", "delete_path", "/", start=2.0, end=9.0, outcome="timeout")
+    history.record("w2", "write", "/wb/s", value=7, start=9.0, end=9.5, outcome="ok", late=True)
     out = tmp_path / "h.jsonl"
     history.dump_jsonl(out)
-    assert len(out.read_text(encoding="utf-8").splitlines()) == 4
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 5
     assert History.load_jsonl(out).ops == history.ops
+
+
+def late(op: Op) -> Op:
+    """`op` with an attempt given up on that carried no version (`Op.late`)."""
+    return dataclasses.replace(op, late=True)
+
+
+def test_a_late_unversioned_write_may_land_after_newer_writes() -> None:
+    """Storm's protocol carries no version: a given-up attempt of write 1 that lands after
+    write 2 is stored as the newest, so reading it is no stale read (nor too old)."""
+    first, second = late(w("/p", 1, 0.0, 1.2)), w("/p", 2, 1.5, 1.6)
+    assert run(first, second, r("/p", 1, 5.0, 5.1)).ok
+    # Without `late` the same history is a stale read: only `late` excuses it.
+    strict = run(dataclasses.replace(first, late=False), second, r("/p", 1, 5.0, 5.1))
+    assert [f.evidence for f in strict.stale] == [second]
+    # A late write is no excuse for another value: v2 read after an acked v3 is stale.
+    third = w("/p", 3, 2.0, 2.1)
+    assert [f.evidence for f in run(first, second, third, r("/p", 2, 5.0, 5.1)).stale] == [third]
+
+
+def test_a_late_write_or_delete_is_no_resurrection_and_may_erase() -> None:
+    write, delete = late(w("/t/p", 1, 0.0, 0.5)), d("/t", 1.0, 1.1, tree=True)
+    read = r("/t/p", 1, 3.0, 3.1)
+    assert run(write, delete, read).ok
+    strict = run(dataclasses.replace(write, late=False), delete, read)
+    assert [f.evidence for f in strict.resurrections] == [delete]
+    # A late delete may erase a write that ended before it did: absent is no miss then.
+    rewrite, gone = w("/t/p", 2, 2.0, 2.1), r("/t/p", None, 3.0, 3.1)
+    assert run(rewrite, late(d("/t", 1.5, 1.6, tree=True)), gone).ok
+    assert only(run(rewrite, d("/t", 1.5, 1.6, tree=True), gone), "miss").evidence == rewrite
 
 
 def test_extend_appends_another_history_in_order() -> None:

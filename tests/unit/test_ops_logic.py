@@ -19,7 +19,7 @@ from pmcluster.node.coordinator import CoordinatingBackend
 from pmcluster.tools.demo import choose_port
 from pmcluster.tools.launch import node_argv
 from pmcluster.tools.ops import NodeView, agreed_epoch, systemd_commands
-from pmcluster.tools.status import NodeStatus, verdict
+from pmcluster.tools.status import NodeStatus, parse_metrics, render, verdict
 
 
 def up(node_id: str, epoch: str = "zk-3", members: tuple[str, ...] = ("a:1", "b:1")) -> NodeStatus:
@@ -119,3 +119,17 @@ async def test_drain_refused_below_replication(aiohttp_client: AiohttpClient) ->
     bad = await client.post(DRAIN_ROUTE, data=b"[1]")
     assert bad.status == 400
     assert stops == [] and left == []  # refused before anything happened
+
+
+def test_status_shows_anti_entropy_progress() -> None:
+    metrics = parse_metrics(
+        'pmcluster_antientropy_keys_repaired_total{kind="value"} 7\n'
+        'pmcluster_antientropy_keys_repaired_total{kind="delete"} 3\n'
+        "pmcluster_antientropy_under_replicated_keys 2\n"
+    )
+    assert metrics["pmcluster_antientropy_keys_repaired_total"] == 10
+    node = up("a:1")
+    node.behind, node.repaired = 2, 10
+    header, row, _ = render([node], "OK", "fine").splitlines()
+    assert header.split()[-2:] == ["behind", "repaired"]
+    assert row.split()[-2:] == ["2", "10"]

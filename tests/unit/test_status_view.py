@@ -249,3 +249,33 @@ def test_open_page_only_with_a_graphical_browser(monkeypatch: pytest.MonkeyPatch
     assert opened == ["http://h:1/"]
     monkeypatch.setattr(webbrowser, "get", no_browser)
     assert "no browser found" in demo.open_page("http://h:1/")
+
+
+def test_replication_health_sums_the_members_anti_entropy_figures() -> None:
+    from pmcluster.node.clusterview import replication_health
+
+    assert replication_health([{}, {"pmcluster_stored_keys": 3.0}], 100.0)["available"] is False
+    members = [
+        {
+            "pmcluster_antientropy_rounds_total": 4.0,
+            "pmcluster_antientropy_under_replicated_keys": 2.0,
+            "pmcluster_antientropy_keys_repaired_total": 5.0,
+            "pmcluster_antientropy_last_round_end_timestamp_seconds": 98.0,
+        },
+        {
+            "pmcluster_antientropy_rounds_total": 3.0,
+            "pmcluster_antientropy_under_replicated_keys": 1.0,
+            "pmcluster_antientropy_last_round_end_timestamp_seconds": 90.0,
+        },
+    ]
+    health = replication_health(members, 100.0)
+    assert health["available"] is True and health["under_replicated_keys"] == 3
+    assert health["anti_entropy"] == {
+        "members": 2,
+        "rounds": 7,
+        "keys_repaired": 5,
+        "last_round_secs_ago": 10.0,
+    }
+    # A member that has not finished a round yet: no "last round" figure for the cluster.
+    members[1].pop("pmcluster_antientropy_last_round_end_timestamp_seconds")
+    assert replication_health(members, 100.0)["anti_entropy"]["last_round_secs_ago"] is None

@@ -514,3 +514,25 @@ async def test_partial_frames_past_the_buffer_budget_drop_the_connection(
     finally:
         server.server.close()
         await server.server.wait_closed()
+
+
+async def test_a_write_whose_client_closed_before_it_ran_is_dropped(
+    backend: SlowBackend, store: PulseStore
+) -> None:
+    # As after a SIGSTOP of the node or a partition: the write and the client's close arrive
+    # together, long after the client gave up and sent the write elsewhere. (Requests as
+    # tasks, as on a node of a cluster: the fast lane only answers a node's own keys.)
+    srv = await start(StormHandler(backend))
+    reader, writer = await asyncio.open_connection(HOST, srv.port)
+    try:
+        pulse = HBMessageData(pulse=HBPulse("/b", b"y"))
+        writer.write(encode_frame(HBMessage(T.SEND_PULSE, pulse, 6)))
+        writer.write_eof()
+        async with asyncio.timeout(WAIT):
+            data = await reader.read()
+        assert data == b""  # no answer: the client has gone
+        assert store.get_pulse("/b") is None
+        assert srv.handler.metrics.abandoned == 1
+    finally:
+        writer.close()
+        srv.server.close()

@@ -22,7 +22,10 @@ Rules, for each read R of path p (``value`` = version returned, None when absent
 - **miss**: R is absent although an acknowledged write w to p happened before R and w is not
   erased for R. Evidence: such a write.
 - **stale**: R returned v although an acknowledged write w to p with version > v happened
-  before R and w is not erased for R. Evidence: the newest such write.
+  before R and w is not erased for R. Evidence: the newest such write. Not when a write of v
+  is *late* (``Op.late``: an attempt of it, carrying no version, was given up on by its
+  client and may land at any later time as the newest write, as Storm's protocol allows);
+  such a read is not judged for age either, and a late op's effect may come until +inf.
 - **invented**: R returned v although no write of v to p (any outcome) started before R ended.
 - **resurrection**: R returned v although every write of v happened before an acknowledged
   covering delete D that happened before R (``w.end < D.start and D.end < R.start``; an
@@ -277,10 +280,12 @@ class _Checker:
                         Finding("miss", path, read, witness, "absent after an acked write")
                     )
                 continue
-            if witness is not None and witness.value is not None and witness.value > got:
+            origins = [w for w in by_version.get(got, ()) if w.start <= read.end]
+            late = any(w.late for w in origins)  # it may have landed last (`Op.late`)
+            newer = witness is not None and witness.value is not None and witness.value > got
+            if newer and not late and witness is not None:
                 detail = f"read v{got} after v{witness.value} acked"
                 report.stale.append(Finding("stale", path, read, witness, detail))
-            origins = [w for w in by_version.get(got, ()) if w.start <= read.end]
             if not origins:
                 report.invented.append(
                     Finding("invented", path, read, None, f"no write of v{got} started")
@@ -291,6 +296,8 @@ class _Checker:
                 report.resurrections.append(
                     Finding("resurrection", path, read, gone, f"v{got} read after its delete")
                 )
+            if late:
+                continue  # its age says when the writer began, not when the value landed
             origin = max(origins, key=lambda w: w.start)
             age = read.start - origin.start
             nxt = bisect_right(all_starts, origin.start)

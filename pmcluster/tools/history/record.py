@@ -40,6 +40,10 @@ class Op:
     start: float
     end: float
     outcome: str
+    # An attempt of this op was given up on while its request, which carried no version
+    # (Storm's protocol), may still be in flight: it may take effect at any later time, with
+    # the store version the node assigns then (the newest). Set by the load, never inferred.
+    late: bool = False
 
     def __post_init__(self) -> None:
         if self.op not in OP_KINDS:
@@ -58,8 +62,9 @@ class Op:
 
     @property
     def effect_end(self) -> float:
-        """Latest time the op may take effect: its end if acknowledged, else +inf."""
-        return self.end if self.acked else _INF
+        """Latest time the op may take effect: its end if acknowledged (and not `late`),
+        else +inf."""
+        return self.end if self.acked and not self.late else _INF
 
     def brief(self) -> str:
         """One-line description used in findings."""
@@ -98,8 +103,10 @@ class PendingOp:
         *,
         value: int | _Unset | None = _Unset.UNSET,
         children: Iterable[str] | None = None,
+        late: bool = False,
     ) -> Op:
-        """Record the op as ended now; `value` replaces the version given at `begin`."""
+        """Record the op as ended now; `value` replaces the version given at `begin`; `late`:
+        see `Op.late`."""
         if self.result is not None:
             raise RuntimeError("op already finished")
         if not isinstance(value, _Unset):
@@ -114,6 +121,7 @@ class PendingOp:
             start=self.start,
             end=self._history.clock(),
             outcome=outcome,
+            late=late,
         )
         return self.result
 
@@ -162,6 +170,7 @@ class History:
         outcome: str,
         value: int | None = None,
         children: Iterable[str] | None = None,
+        late: bool = False,
     ) -> Op:
         """Append one finished op and return it."""
         names = tuple(children) if children is not None else None
@@ -174,6 +183,7 @@ class History:
             start=start,
             end=end,
             outcome=outcome,
+            late=late,
         )
         with self._lock:
             self._ops.append(entry)
@@ -205,6 +215,8 @@ class History:
                     "end": o.end,
                     "outcome": o.outcome,
                 }
+                if o.late:
+                    row["late"] = True
                 out.write(_ENCODER.encode(row) + "\n")
 
     @classmethod
@@ -233,6 +245,9 @@ def _op_from_json(row: object) -> Op:
         isinstance(children, list) and all(isinstance(c, str) for c in children)
     ):
         raise ValueError("children must be a list of strings or null")
+    late = row.get("late", False)
+    if not isinstance(late, bool):
+        raise ValueError(f"late must be a boolean, got {late!r}")
     for key in ("client", "op", "path", "outcome"):
         if not isinstance(row[key], str):
             raise ValueError(f"{key} must be a string")
@@ -245,4 +260,5 @@ def _op_from_json(row: object) -> Op:
         start=float(row["start"]),
         end=float(row["end"]),
         outcome=row["outcome"],
+        late=late,
     )

@@ -1,0 +1,169 @@
+"""Anti-entropy's pure parts: bucket digests, entries, tombstone retention, and applying a
+peer's entries (`pmcluster.node.antientropy.apply_entries`) to a store."""
+
+from __future__ import annotations
+
+from pmcluster.node.antientropy import apply_entries
+from pmcluster.store import PulseStore
+from pmcluster.store.digest import (
+    Entries,
+    bucket_of,
+    differing,
+    digests,
+    entries_in,
+    retain_tombstone,
+    tombstone_expiries,
+)
+
+SEC = 1_000_000_000
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000 * SEC
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def _all(_: str) -> bool:
+    return True
+
+
+def _peer(_: str) -> list[str]:
+    return ["peer"]
+
+
+def _pair(clock: Clock, ttl: float = 60.0) -> tuple[PulseStore, PulseStore]:
+    return (
+        PulseStore(clock=clock, tombstone_ttl_secs=ttl),
+        PulseStore(clock=clock, tombstone_ttl_secs=ttl),
+    )
+
+
+def _sync(a: PulseStore, b: PulseStore) -> None:
+    """What one round does between two owners: a's entries to b, b's back to a."""
+    buckets = differing(digests(a, _peer).get("peer", {}), digests(b, _peer).get("peer", {}))
+    apply_entries(b, entries_in(a, buckets, _all), _all)
+    apply_entries(a, entries_in(b, buckets, _all), _all)
+
+
+def test_same_versions_same_digest_and_order_does_not_matter() -> None:
+    clock = Clock()
+    a, b = _pair(clock)
+    paths = [f"/workerbeats/t{i % 3}/w{i}" for i in range(50)]
+    for i, p in enumerate(paths):
+        a.send_pulse(p, b"x", 10 + i)
+    for i, p in reversed(list(enumerate(paths))):
+        b.send_pulse(p, b"other bytes", 10 + i)  # data is not hashed: versions decide
+    assert digests(a, _peer) == digests(b, _peer)
+    assert differing(digests(a, _peer)["peer"], digests(b, _peer)["peer"]) == []
+
+
+def test_one_newer_version_differs_in_exactly_its_bucket() -> None:
+    clock = Clock()
+    a, b = _pair(clock)
+    for i in range(40):
+        a.send_pulse(f"/k/{i}", b"x", 5)
+        b.send_pulse(f"/k/{i}", b"x", 5)
+    b.send_pulse("/k/7", b"y", 6)
+    assert differing(digests(a, _peer)["peer"], digests(b, _peer)["peer"]) == [bucket_of("/k/7")]
+
+
+def test_peers_of_selects_what_goes_into_each_digest() -> None:
+    store = PulseStore()
+    store.send_pulse("/a", b"1", 1)
+    store.send_pulse("/b", b"1", 1)
+    assert bucket_of("/a") != bucket_of("/b")
+    got = digests(store, lambda p: ["n1"] if p == "/a" else ["n1", "n2"])
+    assert set(got["n1"]) == {bucket_of("/a"), bucket_of("/b")}
+    assert set(got["n2"]) == {bucket_of("/b")}
+
+
+def test_sync_brings_an_empty_replica_to_every_newest_version() -> None:
+    clock = Clock()
+    a, b = _pair(clock)
+    for i in range(100):
+        a.send_pulse(f"/w/t/{i}", bytes([i]), 100 + i)
+    _sync(a, b)
+    assert [(p.path, p.data, p.version) for p in b.get_all_pulse_for_path("/")] == [
+        (p.path, p.data, p.version) for p in a.get_all_pulse_for_path("/")
+    ]
+    assert digests(a, _peer) == digests(b, _peer)
+
+
+def test_a_missed_delete_is_applied_and_never_resurrects() -> None:
+    clock = Clock()
+    a, b = _pair(clock)
+    for store in (a, b):
+        store.send_pulse("/w/t/gone", b"old", 10)
+        store.send_pulse("/w/t/kept", b"old", 10)
+    a.delete_pulse_id("/w/t/gone", 20)  # b missed the delete
+    a.send_pulse("/w/t/kept", b"new", 30)  # and a write
+    _sync(b, a)  # b starts the round: its stale value must not come back on a
+    assert a.get_pulse("/w/t/gone") is None
+    assert b.get_pulse("/w/t/gone") is None
+    kept = b.get_pulse("/w/t/kept")
+    assert kept is not None and (kept.data, kept.version) == (b"new", 30)
+    assert a.get_all_nodes_for_path("/w/t") == b.get_all_nodes_for_path("/w/t") == ["kept"]
+
+
+def test_a_missed_delete_path_is_applied() -> None:
+    clock = Clock()
+    a, b = _pair(clock)
+    for store in (a, b):
+        for i in range(5):
+            store.send_pulse(f"/w/topo/{i}", b"v", 10)
+    a.delete_path("/w/topo", 20)
+    a.send_pulse("/w/other/x", b"v", 30)
+    _sync(a, b)
+    assert b.get_all_pulse_for_path("/w/topo") == []
+    assert b.get_all_nodes_for_path("/w") == ["other"]
+
+
+def test_a_newer_value_than_the_tombstone_wins_everywhere() -> None:
+    clock = Clock()
+    a, b = _pair(clock)
+    a.delete_pulse_id("/k", 10)
+    b.send_pulse("/k", b"after the delete", 11)
+    _sync(a, b)
+    got = a.get_pulse("/k")
+    assert got is not None and got.version == 11
+
+
+def test_a_tombstone_that_deletes_nothing_is_not_copied() -> None:
+    # Or two owners' copies of an expired tombstone would renew each other for ever.
+    clock = Clock()
+    a, b = _pair(clock)
+    a.delete_pulse_id("/k", 10)
+    apply_entries(b, entries_in(a, [bucket_of("/k")], _all), _all)
+    assert b.tombstone_version("/k") == 0
+    assert b.tombstones() == []
+
+
+def test_apply_skips_paths_the_receiver_does_not_own() -> None:
+    store = PulseStore()
+    entries = Entries(values=[("/mine", b"1", 5), ("/theirs", b"1", 5)])
+    counts = apply_entries(store, entries, lambda p: p == "/mine")
+    assert counts == {"value": 1, "delete": 0}
+    assert store.get_pulse("/theirs") is None
+
+
+def test_retain_keeps_a_tombstone_past_its_ttl() -> None:
+    clock = Clock()
+    store = PulseStore(clock=clock, tombstone_ttl_secs=2.0)
+    store.send_pulse("/k", b"v", 5)
+    store.delete_pulse_id("/k", 6)
+    store.delete_path("/t", 7)
+    [(path, sub, expiry), (path2, sub2, _)] = sorted(tombstone_expiries(store))
+    assert (path, sub, expiry) == ("/k", False, clock.now + 2 * SEC)
+    assert (path2, sub2) == ("/t", True)
+    assert retain_tombstone(store, "/k", False, clock.now + 5 * SEC)
+    assert not retain_tombstone(store, "/k", False, clock.now + 1 * SEC)  # never shortens
+    clock.now += 3 * SEC
+    assert store.tombstone_version("/k") == 6  # kept
+    assert store.tombstone_version("/t/x") == 0  # not retained: gone
+    assert store.send_pulse("/k", b"stale", 5) is False
+    clock.now += 3 * SEC
+    assert store.tombstone_version("/k") == 0
+    assert store.tombstones() == []
