@@ -15,7 +15,7 @@ import pytest
 HERE = Path(__file__).parent
 POM = HERE / "storm" / "pom.xml"
 DRIVERS = (HERE / "java" / "StormDriver.java", HERE / "java" / "TopologyDriver.java")
-MAVEN_TIMEOUT = 600.0  # a first fetch of ~80 MB; later runs take ~2 s (README)
+MAVEN_TIMEOUT = 600.0  # a first fetch of ~165 MB; later runs take ~2 s (README)
 JAVAC_TIMEOUT = 120.0
 
 
