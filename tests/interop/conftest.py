@@ -1,5 +1,6 @@
 """Storm's own jars for the interop tests: Maven's classpath (once per session; the jars are
-cached in ~/.m2, fetched there by `scripts/setup`) and `java/StormDriver.java` compiled against it.
+cached in ~/.m2, fetched there by `scripts/setup`) and the Storm drivers (`java/StormDriver.java`,
+`java/TopologyDriver.java`) compiled against it.
 
 A missing JDK or Maven is a failure, never a skip: `scripts/setup` installs both."""
 
@@ -13,8 +14,8 @@ import pytest
 
 HERE = Path(__file__).parent
 POM = HERE / "storm" / "pom.xml"
-DRIVER = HERE / "java" / "StormDriver.java"
-MAVEN_TIMEOUT = 600.0  # a first fetch of ~80 MB; later runs take ~2 s (README)
+DRIVERS = (HERE / "java" / "StormDriver.java", HERE / "java" / "TopologyDriver.java")
+MAVEN_TIMEOUT = 600.0  # a first fetch of ~165 MB; later runs take ~2 s (README)
 JAVAC_TIMEOUT = 120.0
 
 
@@ -25,11 +26,9 @@ def require(name: str) -> str:
     return found
 
 
-@pytest.fixture(scope="session")
-def storm_java(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    """`java -cp <storm-client's jars and the compiled driver>`: Maven resolves the jars, javac
-    compiles `java/StormDriver.java` against them."""
-    work = tmp_path_factory.mktemp("storm-java")
+def storm_java_command(work: Path) -> list[str]:
+    """`java -cp <storm-client's and storm-server's jars and the compiled drivers>`: Maven
+    resolves the jars, javac compiles the drivers into `work` against them."""
     cp_file = work / "cp.txt"
     maven = subprocess.run(
         [
@@ -44,10 +43,16 @@ def storm_java(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     jars = cp_file.read_text().strip()
     classes = work / "classes"
     javac = subprocess.run(
-        [require("javac"), "-cp", jars, "-d", str(classes), str(DRIVER)],
+        [require("javac"), "-cp", jars, "-d", str(classes), *map(str, DRIVERS)],
         capture_output=True,
         text=True,
         timeout=JAVAC_TIMEOUT,
     )
     assert javac.returncode == 0, javac.stderr
     return [require("java"), "-cp", f"{jars}:{classes}"]
+
+
+@pytest.fixture(scope="session")
+def storm_java(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """The Storm drivers' java command (`storm_java_command`), built once per session."""
+    return storm_java_command(tmp_path_factory.mktemp("storm-java"))
