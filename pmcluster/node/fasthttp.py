@@ -15,8 +15,12 @@ aiohttp handlers, exactly these requests:
 - `PUT /v1/pulse/<key>` and `POST /v1/batch` (when writes need no authentication);
 - `GET /v1/pulse/<key>` that finds a value (when reads need no authentication: method NONE);
 
-with `X-Pmcluster-Forwarded: 1` (or, for `PUT`/`GET` without `X-Pulse-Version`, plain and
-answerable at once) and a `Content-Length` body (none for GET). Anything else — another
+with `X-Pmcluster-Forwarded: 1`, or plain (as curl sends them): a plain `GET` when the node
+can answer it at once, a plain `PUT` always. A plain `PUT` the node cannot answer at once (other
+owners must store it too) is coordinated by the same `CoordinatingBackend.send_pulse` that
+aiohttp's handler calls, and answered when it completes: the connection reads no further
+request meanwhile, so answers keep their order. Bodies come with `Content-Length` (none for
+GET). Anything else — another
 route, a plain request the owners must answer, a chunked body, `Expect`, `Connection:
 close`, a query string on a write, any header it does not find plainly well-formed, an
 invalid path, version or batch, a full store, a draining node, a body still arriving after
@@ -29,10 +33,12 @@ stored twice.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from email.utils import formatdate
+from http import HTTPStatus
 from typing import cast
 
 from pmcluster.config import Config
@@ -45,7 +51,7 @@ from pmcluster.node.requests import check_versions, key_path, parse_version, ver
 from pmcluster.protocol import pulsecodec
 from pmcluster.protocol.backend import NOT_NOW, NowBackend
 from pmcluster.protocol.budget import BufferBudget
-from pmcluster.protocol.http import HELD_HEADER, VERSION_HEADER
+from pmcluster.protocol.http import HELD_HEADER, VERSION_HEADER, status_for
 from pmcluster.protocol.pulse import Pulse
 from pmcluster.store import PulseStore
 
@@ -54,6 +60,8 @@ __all__ = ["STALL_SECS", "FastHttpConnection", "FastPath", "HttpFactory", "parse
 log = logging.getLogger(__name__)
 
 HttpFactory = Callable[[], asyncio.Protocol]
+# A response that comes later: the coordinated write's answer, awaited by the connection.
+Later = Awaitable[bytes]
 
 STALL_SECS = 0.5  # a body still incomplete this long goes to aiohttp (its timeouts apply)
 IDLE_SECS = 60.0  # keep-alive: an idle connection is closed (pmcluster.http.idle.secs)
@@ -122,27 +130,28 @@ class FastPath:
         buf: bytes,
         start: int,
         stop: int,
-    ) -> bytes | None:
+    ) -> bytes | Later | None:
         """The whole response to one request whose body is `buf[start:stop]` (left in the
-        receive buffer: a batch is decoded in place), or None: aiohttp must answer it."""
+        receive buffer: a batch is decoded in place); an awaitable of it (a plain write the
+        owners must store); or None: aiohttp must answer it."""
         if self.state.draining or self.state.fenced:
             return None
         coordinator = self.state.coordinator
         if headers.get(_FORWARDED) == b"1" or coordinator is None:
             now = None  # this node's own store answers (as the aiohttp handlers do)
-        elif isinstance(coordinator, CoordinatingBackend) and _VERSION not in headers:
-            now = coordinator  # a plain request: for the cluster, when it needs no waiting
+        elif not isinstance(coordinator, CoordinatingBackend):
+            return None
+        elif method == b"PUT" and target.startswith(_PULSE) and self.writes_open:
+            return self._put_plain(coordinator, target, headers, buf[start:stop])
+        elif _VERSION not in headers:
+            now = coordinator  # a plain read: for the cluster, when it needs no waiting
         else:
             return None
         began = time.perf_counter()
         response: bytes | None
         try:
             if method == b"PUT" and target.startswith(_PULSE) and self.writes_open:
-                body = buf[start:stop]
-                if now is None:
-                    op, response = "send_pulse", self._put(target, headers, body)
-                else:
-                    op, response = "send_pulse", self._put_now(now, target, body)
+                op, response = "send_pulse", self._put(target, headers, buf[start:stop])
             elif method == b"POST" and target == _BATCH and self.writes_open and now is None:
                 op, response = "batch", self._batch(buf, start, stop)
             elif method == b"GET" and target.startswith(_PULSE) and self.reads_open:
@@ -188,14 +197,65 @@ class FastPath:
             b"Content-Length: %d\r\n" % len(payload) + self.common_head() + b"\r\n" + payload
         )
 
-    def _put_now(self, now: NowBackend, target: bytes, body: bytes) -> bytes | None:
-        """A plain PUT, answered at once when this node alone owns the key (None: aiohttp's
-        handler coordinates it, with the same client, versions and retries)."""
-        path = key_path(target[len(_PULSE) :].decode("ascii"), "/v1/pulse/")
-        if not now.send_pulse_now(path, body):
-            return None
+    def _put_plain(
+        self,
+        coordinator: CoordinatingBackend,
+        target: bytes,
+        headers: dict[bytes, bytes],
+        body: bytes,
+    ) -> bytes | Later | None:
+        """A plain PUT: answered at once when this node alone owns the key and no version
+        came; else coordinated to the owners (`CoordinatingBackend.send_pulse`, as aiohttp's
+        handler does) and answered when that completes. None: aiohttp answers (bad input)."""
+        began = time.perf_counter()
+        try:
+            path = key_path(target[len(_PULSE) :].decode("ascii"), "/v1/pulse/")
+            raw = headers.get(_VERSION)
+            if raw is None and coordinator.send_pulse_now(path, body):
+                self.metrics.received(len(body))
+                self.metrics.record("send_pulse", time.perf_counter() - began, 204)
+                return b"HTTP/1.1 204 No Content\r\n" + self.common_head() + b"\r\n"
+            version = None
+            if raw is not None:
+                version = parse_version(raw.decode("ascii"), version_ceiling(self.skew_secs))
+        except (PmclusterError, UnicodeError):
+            return None  # aiohttp answers it (400): nothing was stored
+        return self._coordinated(coordinator, path, body, version, began)
+
+    async def _coordinated(
+        self,
+        coordinator: CoordinatingBackend,
+        path: str,
+        body: bytes,
+        version: int | None,
+        began: float,
+    ) -> bytes:
+        """The response to a plain PUT once its owners have stored it (or its error)."""
+        try:
+            await coordinator.send_pulse(path, body, version)
+        except PmclusterError as exc:
+            status, name = status_for(exc)
+            self.metrics.record("send_pulse", time.perf_counter() - began, status)
+            return self.error(status, name, str(exc))
+        except Exception:
+            log.exception("fast path: unexpected error coordinating a write")
+            self.metrics.record("send_pulse", time.perf_counter() - began, 500)
+            return self.error(500, "internal_error", "unexpected server error (logged)")
         self.metrics.received(len(body))
+        self.metrics.record("send_pulse", time.perf_counter() - began, 204)
         return b"HTTP/1.1 204 No Content\r\n" + self.common_head() + b"\r\n"
+
+    def error(self, status: int, name: str, detail: str) -> bytes:
+        """The error response aiohttp's handlers give (`requests.error_response`)."""
+        payload = json.dumps({"error": name, "detail": detail}).encode()
+        return (
+            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n"
+            % (status, HTTPStatus(status).phrase.encode(), len(payload))
+            + self.common_head()
+            + b"\r\n"
+            + payload
+        )
 
     def _get(self, target: bytes, now: NowBackend | None) -> bytes | None:
         path = key_path(target[len(_PULSE) :].decode("ascii"), "/v1/pulse/")
@@ -275,6 +335,8 @@ class FastHttpConnection(asyncio.Protocol):
         self._idle: asyncio.TimerHandle | None = None
         self._last = 0.0
         self._held = 0  # bytes of unanswered requests counted in the fast path's budget
+        self._later: asyncio.Task[bytes] | None = None  # a coordinated write being answered
+        self._hand_over_later = False  # `shutdown` came while `_later` ran
         self.handed_over = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -320,6 +382,8 @@ class FastHttpConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._eof = True
+        if self._later is not None:
+            return True  # its answer is written first, then the connection closes
         if self._buf or self._more:
             # A half-sent request: aiohttp answers it and decides whether to close.
             return self._hand_over()
@@ -331,7 +395,11 @@ class FastHttpConnection(asyncio.Protocol):
 
     def shutdown(self) -> None:
         """The node is stopping: aiohttp takes the connection, so it is drained and closed
-        exactly like aiohttp's own (a request racing in is answered `Connection: close`)."""
+        exactly like aiohttp's own (a request racing in is answered `Connection: close`);
+        after the answer of a write being coordinated, when there is one."""
+        if self._later is not None:
+            self._hand_over_later = True
+            return
         self._hand_over()
 
     def pause_writing(self) -> None:
@@ -351,7 +419,7 @@ class FastHttpConnection(asyncio.Protocol):
 
     def _process(self) -> None:
         transport = self._transport
-        if transport is None or transport.is_closing() or self.handed_over:
+        if transport is None or transport.is_closing() or self.handed_over or self._later:
             return
         buf, pos, answered = self._buf, 0, False
         out: list[bytes] = []
@@ -380,6 +448,16 @@ class FastHttpConnection(asyncio.Protocol):
             response = self._fast.answer(method, target, headers, buf, end + 4, body_end)
             if response is None:
                 break
+            if not isinstance(response, bytes):
+                # Coordinated: answered when the owners have it; nothing more is read
+                # meanwhile, so the answers of this connection keep their order.
+                self._buf = buf[body_end:]
+                self._flush(out)
+                self._disarm_stall()
+                transport.pause_reading()
+                self._later = asyncio.ensure_future(response)
+                self._later.add_done_callback(self._answered_later)
+                return
             out.append(response)
             size += len(response)
             pos, answered = body_end, True
@@ -396,6 +474,25 @@ class FastHttpConnection(asyncio.Protocol):
         self._buf = buf[pos:]
         self._flush(out)
         self._hand_over()
+
+    def _answered_later(self, task: asyncio.Task[bytes]) -> None:
+        """Write a coordinated write's answer, then go on with what arrived meanwhile."""
+        self._later = None
+        transport = self._transport
+        if task.cancelled() or transport is None or transport.is_closing():
+            return
+        transport.write(task.result())  # `_coordinated` answers every error itself
+        self._last = asyncio.get_running_loop().time()
+        if self._hand_over_later:
+            self._hand_over()
+        elif self._eof and not self._buf:
+            transport.close()
+        elif self._eof:
+            self._hand_over()  # a half-sent request and the peer's close: aiohttp decides
+        else:
+            if not self._write_paused:
+                transport.resume_reading()
+            self._process()
 
     def _wait(self, rest: bytes, need: int, out: list[bytes], answered: bool) -> None:
         """Keep `rest` (an incomplete request; `need`: its full size when known) and wait."""

@@ -567,7 +567,7 @@ async def test_plain_requests_a_lone_owner_can_answer_take_the_fast_path(node: S
     # that could only have issued it is set back and checked to go on from it.
     client.clock._wall = lambda: 0
     assert client.clock.now() == stored.version + 1  # the last version it issued: this one
-    assert node.handovers[0] == 1  # only at the versioned write: aiohttp's to coordinate
+    assert node.handovers[0] == 0  # the versioned write was coordinated by the fast path
 
 
 async def test_plain_requests_another_owner_must_see_go_to_aiohttp(node: Served) -> None:
@@ -580,3 +580,53 @@ async def test_plain_requests_another_owner_must_see_go_to_aiohttp(node: Served)
         await client.close()
     assert answer[0] == 404  # asked through aiohttp's coordinated read
     assert node.handovers[0] == 1
+
+
+async def test_plain_writes_other_owners_must_store_are_coordinated_in_order() -> None:
+    """R=2 over two live nodes: plain PUTs to one are stored on both owners by the fast path
+    (no hand-over to aiohttp), pipelined answers come back in order, and a write the store
+    refuses gets aiohttp's error body while the connection goes on."""
+    a = await serve(Config(max_message_size=4096, memory_max_bytes=64 * 1024), fast=True)
+    b = await serve(Config(max_message_size=4096), fast=True)
+    me, peer = (Member(f"{HOST}:{s.port}", HOST, s.port) for s in (a, b))
+    client = await with_coordinator(a, [me, peer])
+    try:
+        a.store.send_pulse("/keep", b"k" * 40000)
+        answers = await exchange(
+            a.port,
+            put("/v1/pulse/plain/a", b"one", extra=b""),
+            put("/v1/pulse/plain/b", b"two", extra=b"X-Pulse-Version: 7\r\n"),
+            put("/v1/pulse/plain/huge", b"x" * 3000 + b"y" * 1000, extra=b""),
+            put("/v1/pulse/plain/c", b"three", extra=b""),
+            get("/v1/pulse/plain/b", extra=b""),
+        )
+        assert [status for status, _, _ in answers] == [204, 204, 204, 204, 200]
+        assert answers[4][2] == b"two" and answers[4][1]["x-pulse-version"] == "7"
+        for served in (a, b):
+            for key, data in (("/plain/a", b"one"), ("/plain/b", b"two"), ("/plain/c", b"three")):
+                stored = served.store.get_pulse(key)
+                assert stored is not None and stored.data == data
+        # A full store on the coordinating owner: 507 with the error body, nothing stored,
+        # and the next request on the connection is still answered.
+        answers = await exchange(
+            a.port,
+            put("/v1/pulse/plain/big", b"z" * 4000, extra=b""),
+            put("/v1/pulse/plain/big2", b"z" * 4000, extra=b""),
+            put("/v1/pulse/plain/big3", b"z" * 4000, extra=b""),
+            put("/v1/pulse/plain/big4", b"z" * 4000, extra=b""),
+            put("/v1/pulse/plain/big5", b"z" * 4000, extra=b""),
+            put("/v1/pulse/plain/big6", b"z" * 4000, extra=b""),
+            get("/v1/pulse/plain/a", extra=b""),
+        )
+        statuses = [status for status, _, _ in answers]
+        assert 507 in statuses and statuses[-1] == 200, statuses
+        refused = answers[statuses.index(507)]
+        assert refused[1]["content-type"] == "application/json"
+        assert json.loads(refused[2])["error"] == "insufficient_storage"
+        # Only at the two plain GETs (a read both owners must answer is aiohttp's): every
+        # write before them on their connection was the fast path's.
+        assert a.handovers[0] == 2
+    finally:
+        await client.close()
+        await stop(a)
+        await stop(b)
