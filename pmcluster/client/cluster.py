@@ -317,7 +317,11 @@ class ClusterClient:
         seeds = self._membership.current()
         for member in seeds.members if seeds is not None else ():
             candidates.setdefault(member.node_id, member)
-        calls = {asyncio.ensure_future(self._transport(m).members()) for m in candidates.values()}
+        asked = {
+            asyncio.ensure_future(self._transport(m).members()): m for m in candidates.values()
+        }
+        calls = set(asked)
+        why = ""  # the first failure, for the error an operator reads
         try:
             while calls:
                 done, calls = await asyncio.wait(
@@ -327,6 +331,9 @@ class ClusterClient:
                 )
                 if not done:
                     break
+                failed = [t for t in done if t.exception() is not None]
+                if failed and not why:
+                    why = f"; {asked[failed[0]].node_id}: {failed[0].exception()}"
                 answers = [t.result() for t in done if t.exception() is None]
                 if any(self._apply_members_doc(doc) for doc in answers):
                     self.stats["membership_refreshes"] += 1
@@ -335,7 +342,7 @@ class ClusterClient:
             for task in calls:
                 abandon(task)
         if self._ring is None:
-            raise ClusterUnavailable(f"no seed answered GET /v1/members: {sorted(candidates)}")
+            raise ClusterUnavailable(f"no seed answered GET /v1/members: {sorted(candidates)}{why}")
         log.debug("membership refresh: no node answered")
 
     def _apply_members_doc(self, doc: dict[str, Any]) -> bool:

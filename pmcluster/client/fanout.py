@@ -42,6 +42,15 @@ def _failed(task: asyncio.Task[Any]) -> bool:
     return task.done() and (task.cancelled() or task.exception() is not None)
 
 
+def _why(done: Iterable[asyncio.Task[Any]], names: dict[Any, str]) -> str:
+    """The first node failure among `done`, for an unavailable error's message: a wrong CA,
+    a refused connection or a timeout reads differently to an operator."""
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            return f"; {names[task]}: {task.exception()}"
+    return ""
+
+
 class FanOut:
     """Runs one request per node in parallel over `transport_for(member)`."""
 
@@ -237,7 +246,7 @@ class FanOut:
             self.stats[f"{what}_unavailable"] += 1
             raise ClusterUnavailable(
                 f"{what}: {len(answers)} of {sorted(names.values())} answered, "
-                f"{max(required, 1)} needed"
+                f"{max(required, 1)} needed{_why(done, names)}"
             )
         if len(answers) < len(members):
             self.stats[f"{what}_partial"] += 1
@@ -289,6 +298,7 @@ class FanOut:
             self.stats[f"{what}_unavailable"] += 1
             raise ClusterUnavailable(
                 f"{what}: {missing} item(s) unacknowledged by {sorted(names.values())}"
+                f"{_why(done, names)}"
             )
         answered = [task for task in done if not _failed(task)]
         if len(answered) < len(members):

@@ -18,7 +18,7 @@ import trustme
 from pmcluster.auth.digest import DigestClient
 from pmcluster.client import SyncClusterClient
 from pmcluster.config import Config, config_from_mapping
-from pmcluster.errors import AuthError, ClusterUnavailable, PmclusterError
+from pmcluster.errors import AuthError, ClusterUnavailable
 from pmcluster.testing.tls import https_url, start_https, write_tls
 from pmcluster.tools.localcluster import NodeCluster
 
@@ -226,8 +226,11 @@ def test_tls_cluster_verifies_certificates(
     wrong_ca = dataclasses.replace(
         config, tls_ca=other["pmcluster.tls.ca"], request_timeout_secs=1.0
     )
-    with pytest.raises(PmclusterError), SyncClusterClient(wrong_ca) as client:
-        client.get_pulse("/tls/a")
+    with (
+        pytest.raises(ClusterUnavailable, match="CERTIFICATE_VERIFY_FAILED"),
+        SyncClusterClient(wrong_ca) as client,
+    ):
+        client.get_pulse("/tls/a")  # the reason reaches the operator, not just "unavailable"
     # Verification off (explicitly) accepts any certificate.
     unverified = dataclasses.replace(config, tls_ca=other["pmcluster.tls.ca"], tls_verify=False)
     with SyncClusterClient(unverified) as client:
