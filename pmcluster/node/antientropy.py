@@ -380,20 +380,24 @@ def _ring_for(request: web.Request, doc: Any) -> tuple[Ring, str] | web.Response
     return ring, doc["from"]
 
 
-async def _read_json(request: web.Request) -> Any:
+async def _peer_request(request: web.Request) -> tuple[Any, Ring, str] | web.Response:
+    """A peer's JSON request with the ring and peer it is about, or the error answer."""
     try:
-        return await request.json()
+        doc = await request.json()
     except ValueError:
-        return None
+        doc = None
+    found = _ring_for(request, doc)
+    if isinstance(found, web.Response):
+        return found
+    return doc, *found
 
 
 async def post_digest(request: web.Request) -> web.StreamResponse:
     """`POST /v1/internal/digest`: the buckets where this node's copy differs."""
-    doc = await _read_json(request)
-    found = _ring_for(request, doc)
+    found = await _peer_request(request)
     if isinstance(found, web.Response):
         return found
-    ring, peer = found
+    doc, ring, peer = found
     try:
         theirs = _parse_buckets(doc.get("buckets"))
     except (TypeError, ValueError, AttributeError) as exc:
@@ -405,11 +409,10 @@ async def post_digest(request: web.Request) -> web.StreamResponse:
 
 async def post_sync(request: web.Request) -> web.StreamResponse:
     """`POST /v1/internal/sync`: apply the peer's entries; answer ours that it lacks."""
-    doc = await _read_json(request)
-    found = _ring_for(request, doc)
+    found = await _peer_request(request)
     if isinstance(found, web.Response):
         return found
-    ring, peer = found
+    doc, ring, peer = found
     try:
         theirs = _entries_from(doc)
         buckets = [int(b) for b in doc["buckets"]]
