@@ -250,8 +250,15 @@ class ClusterClient:
         self._refresh_soon(node_id)
 
     def follow_membership(self) -> None:
-        """The membership source answers again: it alone defines the ring from now on."""
+        """The membership source answers again: it alone defines the ring from now on (a
+        refresh from the peers still under way is dropped, so it cannot turn the ring back)."""
         self._peer_epoch = None
+        if not self._seed_mode and self._refresh is not None and not self._refresh.done():
+            abandon(self._refresh)
+        if self._membership is not None and not self._seed_mode:
+            current = self._membership.current()
+            if current is not None:
+                self._on_snapshot(current)
 
     def caught_up(self) -> bool:
         """Whether the ring is at least as new as the epoch `follow_peers` was told about."""
@@ -259,11 +266,16 @@ class ClusterClient:
         return epoch is None or (ring is not None and not _zk_newer(epoch, ring.epoch))
 
     async def catch_up(self) -> bool:
-        """`caught_up`, after waiting (one request timeout at most) for a refresh under way."""
+        """`caught_up`, after waiting for a refresh from the peers (started when none runs;
+        half a request timeout at most, so the request itself keeps the rest)."""
+        if self.caught_up():
+            return True
+        self._refresh_soon(None)  # rate-limited: at most one every REFRESH_INTERVAL_SECS
         refresh = self._refresh
-        if not self.caught_up() and refresh is not None and not refresh.done():
+        if refresh is not None and not refresh.done():
             with contextlib.suppress(TimeoutError, PmclusterError):
-                await asyncio.wait_for(asyncio.shield(refresh), self.config.request_timeout_secs)
+                wait = self.config.request_timeout_secs / 2
+                await asyncio.wait_for(asyncio.shield(refresh), wait)
         return self.caught_up()
 
     def on_behind(self, callback: Callable[[str, str], None]) -> None:
@@ -356,6 +368,8 @@ class ClusterClient:
             return False
         if not members:
             return False
+        if not self._seed_mode and self._peer_epoch is None:
+            return False  # the membership source defines the ring again (`follow_membership`)
         if self._peer_epoch is not None and _zk_newer(self._peer_epoch, epoch):
             return False  # a member as far behind as this process (itself, say)
         self._set_ring(members, epoch, points, replication)

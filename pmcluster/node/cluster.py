@@ -78,6 +78,16 @@ async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
     handoff: HandOff | None = None
 
     def on_snapshot(snapshot: MembershipSnapshot) -> None:
+        if (
+            state.fenced
+            and getattr(membership, "state", "CONNECTED") == "CONNECTED"
+            and config.node_id in snapshot.node_ids
+        ):
+            # ZooKeeper answers again on the same session, and lists this node: the session
+            # was never lost, so nothing re-registers; the fence ends here.
+            log.warning("ZooKeeper reachable again and this node is a member: no longer fenced")
+            state.fenced = False
+            client.follow_membership()
         if snapshot.epoch != state.epoch:
             log.info("membership epoch %s: %s", snapshot.epoch, ", ".join(snapshot.node_ids))
             if handoff is not None:

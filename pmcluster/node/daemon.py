@@ -29,6 +29,7 @@ from pmcluster.node.admin import install_admin
 from pmcluster.node.app import make_app
 from pmcluster.node.appstate import (
     BUDGET_KEY,
+    LIMITER_KEY,
     LOCAL_BACKEND_KEY,
     METRICS_KEY,
     STATE_KEY,
@@ -134,6 +135,7 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
             )
             if fast_path is not None:
                 fast_path.budget = budget
+                fast_path.limiter = app[LIMITER_KEY]
             site = SharedSite(
                 runner,
                 config.host,

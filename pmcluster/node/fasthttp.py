@@ -107,6 +107,8 @@ class FastPath:
         self.idle_secs = config.http_idle_secs
         self.head_secs = config.header_timeout_secs
         self.budget: BufferBudget | None = None  # bytes of unfinished requests (sharedport's)
+        # The node's limit of coordinated requests (`pacemaker.max.threads`; the daemon's).
+        self.limiter: asyncio.Semaphore | None = None
         self.writes_open = config.auth_method == "NONE" or not config.auth_writes
         self.reads_open = config.auth_method == "NONE"
         self._head_key: tuple[int, str, str] | None = None
@@ -220,6 +222,9 @@ class FastPath:
                 version = parse_version(raw.decode("ascii"), version_ceiling(self.skew_secs))
         except (PmclusterError, UnicodeError):
             return None  # aiohttp answers it (400): nothing was stored
+        except Exception:
+            log.exception("fast path: unexpected error; aiohttp answers the request instead")
+            return None
         return self._coordinated(coordinator, path, body, version, began)
 
     async def _coordinated(
@@ -230,9 +235,16 @@ class FastPath:
         version: int | None,
         began: float,
     ) -> bytes:
-        """The response to a plain PUT once its owners have stored it (or its error)."""
+        """The response to a plain PUT once its owners have stored it (or its error). Counted
+        in the node's requests in flight (a drain waits for it) and run under the limit of
+        coordinated requests (`pacemaker.max.threads`), as aiohttp's handler is."""
+        self.state.in_flight += 1
         try:
-            await coordinator.send_pulse(path, body, version)
+            if self.limiter is None:
+                await coordinator.send_pulse(path, body, version)
+            else:
+                async with self.limiter:
+                    await coordinator.send_pulse(path, body, version)
         except PmclusterError as exc:
             status, name = status_for(exc)
             self.metrics.record("send_pulse", time.perf_counter() - began, status)
@@ -241,6 +253,8 @@ class FastPath:
             log.exception("fast path: unexpected error coordinating a write")
             self.metrics.record("send_pulse", time.perf_counter() - began, 500)
             return self.error(500, "internal_error", "unexpected server error (logged)")
+        finally:
+            self.state.request_done()
         self.metrics.received(len(body))
         self.metrics.record("send_pulse", time.perf_counter() - began, 204)
         return b"HTTP/1.1 204 No Content\r\n" + self.common_head() + b"\r\n"
@@ -410,10 +424,14 @@ class FastHttpConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._later is not None:
+            return  # reading resumes once the coordinated write is answered
         if self._transport is not None and not self.handed_over:
             self._transport.resume_reading()
             if not self._need:
                 self._process()
+            if not self.handed_over:
+                self._account(self._have if self._need else len(self._buf))
 
     # ------------------------------------------------------------------ internals
 
@@ -493,6 +511,8 @@ class FastHttpConnection(asyncio.Protocol):
             if not self._write_paused:
                 transport.resume_reading()
             self._process()
+            if not self.handed_over:
+                self._account(self._have if self._need else len(self._buf))
 
     def _wait(self, rest: bytes, need: int, out: list[bytes], answered: bool) -> None:
         """Keep `rest` (an incomplete request; `need`: its full size when known) and wait."""
@@ -593,7 +613,7 @@ class FastHttpConnection(asyncio.Protocol):
             return
         loop = asyncio.get_running_loop()
         idle_until = self._last + self._fast.idle_secs
-        if self._buf or self._more or loop.time() < idle_until:
+        if self._buf or self._more or self._later is not None or loop.time() < idle_until:
             self._idle = loop.call_at(max(idle_until, loop.time() + 1.0), self._check_idle)
             return
         transport.close()

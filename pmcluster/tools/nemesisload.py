@@ -285,7 +285,7 @@ class MixedLoad:
                 await link.call(lambda c: c.delete_path(top))
             op.finish("ok", late=link.gave_up)
         except _FAILURES as exc:
-            op.finish("timeout" if isinstance(exc, TimeoutError) else "error", late=kind == "storm")
+            op.finish("timeout" if isinstance(exc, TimeoutError) else "error", late=link.gave_up)
         finally:
             await link.close()
 
@@ -321,7 +321,7 @@ class MixedLoad:
                 except _FAILURES as exc:
                     op.finish(
                         "timeout" if isinstance(exc, TimeoutError) else "error",
-                        late=kind == "storm",
+                        late=link.gave_up,
                     )
                 delay = self.spec.period - (time.monotonic() - began)
                 if delay > 0:

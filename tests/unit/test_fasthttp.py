@@ -630,3 +630,27 @@ async def test_plain_writes_other_owners_must_store_are_coordinated_in_order() -
         await client.close()
         await stop(a)
         await stop(b)
+
+
+async def test_a_write_waiting_for_a_hung_owner_outlives_the_keep_alive_timer() -> None:
+    """The other owner accepts and never answers: the coordinated write is acknowledged by
+    this node after the peer timeout, and the connection is not closed as idle meanwhile
+    (the keep-alive is shorter than the wait)."""
+    served = await serve(Config(http_idle_secs=0.1), fast=True)
+    hung = await asyncio.start_server(lambda r, w: None, HOST, 0)
+    hung_port = hung.sockets[0].getsockname()[1]
+    me = Member(f"{HOST}:{served.port}", HOST, served.port)
+    client = await with_coordinator(served, [me, Member(f"{HOST}:{hung_port}", HOST, hung_port)])
+    try:
+        reader, writer = await asyncio.open_connection(HOST, served.port)
+        await asyncio.sleep(0.15)  # the keep-alive clock has nearly run out
+        writer.write(put("/v1/pulse/plain/slow", b"s", extra=b""))
+        status, _, _ = await read_response(reader)
+        assert status == 204
+        stored = served.store.get_pulse("/plain/slow")
+        assert stored is not None and stored.data == b"s"
+        writer.close()
+    finally:
+        await client.close()
+        hung.close()
+        await stop(served)

@@ -367,6 +367,13 @@ def test_a_late_unversioned_write_may_land_after_newer_writes() -> None:
     # Without `late` the same history is a stale read: only `late` excuses it.
     strict = run(dataclasses.replace(first, late=False), second, r("/p", 1, 5.0, 5.1))
     assert [f.evidence for f in strict.stale] == [second]
+    # Only while the given-up attempt could still land: a newer write that started after
+    # that makes the old value stale again.
+    from pmcluster.tools.history.record import LATE_SECS
+
+    later = w("/p", 3, 1.2 + LATE_SECS + 1, 1.2 + LATE_SECS + 1.1)
+    stale = run(first, second, later, r("/p", 1, LATE_SECS + 5, LATE_SECS + 5.1))
+    assert [f.evidence for f in stale.stale] == [later]
     # A late write is no excuse for another value: v2 read after an acked v3 is stale.
     third = w("/p", 3, 2.0, 2.1)
     assert [f.evidence for f in run(first, second, third, r("/p", 2, 5.0, 5.1)).stale] == [third]

@@ -24,8 +24,9 @@ Rules, for each read R of path p (``value`` = version returned, None when absent
 - **stale**: R returned v although an acknowledged write w to p with version > v happened
   before R and w is not erased for R. Evidence: the newest such write. Not when a write of v
   is *late* (``Op.late``: an attempt of it, carrying no version, was given up on by its
-  client and may land at any later time as the newest write, as Storm's protocol allows);
-  such a read is not judged for age either, and a late op's effect may come until +inf.
+  client and may land as the newest write up to ``LATE_SECS`` after the op ended, as
+  Storm's protocol allows) and the newer write started before that; such a read is not judged
+  for age within that time either, and a late op's effect may come until then.
 - **invented**: R returned v although no write of v to p (any outcome) started before R ended.
 - **resurrection**: R returned v although every write of v happened before an acknowledged
   covering delete D that happened before R (``w.end < D.start and D.end < R.start``; an
@@ -281,9 +282,11 @@ class _Checker:
                     )
                 continue
             origins = [w for w in by_version.get(got, ()) if w.start <= read.end]
-            late = any(w.late for w in origins)  # it may have landed last (`Op.late`)
+            # A late write of v may have landed after a newer write that started before the
+            # late attempt's last chance to land (`Op.late`, `LATE_SECS`): v is then newest.
+            late_until = max((w.effect_end for w in origins if w.late), default=-_INF)
             newer = witness is not None and witness.value is not None and witness.value > got
-            if newer and not late and witness is not None:
+            if newer and witness is not None and not witness.start < late_until:
                 detail = f"read v{got} after v{witness.value} acked"
                 report.stale.append(Finding("stale", path, read, witness, detail))
             if not origins:
@@ -296,7 +299,7 @@ class _Checker:
                 report.resurrections.append(
                     Finding("resurrection", path, read, gone, f"v{got} read after its delete")
                 )
-            if late:
+            if read.start < late_until:
                 continue  # its age says when the writer began, not when the value landed
             origin = max(origins, key=lambda w: w.start)
             age = read.start - origin.start

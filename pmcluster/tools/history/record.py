@@ -25,6 +25,10 @@ __all__ = ["OP_KINDS", "OUTCOMES", "History", "Op", "PendingOp"]
 OP_KINDS: Final = frozenset({"write", "read", "list", "delete", "delete_path"})
 OUTCOMES: Final = frozenset({"ok", "absent", "error", "timeout"})
 _INF: Final = math.inf
+# How long after its op ended a given-up attempt (`Op.late`) may still land: a request held
+# in a stopped node's socket buffer or in TCP retransmission across a partition, in the runs
+# judged here (faults of a few seconds; loopback retransmissions back off 0.2, 0.4, ... s).
+LATE_SECS: Final = 10.0
 _ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
@@ -41,8 +45,9 @@ class Op:
     end: float
     outcome: str
     # An attempt of this op was given up on while its request, which carried no version
-    # (Storm's protocol), may still be in flight: it may take effect at any later time, with
-    # the store version the node assigns then (the newest). Set by the load, never inferred.
+    # (Storm's protocol), may still be in flight: it may take effect up to `LATE_SECS` after
+    # the op ended, with the store version the node assigns then (the newest). Set by the
+    # load, never inferred.
     late: bool = False
 
     def __post_init__(self) -> None:
@@ -62,9 +67,11 @@ class Op:
 
     @property
     def effect_end(self) -> float:
-        """Latest time the op may take effect: its end if acknowledged (and not `late`),
-        else +inf."""
-        return self.end if self.acked and not self.late else _INF
+        """Latest time the op may take effect: `LATE_SECS` after its end if `late`; else its
+        end if acknowledged, +inf if not."""
+        if self.late:
+            return self.end + LATE_SECS
+        return self.end if self.acked else _INF
 
     def brief(self) -> str:
         """One-line description used in findings."""
