@@ -147,6 +147,16 @@ def _paths(topology: str, count: int) -> list[str]:
     return [f"/workerbeats/{topology}/node-{i:03d}-6700" for i in range(count)]
 
 
+def _wait_healed(cluster: NodeCluster, ring: Ring, writer: Writer, since: float) -> list[str]:
+    """`_healed`, polled until it finds nothing or `HEAL_BOUND` after `since` has passed."""
+    deadline = since + HEAL_BOUND
+    wrong = _healed(cluster, ring, writer)
+    while wrong and time.monotonic() < deadline:
+        time.sleep(0.05)
+        wrong = _healed(cluster, ring, writer)
+    return wrong
+
+
 def _healed(cluster: NodeCluster, ring: Ring, writer: Writer) -> list[str]:
     """What is still wrong: an owner without a key's newest version, a node with a deleted key."""
     by_id = {node.node_id: node for node in cluster.nodes}
@@ -224,11 +234,7 @@ def test_a_paused_replica_heals_within_one_round_and_nothing_deleted_returns(
             c.cont()
         resumed = time.monotonic()
         assert writer.acked >= 0.9 * (writer.acked + writer.failed), (writer.acked, writer.failed)
-        deadline = resumed + HEAL_BOUND
-        wrong = _healed(cluster, ring, writer)
-        while wrong and time.monotonic() < deadline:
-            time.sleep(0.05)
-            wrong = _healed(cluster, ring, writer)
+        wrong = _wait_healed(cluster, ring, writer, resumed)
         healed_in = time.monotonic() - resumed
         print(f"healed in {healed_in:.2f} s after SIGCONT (bound {HEAL_BOUND:.2f} s)")
         assert not wrong, f"not healed {HEAL_BOUND:.2f} s after resume:\n" + "\n".join(wrong[:20])
@@ -264,11 +270,7 @@ def test_a_replica_restarted_empty_is_filled_again(zk: ManagedZooKeeper, tmp_pat
         joined = time.monotonic()
         ring = _ring(a)
         # One round after every node is on the new ring.
-        deadline = time.monotonic() + HEAL_BOUND
-        wrong = _healed(cluster, ring, writer)
-        while wrong and time.monotonic() < deadline:
-            time.sleep(0.05)
-            wrong = _healed(cluster, ring, writer)
+        wrong = _wait_healed(cluster, ring, writer, time.monotonic())
         print(f"restarted node filled {time.monotonic() - joined:.2f} s after the ring converged")
         assert not wrong, "\n".join(wrong[:20])
         assert not _no_deleted_key_visible(cluster, writer)
@@ -299,11 +301,7 @@ def test_tombstones_outlive_their_ttl_until_the_unreached_owner_has_them(
                 c.cont()
         resumed = time.monotonic()
         assert writer.acked >= 0.9 * (writer.acked + writer.failed), (writer.acked, writer.failed)
-        deadline = resumed + HEAL_BOUND
-        wrong = _healed(cluster, ring, writer)
-        while wrong and time.monotonic() < deadline:
-            time.sleep(0.05)
-            wrong = _healed(cluster, ring, writer)
+        wrong = _wait_healed(cluster, ring, writer, resumed)
         print(f"deletes reached the cut-off owner {time.monotonic() - resumed:.2f} s after resume")
         assert not wrong, "\n".join(wrong[:20])
         assert not _no_deleted_key_visible(cluster, writer)

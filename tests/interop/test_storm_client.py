@@ -9,8 +9,6 @@ by path component (Storm's `/a/b` also lists `/a/bc`'s children)."""
 
 from __future__ import annotations
 
-import json
-import select
 import subprocess
 import sys
 import time
@@ -22,6 +20,7 @@ from typing import Any, Self
 
 import pytest
 
+from pmcluster.testing.drivers import json_reply
 from pmcluster.testing.kdc import pacemaker_realm
 from pmcluster.testing.proxy import TcpProxy
 from pmcluster.tools.localcluster import NodeCluster, NodeProcess, free_port
@@ -75,13 +74,7 @@ class Driver:
 
     def receive(self, timeout: float = CALL_TIMEOUT) -> dict[str, Any]:
         """The next JSON reply (bounded wait)."""
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        assert ready, f"no reply within {timeout} s"
-        line = self.proc.stdout.readline()
-        assert line, f"driver exited (rc={self.proc.poll()})"
-        reply: dict[str, Any] = json.loads(line)
-        return reply
+        return json_reply(self.proc, timeout)
 
     def __call__(self, *words: str | int, timeout: float = CALL_TIMEOUT) -> dict[str, Any]:
         """Send one command; its JSON reply (bounded wait)."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import socket
 import subprocess
@@ -32,6 +31,7 @@ from typing import Any
 import pytest
 import yaml
 
+from pmcluster.testing.drivers import json_reply
 from pmcluster.tools.localcluster import (
     ManagedZooKeeper,
     NodeCluster,
@@ -86,13 +86,7 @@ class Topology:
         assert self.ready.get("ready"), self.ready
 
     def _receive(self, timeout: float) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        assert ready, f"no reply within {timeout} s; log tail:\n{log_tail(self.log, 40)}"
-        line = self.proc.stdout.readline()
-        assert line, f"driver exited (rc={self.proc.poll()}); log tail:\n{log_tail(self.log, 40)}"
-        reply: dict[str, Any] = json.loads(line)
-        return reply
+        return json_reply(self.proc, timeout, lambda: f"; log tail:\n{log_tail(self.log, 40)}")
 
     def report(self) -> dict[str, Any]:
         assert self.proc.stdin is not None
