@@ -86,7 +86,9 @@ def test_batch_requests_carry_exactly_batch_heartbeats() -> None:
 
 
 def test_put_requests_encode_paths_and_split_the_work() -> None:
-    spec = HttpSpec("127.0.0.1", 1, "put", ("/workerbeats/t 1/a-6700",), 8, 1)
+    plain = HttpSpec("127.0.0.1", 1, "put", ("/workerbeats/t 1/a-6700",), 8, 1)
+    assert b"X-Pmcluster-Forwarded" not in build_requests(plain)[0][0]  # a user's request
+    spec = HttpSpec("127.0.0.1", 1, "put", ("/workerbeats/t 1/a-6700",), 8, 1, forwarded=True)
     (request,), per_request = build_requests(spec)
     assert per_request == 1
     assert request.startswith(b"PUT /v1/pulse/workerbeats/t%201/a-6700 HTTP/1.1\r\n")

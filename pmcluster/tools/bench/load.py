@@ -216,7 +216,9 @@ class HttpSpec:
     payload: int
     connections: int
     batch: int = 100
-    forwarded: bool = True  # what the ring-aware client sends: answer from the local store
+    # False: a user's plain request. True: with the internal `X-Pmcluster-Forwarded` header
+    # (a node's or the ring-aware client's hop to an owner), for rows labelled as such.
+    forwarded: bool = False
 
 
 def build_requests(spec: HttpSpec) -> tuple[list[bytes], int]:

@@ -180,7 +180,8 @@ def targets(rows: Sequence[Row], payload: int, node_lifetime_writes: int | None)
             _ratio(get("node-batch", "cpu_us_per_hb"), zk_cpu),
             1 / 50,
             True,
-            "node-batch / zk-write server CPU µs per heartbeat",
+            "node-batch (INTERNAL HOP, the ring-aware client's batch replayed raw) / zk-write "
+            "server CPU µs per heartbeat",
         ),
         Target(
             "Storm protocol node CPU/hb vs ZooKeeper, one SEND_PULSE per heartbeat",

@@ -297,9 +297,9 @@ class Bench:
             "node-batch",
             "batch",
             True,
-            f"pmcluster node, POST /v1/batch of {plan.batch} heartbeats (pulse-list encoding) "
-            f"to the owner, as the ring-aware client sends it, {plan.concurrency} connections: "
-            f"a supervisor sending its workers' heartbeats",
+            f"INTERNAL HOP as the ring-aware client sends it (POST /v1/batch of {plan.batch} "
+            f"heartbeats with X-Pmcluster-Forwarded, replayed raw to the owner), "
+            f"{plan.concurrency} connections; the client itself is measured in cluster3-put",
         )
 
     def row_storm(self) -> Row:
