@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import shutil
 import signal
 import socket
@@ -64,8 +65,42 @@ def missing_zookeeper_jar(classpath: Sequence[Path] = ZOOKEEPER_CLASSPATH) -> Pa
     return None
 
 
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_CHOSEN_PORT = 10_000
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out for `bind(0)` and outgoing connections."""
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on `host` right now (the kernel picks it)."""
+    """A TCP port that is free on `host` right now and that the kernel will not hand out.
+
+    Chosen at random *below* the kernel's ephemeral range: a port the kernel picked for
+    `bind(0)` is itself ephemeral, so between the choice and the moment a child process
+    binds it, any outgoing connection on the machine (a node's link to ZooKeeper, a proxy's
+    upstream) could take it as its local port and the bind fails with EADDRINUSE. Ports
+    handed out earlier in this process are not handed out again.
+    """
+    low = _ephemeral_low()
+    if low - _LOWEST_CHOSEN_PORT < 1_000:
+        return _kernel_port(host)
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(_LOWEST_CHOSEN_PORT, low)
+        if port not in _handed_out and port_is_free(host, port):
+            _handed_out.add(port)
+            return port
+    raise HarnessError(f"no free port below {low} on {host}")
+
+
+def _kernel_port(host: str) -> int:
+    """A port the kernel picks (the fallback when no range lies below the ephemeral one)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]

@@ -243,3 +243,19 @@ def test_tcp_proxy_forwards_refuses_and_blackholes() -> None:
         finally:
             stop = True
             server.join(5.0)
+
+
+def test_free_ports_lie_outside_the_kernels_ephemeral_range_and_are_never_repeated() -> None:
+    """A chosen port cannot be taken by an outgoing connection before the node binds it.
+
+    The kernel gives outgoing connections local ports from its ephemeral range; a port
+    chosen inside that range was once taken by a node's own link to ZooKeeper between the
+    choice and the bind (EADDRINUSE, a nemesis run that never started).
+    """
+    low, high = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    ports = [free_port("127.0.0.1") for _ in range(50)]
+    assert len(set(ports)) == len(ports)
+    assert all(p < low or p > high for p in ports)
+    for port in ports[:5]:
+        with socket.create_server(("127.0.0.1", port)):
+            pass
