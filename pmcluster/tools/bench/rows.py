@@ -528,6 +528,8 @@ class Bench:
 
 
 async def _http_populate(url: str, paths: Sequence[str], payload: int) -> None:
+    """Fill one node's store before a row, unmeasured (INTERNAL HOP: batches with the
+    forwarded header, stored as-is); only what the row does next (reads, RSS) is measured."""
     data = b"m" * payload
     async with aiohttp.ClientSession() as session:
         for start in range(0, len(paths), _POPULATE_BATCH):
