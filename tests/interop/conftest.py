@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from pmcluster.tools.stormpacemaker import StormUnavailable, storm_classpath
+
 HERE = Path(__file__).parent
 POM = HERE / "storm" / "pom.xml"
 DRIVERS = (HERE / "java" / "StormDriver.java", HERE / "java" / "TopologyDriver.java")
-MAVEN_TIMEOUT = 600.0  # a first fetch of ~165 MB; later runs take ~2 s (README)
 JAVAC_TIMEOUT = 120.0
 
 
@@ -29,18 +30,10 @@ def require(name: str) -> str:
 def storm_java_command(work: Path) -> list[str]:
     """`java -cp <storm-client's and storm-server's jars and the compiled drivers>`: Maven
     resolves the jars, javac compiles the drivers into `work` against them."""
-    cp_file = work / "cp.txt"
-    maven = subprocess.run(
-        [
-            *(require("mvn"), "-q", "-B", "-f", str(POM), "dependency:build-classpath"),
-            *(f"-Dmdep.outputFile={cp_file}", "-Dstyle.color=never"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=MAVEN_TIMEOUT,
-    )
-    assert maven.returncode == 0, maven.stdout + maven.stderr
-    jars = cp_file.read_text().strip()
+    try:
+        jars = storm_classpath(work, POM)
+    except StormUnavailable as exc:
+        pytest.fail(str(exc))
     classes = work / "classes"
     javac = subprocess.run(
         [require("javac"), "-cp", jars, "-d", str(classes), *map(str, DRIVERS)],

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,11 +35,11 @@ from pmcluster.tools.localcluster import (
     ManagedZooKeeper,
     NodeCluster,
     NodeProcess,
-    free_port,
     log_tail,
     wait_until,
     zk_yaml,
 )
+from pmcluster.tools.stormpacemaker import StormPacemaker
 
 pytestmark = pytest.mark.integration
 
@@ -197,49 +196,6 @@ def test_topology_survives_node_death_join_and_drain(
             assert_not_reassigned(after_drain, f"{PAST_TIMEOUT} s after {fourth.node_id} drained")
             assert after_drain["acked"] > after_join["acked"]
     print(f"pmcluster topology test: {time.monotonic() - started:.0f} s; {after_drain}")
-
-
-class StormPacemaker:
-    """Storm's own Pacemaker server (`org.apache.storm.pacemaker.Pacemaker` from storm-server),
-    on its own port (it binds the wildcard address), stopped by PID."""
-
-    def __init__(self, storm: Sequence[str], workdir: Path) -> None:
-        self.storm = storm
-        self.port = free_port()
-        self.conf = workdir / "pacemaker.yaml"
-        self.conf.write_text(yaml.safe_dump({"pacemaker.port": self.port}))
-        self.log = workdir / "pacemaker.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    *self.storm[:1],
-                    "-Xmx128m",
-                    "-XX:+UseSerialGC",
-                    f"-Dstorm.conf.file={self.conf}",
-                    *self.storm[1:],
-                    "org.apache.storm.pacemaker.Pacemaker",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        wait_until(self.listening, timeout=30, what="Storm's Pacemaker to listen")
-
-    def listening(self) -> bool:
-        assert self.proc is not None
-        assert self.proc.poll() is None, log_tail(self.log)
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return True
-        except OSError:
-            return False
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
 
 
 def storm_pacemaker_run(

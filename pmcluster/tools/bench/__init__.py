@@ -20,7 +20,25 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pmcluster.tools.bench.rows import Plan
 
-__all__ = ["ROW_NAMES", "SMOKE", "machine_description", "plan_from_args", "run_bench"]
+__all__ = [
+    "PACEMAKER_ROW_NAMES",
+    "ROW_NAMES",
+    "SMOKE",
+    "machine_description",
+    "plan_from_args",
+    "run_bench",
+]
+
+# The rows of `--rows pacemaker` (not run by default: they need a JDK and Storm's jars): Storm's
+# own Pacemaker beside pmcluster under the same Storm loads, and what a crash costs each.
+PACEMAKER_ROW_NAMES = (
+    "pacemaker-put",
+    "storm-read",
+    "cluster3-storm-read",
+    "pacemaker-read",
+    "cluster3-death",
+    "pacemaker-death",
+)
 
 # Every row's name, in the issue's order: the table's order. (Rows run in another order: each
 # server is stopped once its rows are done, so later rows run on a quiet machine.)
@@ -39,6 +57,7 @@ ROW_NAMES = (
     "read-pmcluster",
     "read-storm",
     "memory",
+    *PACEMAKER_ROW_NAMES,
 )
 
 # --smoke: tiny sizes so CI checks that every row runs, in well under a minute. Its keys are
@@ -60,12 +79,14 @@ SMOKE = {
 
 def plan_from_args(args: argparse.Namespace, workdir: Path) -> Plan:
     """The `Plan` the command-line knobs ask for (`--smoke` replaces the sizes)."""
-    from pmcluster.tools.bench.rows import ALL_ROWS, Plan
+    from pmcluster.tools.bench.rows import ALL_ROWS, OPTIONAL_ROWS, Plan
 
     rows = tuple(r.strip() for r in args.rows.split(",") if r.strip()) if args.rows else ALL_ROWS
-    unknown = sorted(set(rows) - set(ALL_ROWS))
+    unknown = sorted(set(rows) - set(ALL_ROWS) - set(OPTIONAL_ROWS))
     if unknown:
-        raise SystemExit(f"pmcluster bench: unknown rows {unknown}; choose from {ALL_ROWS}")
+        raise SystemExit(
+            f"pmcluster bench: unknown rows {unknown}; choose from {ALL_ROWS + OPTIONAL_ROWS}"
+        )
     sizes = dict(SMOKE) if args.smoke else {name: getattr(args, name) for name in SMOKE}
     return Plan(
         topologies=args.topologies,
@@ -73,6 +94,7 @@ def plan_from_args(args: argparse.Namespace, workdir: Path) -> Plan:
         zookeeper=not args.no_zookeeper,
         rows=rows,
         workdir=workdir,
+        storm_classpath=args.storm_classpath,
         **sizes,
     )
 
@@ -128,6 +150,12 @@ def run_bench(args: argparse.Namespace) -> int:
         if plan.zookeeper and "read" in plan.rows:
             rows.append(bench.row_read_zookeeper())
         bench.stop_zookeeper()
+        if "pacemaker" in plan.rows:  # Storm's own server: the same Storm loads, then a crash
+            rows.append(bench.row_pacemaker_put())
+            rows.append(bench.row_pacemaker_read())
+            rows.append(bench.row_pacemaker_death())
+            bench.stop_pacemaker()
+            rows.append(bench.row_storm_nimbus_read())
         if "baseline" in plan.rows:
             rows.append(bench.row_baseline())
         if "put" in plan.rows:
@@ -148,6 +176,9 @@ def run_bench(args: argparse.Namespace) -> int:
                 rows.append(bench.row_cluster_storm())
         if "read" in plan.rows:
             rows.append(bench.row_read_pmcluster())
+        if "pacemaker" in plan.rows:
+            rows.append(bench.row_cluster_storm_nimbus_read())
+            rows.append(bench.row_cluster_death())  # last: it kills a node of the cluster
         bench.stop_cluster()
         if "memory" in plan.rows:
             rows.append(bench.row_memory())
@@ -197,7 +228,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=100, help="heartbeats per batch request (100)")
     p.add_argument("--memory-keys", type=int, default=100_000, help="keys for memory (100000)")
     p.add_argument("--read-rounds", type=int, default=3, help="measured read rounds (3)")
-    p.add_argument("--rows", help="comma list of zk,baseline,put,batch,storm,cluster,read,memory")
+    p.add_argument(
+        "--rows",
+        help="comma list of zk,baseline,put,batch,storm,cluster,read,memory (the default) and "
+        "pacemaker (Storm's own Pacemaker as the peer: needs a JDK and Storm's jars)",
+    )
+    p.add_argument(
+        "--storm-classpath",
+        help="pacemaker rows: Storm's jars (e.g. '/opt/storm/lib/*'); default: Maven fetches "
+        "storm-server with the project's tests/interop/storm/pom.xml",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny sizes: checks every row runs")
     p.add_argument("--no-zookeeper", action="store_true", help="skip the ZooKeeper rows")
     p.add_argument("--workdir", help="keep configs and logs here (default: a temp dir)")

@@ -37,10 +37,13 @@ from pmcluster.tools.bench.load import (
 from pmcluster.tools.bench.procstats import ProcSample, dir_disk_bytes, sample, sample_sum
 from pmcluster.tools.bench.report import Progress, Row, percentile
 from pmcluster.tools.localcluster import ManagedZooKeeper, NodeCluster, NodeProcess, free_port
+from pmcluster.tools.stormpacemaker import StormPacemaker, java_command, storm_classpath
 
-__all__ = ["ALL_ROWS", "Bench", "Plan", "storm_paths"]
+__all__ = ["ALL_ROWS", "OPTIONAL_ROWS", "Bench", "Plan", "storm_paths"]
 
 ALL_ROWS = ("zk", "baseline", "put", "batch", "storm", "cluster", "read", "memory")
+# Rows run only when named in --rows: `pacemaker` needs a JDK and Storm's jars (Maven).
+OPTIONAL_ROWS = ("pacemaker",)
 _MiB = 1024 * 1024
 _POPULATE_BATCH = 1000  # heartbeats per POST /v1/batch while filling a store
 
@@ -65,6 +68,7 @@ class Plan:
     workdir: Path
     storm_connections: int = 8
     storm_depth: int = 100  # SEND_PULSEs in flight per Storm connection (Storm's client: 100)
+    storm_classpath: str | None = None  # Storm's jars for the pacemaker rows (None: Maven)
 
 
 def storm_paths(count: int, topologies: int, root: str = "/workerbeats") -> list[str]:
@@ -131,10 +135,12 @@ class Bench:
         self._zk: ManagedZooKeeper | None = None
         self._node: NodeProcess | None = None
         self._cluster: NodeCluster | None = None
+        self._pacemaker: StormPacemaker | None = None
         self.write_paths = storm_paths(plan.workers, plan.topologies)
         self.node_lifetime_writes = 0  # write_bytes of every node process, start to stop
 
     def close(self) -> None:
+        self.stop_pacemaker()
         self.stop_node()
         self.stop_cluster()
         self._stack.close()
@@ -151,6 +157,11 @@ class Bench:
         if self._zk is not None:
             self._zk.stop()
             self._zk = None
+
+    def stop_pacemaker(self) -> None:
+        if self._pacemaker is not None:
+            self._pacemaker.kill()
+            self._pacemaker = None
 
     def stop_node(self) -> None:
         if self._node is not None:
@@ -197,6 +208,22 @@ class Bench:
             self._stack.enter_context(cluster)
             self._cluster = cluster
         return self._cluster
+
+    def pacemaker(self) -> StormPacemaker:
+        """Storm's own Pacemaker (one JVM, Storm's default heap `-Xmx1024m`)."""
+        if self._pacemaker is None:
+            plan = self.plan
+            classpath = plan.storm_classpath
+            if classpath is None:
+                self.progress.step("resolving Storm's jars with Maven (~165 MB the first time)")
+                classpath = storm_classpath(plan.workdir / "storm")
+            server = StormPacemaker(
+                java_command(classpath), plan.workdir / "pacemaker", heap="1024m"
+            )
+            self.progress.step(f"starting Storm's own Pacemaker on 127.0.0.1:{server.port}")
+            self._stack.callback(server.kill)
+            self._pacemaker = server.start()
+        return self._pacemaker
 
     def _drive(
         self, label: str, target: Any, specs: Sequence[Any], pids: Sequence[int], per: str = "hb"
@@ -305,19 +332,134 @@ class Bench:
     def row_storm(self) -> Row:
         plan = self.plan
         node = self.node()
-        connections = max(plan.storm_connections, plan.clients)
-        specs = [
-            storm.StormSpec(node.host, node.port, part, plan.payload, n * plan.storm_depth, n)
-            for part, n in self._deal(self.write_paths, connections)
-        ]
-        measured = self._drive("storm-put", storm.storm_load, specs, [node.pid])
+        measured = self._storm_put_row("storm-put", node.host, node.port, [node.pid])
         return _write_row(
             "storm-put",
             f"pmcluster node, Storm protocol: one SEND_PULSE per heartbeat, "
             f"{plan.storm_depth} in flight pipelined on each of "
-            f"{sum(s.connections for s in specs)} connections",
+            f"{max(plan.storm_connections, plan.clients)} connections",
             measured,
             pmcluster_node=True,
+        )
+
+    def _storm_put_row(self, name: str, host: str, port: int, pids: Sequence[int]) -> Measured:
+        plan = self.plan
+        connections = max(plan.storm_connections, plan.clients)
+        specs = [
+            storm.StormSpec(host, port, part, plan.payload, n * plan.storm_depth, n)
+            for part, n in self._deal(self.write_paths, connections)
+        ]
+        return self._drive(name, storm.storm_load, specs, pids)
+
+    def row_pacemaker_put(self) -> Row:
+        plan = self.plan
+        server = self.pacemaker()
+        measured = self._storm_put_row("pacemaker-put", "127.0.0.1", server.port, [server.pid])
+        return _write_row(
+            "pacemaker-put",
+            f"Storm's own Pacemaker (storm-server, one JVM, -Xmx1024m): the storm-put load, one "
+            f"SEND_PULSE per heartbeat, {plan.storm_depth} in flight on each of "
+            f"{max(plan.storm_connections, plan.clients)} connections",
+            measured,
+        )
+
+    def _nimbus_rows(
+        self, prefix: str, hosts: Sequence[str], port: int, pids: Sequence[int], system: str
+    ) -> Row:
+        """Store the read round's heartbeats over the Storm protocol (RSS growth per
+        heartbeat noted), then time Nimbus rounds as Storm's own client makes them."""
+        plan = self.plan
+        root = "/nimbusbeats"
+        paths = storm_paths(plan.workers, plan.topologies, root)
+        self.progress.step(
+            f"{prefix}-read: storing {plan.workers:,} heartbeats of {plan.read_payload} B "
+            f"through {hosts[0]}"
+        )
+        before = sample_sum(pids)
+        asyncio.run(storm.storm_populate(hosts[0], port, paths, plan.read_payload))
+        time.sleep(0.5)  # let the allocator settle before reading RSS
+        grown = sample_sum(pids).rss_bytes - before.rss_bytes
+        return self._read_rounds(
+            f"{prefix}-read",
+            f"{system}: Nimbus round as Storm's PaceMakerStateStorage makes it (workers listed "
+            f"per topology, one GET_PULSE per worker to every server; {plan.workers:,} "
+            f"workers, {plan.read_payload} B)",
+            pids,
+            lambda: asyncio.run(storm.storm_nimbus_round(hosts, port, root)),
+            rss_bytes_per_hb=grown / plan.workers,
+        )
+
+    def _death_row(
+        self,
+        name: str,
+        system: str,
+        kill: Callable[[], None],
+        hosts: Sequence[str],
+        port: int,
+    ) -> Row:
+        """After `kill` (a real SIGKILL), one Nimbus round over `hosts`: how many of the
+        stored heartbeats Nimbus still sees ("errors" counts the lost ones)."""
+        plan = self.plan
+        root = "/nimbusbeats"
+        kill()
+        seconds, count, _ = asyncio.run(storm.storm_nimbus_round(hosts, port, root))
+        self.progress.step(f"  {name}: {count:,} of {plan.workers:,} heartbeats after the kill")
+        return Row(
+            name=name,
+            system=system,
+            heartbeats_per_sec=count / seconds if seconds else None,
+            errors=plan.workers - count,
+            extra={"seconds": seconds, "readable": count, "stored": plan.workers},
+        )
+
+    def row_pacemaker_read(self) -> Row:
+        server = self.pacemaker()
+        return self._nimbus_rows(
+            "pacemaker", ["127.0.0.1"], server.port, [server.pid], "Storm's own Pacemaker"
+        )
+
+    def row_pacemaker_death(self) -> Row:
+        server = self.pacemaker()
+
+        def restart() -> None:
+            server.kill()
+            server.start()
+
+        return self._death_row(
+            "pacemaker-death",
+            "Storm's own Pacemaker killed (SIGKILL) and restarted, then a Nimbus round: errors "
+            "= heartbeats Nimbus no longer sees (until every worker writes again)",
+            restart,
+            ["127.0.0.1"],
+            server.port,
+        )
+
+    def row_storm_nimbus_read(self) -> Row:
+        node = self.node()
+        return self._nimbus_rows(
+            "storm", [node.host], node.port, [node.pid], "one pmcluster node, Storm protocol"
+        )
+
+    def row_cluster_storm_nimbus_read(self) -> Row:
+        cluster = self.cluster()
+        return self._nimbus_rows(
+            "cluster3-storm",
+            list(cluster.hosts),
+            cluster.port,
+            [n.pid for n in cluster.nodes],
+            "3 pmcluster nodes (replication 2) all in pacemaker.servers, Storm protocol",
+        )
+
+    def row_cluster_death(self) -> Row:
+        cluster = self.cluster()
+        victim = cluster.nodes[-1]
+        return self._death_row(
+            "cluster3-death",
+            f"one of the 3 pmcluster nodes killed (SIGKILL, {victim.host}), then a Nimbus "
+            "round over the other two: errors = heartbeats Nimbus no longer sees",
+            lambda: self._retire_nodes([victim]),
+            list(cluster.hosts[:-1]),
+            cluster.port,
         )
 
     def row_read_storm(self) -> Row:
@@ -393,19 +535,14 @@ class Bench:
         writes to one server of `pacemaker.servers`): that node coordinates every write."""
         plan = self.plan
         cluster = self.cluster()
-        host = cluster.hosts[0]
-        connections = max(plan.storm_connections, plan.clients)
-        specs = [
-            storm.StormSpec(host, cluster.port, part, plan.payload, n * plan.storm_depth, n)
-            for part, n in self._deal(self.write_paths, connections)
-        ]
         pids = [n.pid for n in cluster.nodes]
-        measured = self._drive("cluster3-storm-put", storm.storm_load, specs, pids)
+        measured = self._storm_put_row("cluster3-storm-put", cluster.hosts[0], cluster.port, pids)
         return _write_row(
             "cluster3-storm-put",
             f"3 nodes, replication 2, Storm protocol into one node: one SEND_PULSE per "
             f"heartbeat, {plan.storm_depth} in flight pipelined on each of "
-            f"{sum(s.connections for s in specs)} connections (CPU is the sum of the 3 nodes)",
+            f"{max(plan.storm_connections, plan.clients)} connections (CPU is the sum of the "
+            "3 nodes)",
             measured,
             pmcluster_node=True,
         )

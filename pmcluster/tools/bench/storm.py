@@ -163,3 +163,39 @@ async def storm_read_round(host: str, port: int, root: str) -> tuple[float, int,
         seconds = time.monotonic() - started
     pulses = [p for result in results for p in result]
     return seconds, len(pulses), sum(len(data) for _, data in pulses)
+
+
+async def storm_nimbus_round(hosts: Sequence[str], port: int, root: str) -> tuple[float, int, int]:
+    """A Nimbus round as Storm's own `PaceMakerStateStorage` makes it, which every Pacemaker
+    server answers (Storm's returns nothing for GET_ALL_PULSE_FOR_PATH): the topologies
+    (GET_ALL_NODES_FOR_PATH on `root`), each topology's workers (`get_worker_hb_children`:
+    GET_ALL_NODES_FOR_PATH, unioned over the servers), then one GET_PULSE per worker to every
+    server (`get_worker_hb`), keeping an answer with data. Pipelined up to 100 in flight per
+    connection, as Storm's client allows. (seconds, heartbeats read, bytes read)."""
+    from contextlib import AsyncExitStack
+
+    from pmcluster.storm.client import StormClient
+
+    async with AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(StormClient(h, port, timeout=_TIMEOUT_SECS))
+            for h in hosts
+        ]
+        started = time.monotonic()
+
+        async def union(path: str) -> list[str]:
+            answers = await asyncio.gather(*(c.get_all_nodes_for_path(path) for c in clients))
+            return sorted({name for answer in answers for name in answer})
+
+        async def newest(path: str) -> bytes | None:
+            answers = await asyncio.gather(*(c.get_pulse(path) for c in clients))
+            return next((data for data in answers if data), None)
+
+        topologies = await union(root)
+        workers = await asyncio.gather(*(union(f"{root}/{t}") for t in topologies))
+        paths = [
+            f"{root}/{t}/{w}" for t, names in zip(topologies, workers, strict=True) for w in names
+        ]
+        found = [data for data in await asyncio.gather(*map(newest, paths)) if data is not None]
+        seconds = time.monotonic() - started
+    return seconds, len(found), sum(len(data) for data in found)
