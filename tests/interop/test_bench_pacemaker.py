@@ -50,7 +50,12 @@ def test_bench_against_storms_pacemaker(storm_java: list[str]) -> None:
     # absurd. (A smoke read round takes milliseconds, under /proc's 10 ms tick: its CPU figure
     # is only meaningful at full size, so it is not bounded here.)
     assert 1.0 <= put["cpu_us_per_hb"] <= 100_000.0, put
-    for name in ("storm-read", "cluster3-storm-read", "pacemaker-read"):
+    for name in (
+        "storm-read",
+        "cluster3-storm-read",
+        "cluster3-storm-local-read",
+        "pacemaker-read",
+    ):
         assert rows[name]["errors"] == 0, rows[name]
         # RSS growth per stored heartbeat is reported (a measurement: at smoke sizes an
         # allocator may reuse freed memory, so its sign is not asserted).

@@ -35,6 +35,7 @@ PACEMAKER_ROW_NAMES = (
     "pacemaker-put",
     "storm-read",
     "cluster3-storm-read",
+    "cluster3-storm-local-read",
     "pacemaker-read",
     "cluster3-death",
     "pacemaker-death",
@@ -180,6 +181,8 @@ def run_bench(args: argparse.Namespace) -> int:
             rows.append(bench.row_cluster_storm_nimbus_read())
             rows.append(bench.row_cluster_death())  # last: it kills a node of the cluster
         bench.stop_cluster()
+        if "pacemaker" in plan.rows:
+            rows.append(bench.row_cluster_storm_local_read())
         if "memory" in plan.rows:
             rows.append(bench.row_memory())
     finally:

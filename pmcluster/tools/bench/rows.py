@@ -450,6 +450,33 @@ class Bench:
             "3 pmcluster nodes (replication 2) all in pacemaker.servers, Storm protocol",
         )
 
+    def row_cluster_storm_local_read(self) -> Row:
+        """The same Nimbus round on a fresh 3-node cluster with `pmcluster.storm.read.mode:
+        local` (every node listed: each answers from its own store, Nimbus takes the newest)."""
+        cluster = NodeCluster(
+            3,
+            workdir=self.plan.workdir / "local-read",
+            extra={
+                "pmcluster.replication": 2,
+                "pmcluster.log.level": "WARNING",
+                "pmcluster.storm.read.mode": "local",
+            },
+            env=_node_env(),
+        )
+        self.progress.step(f"starting 3 nodes on 127.0.0.1-3:{cluster.port} (storm read local)")
+        with cluster:
+            try:
+                return self._nimbus_rows(
+                    "cluster3-storm-local",
+                    list(cluster.hosts),
+                    cluster.port,
+                    [n.pid for n in cluster.nodes],
+                    "3 pmcluster nodes (replication 2, pmcluster.storm.read.mode: local) all in "
+                    "pacemaker.servers, Storm protocol",
+                )
+            finally:
+                self._retire_nodes(cluster.nodes)
+
     def row_cluster_death(self) -> Row:
         cluster = self.cluster()
         victim = cluster.nodes[-1]
