@@ -46,6 +46,7 @@ ALL_ROWS = ("zk", "baseline", "put", "batch", "storm", "cluster", "read", "memor
 OPTIONAL_ROWS = ("pacemaker",)
 _MiB = 1024 * 1024
 _POPULATE_BATCH = 1000  # heartbeats per POST /v1/batch while filling a store
+_NIMBUS_ROOT = "/nimbusbeats"  # the Storm-way Nimbus rounds' heartbeats (read rows, death rows)
 
 
 @dataclass(frozen=True)
@@ -369,8 +370,7 @@ class Bench:
         """Store the read round's heartbeats over the Storm protocol (RSS growth per
         heartbeat noted), then time Nimbus rounds as Storm's own client makes them."""
         plan = self.plan
-        root = "/nimbusbeats"
-        paths = storm_paths(plan.workers, plan.topologies, root)
+        paths = storm_paths(plan.workers, plan.topologies, _NIMBUS_ROOT)
         self.progress.step(
             f"{prefix}-read: storing {plan.workers:,} heartbeats of {plan.read_payload} B "
             f"through {hosts[0]}"
@@ -385,7 +385,7 @@ class Bench:
             f"per topology, one GET_PULSE per worker to every server; {plan.workers:,} "
             f"workers, {plan.read_payload} B)",
             pids,
-            lambda: asyncio.run(storm.storm_nimbus_round(hosts, port, root)),
+            lambda: asyncio.run(storm.storm_nimbus_round(hosts, port, _NIMBUS_ROOT)),
             rss_bytes_per_hb=grown / plan.workers,
         )
 
@@ -400,9 +400,8 @@ class Bench:
         """After `kill` (a real SIGKILL), one Nimbus round over `hosts`: how many of the
         stored heartbeats Nimbus still sees ("errors" counts the lost ones)."""
         plan = self.plan
-        root = "/nimbusbeats"
         kill()
-        seconds, count, _ = asyncio.run(storm.storm_nimbus_round(hosts, port, root))
+        seconds, count, _ = asyncio.run(storm.storm_nimbus_round(hosts, port, _NIMBUS_ROOT))
         self.progress.step(f"  {name}: {count:,} of {plan.workers:,} heartbeats after the kill")
         return Row(
             name=name,
