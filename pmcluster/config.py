@@ -97,6 +97,7 @@ class Config:
     admin_secret_file: str | None = None
     kerberos_peers: tuple[str, ...] = ()
     write_coalesce: bool = True
+    replication_channel: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -291,6 +292,7 @@ KEYS: dict[str, tuple[str, Parser]] = {
     "pmcluster.tls.ca": ("tls_ca", _optional(_nonempty_str)),
     "pmcluster.tls.verify": ("tls_verify", _bool),
     "pmcluster.write.coalesce": ("write_coalesce", _bool),
+    "pmcluster.replication.channel": ("replication_channel", _bool),
     "pmcluster.storm.read.mode": ("storm_read_mode", _lower_choice(STORM_READ_MODES)),
     "pmcluster.event.loop": ("event_loop", _lower_choice(EVENT_LOOPS)),
     "pmcluster.version.max.skew.secs": ("version_max_skew_secs", _float(0.001, 86_400.0)),

@@ -174,6 +174,9 @@ class ClusterClient:
         if self._coalescer is not None:
             await self._coalescer.close()
         await self._fanout.close()
+        for transport in self._transports.values():
+            if isinstance(transport, NodeTransport):
+                transport.close()
         if self._own_membership and self._membership is not None:
             await self._membership.stop()
         if self._own_session and self._session is not None:
@@ -396,6 +399,7 @@ class ClusterClient:
                 ssl_context=self._ssl,
                 max_response_bytes=self.config.response_max_bytes,
                 batch_max_entries=self.config.batch_max_entries,
+                channel=self.config.replication_channel,
             )
             self._transports[member.node_id] = transport
         return transport

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import aiohttp
 from yarl import URL
 
+from pmcluster.client.channel import ChannelRefused, PulseChannel
 from pmcluster.errors import (
     InvalidRequest,
     NodeNotReady,
@@ -138,9 +139,12 @@ class NodeTransport:
         ssl_context: ssl.SSLContext | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         batch_max_entries: int = DEFAULT_BATCH_MAX_ENTRIES,
+        channel: bool = False,
     ) -> None:
         """`auth` adds credentials and answers challenges (`pmcluster.auth.client`);
-        `ssl_context` switches to https with that context (`pmcluster.auth.tls`)."""
+        `ssl_context` switches to https with that context (`pmcluster.auth.tls`); `channel`
+        (with `forwarded`) sends batches over a pulse channel (`pmcluster.client.channel`)
+        when the node takes one."""
         self._max_response = max_response_bytes
         self._batch_max = batch_max_entries
         self.node_id = node_id
@@ -154,6 +158,17 @@ class NodeTransport:
         )
         self._on_epoch = on_epoch
         self._forwarded = forwarded
+        self._channel: PulseChannel | None = None
+        if channel and forwarded:
+            self._channel = PulseChannel(
+                node_id,
+                host,
+                port,
+                connect_timeout_secs=connect_timeout_secs,
+                request_timeout_secs=request_timeout_secs,
+                ssl_context=ssl_context,
+                on_epoch=on_epoch,
+            )
 
     def __repr__(self) -> str:
         return f"NodeTransport({self.node_id!r})"
@@ -323,7 +338,15 @@ class NodeTransport:
         return stored, ignored
 
     async def _batch(self, pulses: Sequence[tuple[str, bytes, int]]) -> tuple[int, int]:
-        body = pulsecodec.encode([Pulse(p, d, v) for p, d, v in pulses])
+        body = pulsecodec.encode(pulses)
+        channel = self._channel
+        if channel is not None and channel.usable():
+            try:
+                ack = await channel.batch(body)
+            except ChannelRefused:
+                pass  # this node takes no channel (for now): the HTTP route below
+            else:
+                return ack.stored, len(pulses) - ack.stored
         answer = await self._request(
             "POST",
             self._url("batch"),
@@ -349,6 +372,11 @@ class NodeTransport:
             timeout=timeout,
         )
         return self._not_404(answer, f"internal/{route}").json()
+
+    def close(self) -> None:
+        """Close the pulse channel, when there is one (the HTTP session is the client's)."""
+        if self._channel is not None:
+            self._channel.close()
 
     async def members(self) -> dict[str, Any]:
         """GET /v1/members -> this node's view (epoch, members, ring parameters)."""

@@ -44,6 +44,7 @@ from typing import cast
 from pmcluster.config import Config
 from pmcluster.errors import PmclusterError
 from pmcluster.node.appstate import NodeState
+from pmcluster.node.channelserver import PulseChannelServer
 from pmcluster.node.coordinator import CoordinatingBackend
 from pmcluster.node.local import LocalBackend
 from pmcluster.node.metrics import Metrics
@@ -51,6 +52,7 @@ from pmcluster.node.requests import check_versions, key_path, parse_version, ver
 from pmcluster.protocol import pulsecodec
 from pmcluster.protocol.backend import NOT_NOW, NowBackend
 from pmcluster.protocol.budget import BufferBudget
+from pmcluster.protocol.channel import CHANNEL_PATH, CHANNEL_PROTOCOL, IDLE_HEADER
 from pmcluster.protocol.http import HELD_HEADER, VERSION_HEADER, status_for
 from pmcluster.protocol.pulse import Pulse
 from pmcluster.store import PulseStore
@@ -72,6 +74,9 @@ WRITE_CHUNK = 65536  # answers of one read are written in pieces of about this s
 
 _PULSE = b"/v1/pulse/"
 _BATCH = b"/v1/batch"
+_UPGRADE = b"upgrade"
+_CHANNEL_PATH = CHANNEL_PATH.encode()
+_CHANNEL_PROTOCOL = CHANNEL_PROTOCOL.encode()
 _FORWARDED = b"x-pmcluster-forwarded"
 _CONTENT_LENGTH = b"content-length"
 _VERSION = VERSION_HEADER.lower().encode()
@@ -91,6 +96,16 @@ _HARMLESS = frozenset(
 )
 
 
+class ChannelUpgrade:
+    """`FastPath.answer`'s verdict on a pulse channel's handshake: write `response` (101),
+    then the connection speaks the channel (`PulseChannelServer`)."""
+
+    __slots__ = ("response",)
+
+    def __init__(self, response: bytes) -> None:
+        self.response = response
+
+
 class FastPath:
     """What the fast path of one node answers with: its store, identity, metrics and rules."""
 
@@ -106,6 +121,8 @@ class FastPath:
         self.max_entries = config.batch_max_entries
         self.idle_secs = config.http_idle_secs
         self.head_secs = config.header_timeout_secs
+        self.frame_secs = config.frame_timeout_secs
+        self.channel_open = config.replication_channel
         self.budget: BufferBudget | None = None  # bytes of unfinished requests (sharedport's)
         # The node's limit of coordinated requests (`pacemaker.max.threads`; the daemon's).
         self.limiter: asyncio.Semaphore | None = None
@@ -132,12 +149,15 @@ class FastPath:
         buf: bytes,
         start: int,
         stop: int,
-    ) -> bytes | Later | None:
+    ) -> bytes | Later | ChannelUpgrade | None:
         """The whole response to one request whose body is `buf[start:stop]` (left in the
         receive buffer: a batch is decoded in place); an awaitable of it (a plain write the
-        owners must store); or None: aiohttp must answer it."""
+        owners must store); a channel's 101 (`ChannelUpgrade`); or None: aiohttp must answer
+        it."""
         if self.state.draining or self.state.fenced:
             return None
+        if _UPGRADE in headers or headers.get(b"connection") == b"upgrade":
+            return self._upgrade(method, target, headers, stop - start)
         coordinator = self.state.coordinator
         if headers.get(_FORWARDED) == b"1" or coordinator is None:
             now = None  # this node's own store answers (as the aiohttp handlers do)
@@ -171,6 +191,31 @@ class FastPath:
             status = 204 if op == "send_pulse" else 200
             self.metrics.record(op, time.perf_counter() - began, status)
         return response
+
+    def _upgrade(
+        self, method: bytes, target: bytes, headers: dict[bytes, bytes], body_len: int
+    ) -> ChannelUpgrade | None:
+        """A pulse channel's handshake (`pmcluster.protocol.channel`), when this node takes
+        channels and writes need no authentication; None otherwise: aiohttp answers (404)."""
+        if (
+            method == b"GET"
+            and target == _CHANNEL_PATH
+            and headers.get(_UPGRADE) == _CHANNEL_PROTOCOL
+            and headers.get(b"connection") == b"upgrade"
+            and body_len == 0
+            and self.channel_open
+            and self.writes_open
+            and _FORWARDED not in headers
+            and _VERSION not in headers
+        ):
+            return ChannelUpgrade(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: %s\r\nConnection: Upgrade\r\n"
+                b"%s: %s\r\n"
+                % (_CHANNEL_PROTOCOL, IDLE_HEADER.encode(), repr(self.idle_secs).encode())
+                + self.common_head()
+                + b"\r\n"
+            )
+        return None
 
     def _put(self, target: bytes, headers: dict[bytes, bytes], body: bytes) -> bytes:
         path = key_path(target[len(_PULSE) :].decode("ascii"), "/v1/pulse/")
@@ -317,12 +362,14 @@ def parse_head(head: bytes) -> tuple[bytes, bytes, dict[bytes, bytes]] | None:
     if b"host" not in headers:
         return None  # aiohttp answers 400: HTTP/1.1 requires Host
     for name, value in headers.items():
-        if name in (_FORWARDED, _CONTENT_LENGTH, _VERSION):
+        if name in (_FORWARDED, _CONTENT_LENGTH, _VERSION, _UPGRADE):
             continue
         if name not in _HARMLESS:
             return None
-        if name == b"connection" and value.lower() != b"keep-alive":
-            return None
+        if name == b"connection":
+            value = headers[name] = value.lower()
+            if value != b"keep-alive" and value != b"upgrade":
+                return None
     return method, target, headers
 
 
@@ -352,6 +399,7 @@ class FastHttpConnection(asyncio.Protocol):
         self._later: asyncio.Task[bytes] | None = None  # a coordinated write being answered
         self._hand_over_later = False  # `shutdown` came while `_later` ran
         self.handed_over = False
+        self._channel: PulseChannelServer | None = None  # after an upgrade to a pulse channel
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
@@ -410,7 +458,11 @@ class FastHttpConnection(asyncio.Protocol):
     def shutdown(self) -> None:
         """The node is stopping: aiohttp takes the connection, so it is drained and closed
         exactly like aiohttp's own (a request racing in is answered `Connection: close`);
-        after the answer of a write being coordinated, when there is one."""
+        after the answer of a write being coordinated, when there is one. A pulse channel
+        closes (it has answered every frame it received)."""
+        if self._channel is not None:
+            self._channel.shutdown()
+            return
         if self._later is not None:
             self._hand_over_later = True
             return
@@ -466,6 +518,11 @@ class FastHttpConnection(asyncio.Protocol):
             response = self._fast.answer(method, target, headers, buf, end + 4, body_end)
             if response is None:
                 break
+            if isinstance(response, ChannelUpgrade):
+                out.append(response.response)
+                self._flush(out)
+                self._to_channel(buf[body_end:])
+                return
             if not isinstance(response, bytes):
                 # Coordinated: answered when the owners have it; nothing more is read
                 # meanwhile, so the answers of this connection keep their order.
@@ -527,6 +584,22 @@ class FastHttpConnection(asyncio.Protocol):
     def _flush(self, out: list[bytes]) -> None:
         if out and self._transport is not None:
             self._transport.write(b"".join(out) if len(out) > 1 else out[0])
+
+    def _to_channel(self, rest: bytes) -> None:
+        """The connection speaks the pulse channel from here (the 101 is written)."""
+        transport = self._transport
+        assert transport is not None
+        self.handed_over = True
+        self._cancel_timers()
+        self._release()
+        channel = self._channel = PulseChannelServer(self._fast, keep=self)
+        transport.set_protocol(channel)
+        channel.connection_made(transport)
+        if self._write_paused:
+            channel.pause_writing()
+        self._buf, self._more, self._need = b"", [], 0
+        if rest:
+            channel.data_received(rest)
 
     def _hand_over(self) -> bool:
         """Give the connection, with every unanswered byte, to aiohttp for good; returns what

@@ -366,6 +366,15 @@ class Metrics:
         self.total_sent_size = sent_bytes.labels()
         self.size_total_keys = stored_keys.labels()
         self.stored_bytes = stored_bytes.labels()
+        channels = registry.counter(
+            "pmcluster_channel_connections_total",
+            "Pulse channels (persistent node-to-node write connections) accepted.",
+        )
+        frames = registry.counter(
+            "pmcluster_channel_frames_total", "Batches received over pulse channels."
+        )
+        self.channels_opened = channels.labels()
+        self.channel_frames = frames.labels()
         requests = registry.counter("pmcluster_requests_total", "Requests handled, by op.", ["op"])
         duration = registry.histogram(
             "pmcluster_request_duration_seconds", "Request handling time, by op.", ["op"]

@@ -219,6 +219,9 @@ class HttpSpec:
     # False: a user's plain request. True: with the internal `X-Pmcluster-Forwarded` header
     # (a node's or the ring-aware client's hop to an owner), for rows labelled as such.
     forwarded: bool = False
+    # Spread the connections over these hosts in turn (clients behind one DNS name with
+    # several addresses); empty: every connection to `host`.
+    hosts: tuple[str, ...] = ()
 
 
 def build_requests(spec: HttpSpec) -> tuple[list[bytes], int]:
@@ -345,8 +348,10 @@ def http_load(spec: HttpSpec, ctl: Control) -> Outcome:
     async def main() -> Outcome:
         loop = asyncio.get_running_loop()
         tally = Tally(requests, per_request, window, ctl)
-        for _ in range(spec.connections):
-            await loop.create_connection(lambda: _HttpConnection(tally), spec.host, spec.port)
+        hosts = spec.hosts or (spec.host,)
+        for i in range(spec.connections):
+            host = hosts[i % len(hosts)]
+            await loop.create_connection(lambda: _HttpConnection(tally), host, spec.port)
         await asyncio.wait_for(tally.all_closed, window[1] - time.monotonic() + 30.0)
         ctl.progress(tally.done)
         return tally.outcome

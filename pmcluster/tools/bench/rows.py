@@ -94,11 +94,6 @@ def _node_yaml(host: str, port: int, servers: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def _cycle(items: Sequence[str], count: int) -> list[str]:
-    """`count` items taken round-robin from `items`."""
-    return [items[i % len(items)] for i in range(count)]
-
-
 def _ms(value: float | None) -> float | None:
     return None if value is None else value * 1000.0
 
@@ -536,13 +531,10 @@ class Bench:
         owners. CPU is the sum of the 3 nodes."""
         plan = self.plan
         cluster = self.cluster()
+        hosts = tuple(cluster.hosts)
         specs = [
-            HttpSpec(host, cluster.port, "put", paths, plan.payload, n, plan.batch, False)
-            for host, (paths, n) in zip(
-                _cycle(cluster.hosts, plan.clients),
-                self._deal(self.write_paths, plan.concurrency),
-                strict=True,
-            )
+            HttpSpec(hosts[0], cluster.port, "put", paths, plan.payload, n, plan.batch, hosts=hosts)
+            for paths, n in self._deal(self.write_paths, plan.concurrency)
         ]
         measured = self._drive(
             "cluster3-http-put", http_load, specs, [n.pid for n in cluster.nodes]
