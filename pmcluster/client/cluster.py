@@ -497,6 +497,53 @@ class ClusterClient:
             await self._current()
             if await coalescer.write(path, data, v, versioned=version is not None):
                 return
+        await self._send_alone(path, data, v, version)
+
+    def send_pulse_soon(self, key: str, data: bytes) -> asyncio.Future[None] | None:
+        """`send_pulse(key, data)` (normalised key, no version) as a future, without a task
+        of its own when the write joins a coalesced batch (the common case under load; a
+        coordinating node calls this for every plain write). None when the write cannot be
+        coalesced now (not started, no ring, no coalescer, too large): call `send_pulse`."""
+        coalescer = self._coalescer
+        ring = self._ring
+        if coalescer is None or not self._started or ring is None or not ring.members:
+            return None
+        v = self.clock.now()
+        if not coalescer.accepts(data, v):
+            return None
+        first = coalescer.write(key, data, v, versioned=False)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def settled(task: asyncio.Future[None]) -> None:
+            if done.done():
+                if not task.cancelled():
+                    task.exception()
+                return
+            if task.cancelled():
+                done.cancel()
+            elif (exc := task.exception()) is not None:
+                done.set_exception(exc)
+            else:
+                done.set_result(None)
+
+        def batched(future: asyncio.Future[bool]) -> None:
+            exc = None if future.cancelled() else future.exception()
+            if future.cancelled() or done.done():
+                done.cancel()
+            elif exc is not None:
+                done.set_exception(exc)
+            elif future.result():
+                done.set_result(None)
+            else:  # the batch could not settle it: the rest of `send_pulse`, in a task
+                rest = asyncio.ensure_future(self._send_alone(key, data, v, None))
+                rest.add_done_callback(settled)
+
+        first.add_done_callback(batched)
+        return done
+
+    async def _send_alone(self, path: str, data: bytes, v: int, version: int | None) -> None:
+        """`send_pulse` after the coalescer: this write alone, to every owner, retried above
+        a newer version an owner holds (no `version` given)."""
         owners = await self._owners(path)
         if version is not None:
             await self._fanout.all_acks(owners, lambda t: t.put_pulse(path, data, version), "write")

@@ -191,14 +191,17 @@ def _co_owned(ring: Ring, me: str, peer: str) -> Callable[[str], bool]:
     return owned
 
 
-def digests_by_peer(store: PulseStore, ring: Ring, me: str) -> dict[str, dict[int, int]]:
-    """{peer: {bucket: hash}} of the values this node shares with each peer."""
+def digests_by_peer(
+    store: PulseStore, ring: Ring, me: str, before: int | None = None
+) -> dict[str, dict[int, int]]:
+    """{peer: {bucket: hash}} of the values this node shares with each peer (versions older
+    than `before` only, when given: `digests`)."""
 
     def peers_of(path: str) -> list[str]:
         ids = [m.node_id for m in ring.owners(path)]
         return [i for i in ids if i != me] if me in ids else []
 
-    return digests(store, peers_of)
+    return digests(store, peers_of, before=before)
 
 
 # --- the loop ---------------------------------------------------------------------------------
@@ -217,7 +220,11 @@ class AntiEntropy:
         timeout: float,
         metrics: AntiEntropyMetrics,
         fenced: Callable[[], bool] = lambda: False,
+        settle: float = 0.0,
     ) -> None:
+        """`settle`: values written within this many seconds are left out of the digests
+        (still being replicated: `digests`' `before`)."""
+        self.settle = settle
         self.store = store
         self.client = client
         self.node_id = node_id
@@ -257,10 +264,11 @@ class AntiEntropy:
             return results
         if self.fenced():
             return results
-        digests = digests_by_peer(self.store, ring, self.node_id)
+        before = time.time_ns() - int(self.settle * _NS) if self.settle > 0 else None
+        digests = digests_by_peer(self.store, ring, self.node_id, before)
         peers = [m for m in ring.members if m.node_id != self.node_id]
         answers = await asyncio.gather(
-            *(self._exchange(ring, m.node_id, digests.get(m.node_id, {})) for m in peers)
+            *(self._exchange(ring, m.node_id, digests.get(m.node_id, {}), before) for m in peers)
         )
         seen = 0
         for member, (result, differ) in zip(peers, answers, strict=True):
@@ -275,14 +283,22 @@ class AntiEntropy:
         self.metrics.last_end.set(time.time())
         return results
 
-    async def _exchange(self, ring: Ring, peer: str, mine: dict[int, int]) -> tuple[str, int]:
+    async def _exchange(
+        self, ring: Ring, peer: str, mine: dict[int, int], before: int | None
+    ) -> tuple[str, int]:
         """Digest, then sync the differing buckets with `peer`: (result, keys that differed)."""
         member = ring.member(peer)
         transport = None if member is None else self.client.transport(member)
         if not isinstance(transport, NodeTransport):
             return "failed", 0
         owned = _co_owned(ring, self.node_id, peer)
-        request = {"epoch": ring.epoch, "from": self.node_id, "buckets": _hex_buckets(mine)}
+        request: dict[str, Any] = {
+            "epoch": ring.epoch,
+            "from": self.node_id,
+            "buckets": _hex_buckets(mine),
+        }
+        if before is not None:
+            request["before"] = before
         try:
             answer = await transport.internal("digest", request, self.timeout)
             buckets = [int(b) for b in answer["differ"]]
@@ -402,8 +418,12 @@ async def post_digest(request: web.Request) -> web.StreamResponse:
         theirs = _parse_buckets(doc.get("buckets"))
     except (TypeError, ValueError, AttributeError) as exc:
         return error_response(400, "invalid_request", f"buckets: {exc}")
+    before = doc.get("before")
+    if before is not None and (type(before) is not int or before < 0):
+        return error_response(400, "invalid_request", "before: not a non-negative integer")
     owned = _co_owned(ring, request.app[CONFIG_KEY].node_id, peer)
-    mine = digests(request.app[STORE_KEY], lambda p: (peer,) if owned(p) else ()).get(peer, {})
+    store = request.app[STORE_KEY]
+    mine = digests(store, lambda p: (peer,) if owned(p) else (), before=before).get(peer, {})
     return json_response({"differ": differing(mine, theirs)})
 
 
@@ -460,6 +480,7 @@ def make_antientropy(
         timeout=max(config.request_timeout_secs * 4, 2.0),
         metrics=AntiEntropyMetrics(app[METRICS_KEY]),
         fenced=fenced,
+        settle=config.grace_window_secs,
     )
     app[AE_KEY].loop = ae
     return ae

@@ -50,6 +50,7 @@ from pmcluster.node.appstate import (
     STATE_KEY,
     STORE_KEY,
     NodeState,
+    Slots,
     members_doc,
 )
 from pmcluster.node.clusterview import CLUSTER_VIEW_KEY, ClusterView, cluster_view_ctx, get_cluster
@@ -368,7 +369,7 @@ def make_app(
     app[LOCAL_BACKEND_KEY] = local
     app[BACKEND_KEY] = backend if backend is not None else local
     app[METRICS_KEY] = metrics
-    app[LIMITER_KEY] = asyncio.Semaphore(max(1, config.max_threads))
+    app[LIMITER_KEY] = Slots(max(1, config.max_threads))
     app[FORWARD_LIMITER_KEY] = asyncio.Semaphore(max(1, config.max_threads))
     app[BUDGET_KEY] = BufferBudget(config.buffer_max_bytes)
     app[HISTORY_KEY] = history = ClusterHistory()

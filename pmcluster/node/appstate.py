@@ -86,7 +86,21 @@ STORE_KEY = web.AppKey("store", PulseStore)
 BACKEND_KEY: web.AppKey[Backend] = web.AppKey("backend")
 LOCAL_BACKEND_KEY = web.AppKey("local_backend", LocalBackend)
 METRICS_KEY = web.AppKey("metrics", Metrics)
-LIMITER_KEY = web.AppKey("limiter", asyncio.Semaphore)
+
+
+class Slots(asyncio.Semaphore):
+    """`pacemaker.max.threads`'s semaphore, which a callback can also take without awaiting
+    (`try_acquire`): the fast path's coordinated writes wait in no task of their own."""
+
+    def try_acquire(self) -> bool:
+        """Take a slot now if one is free and nobody waits for one; False otherwise."""
+        if self.locked():
+            return False
+        self._value -= 1
+        return True
+
+
+LIMITER_KEY = web.AppKey("limiter", Slots)
 FORWARD_LIMITER_KEY = web.AppKey("forward_limiter", asyncio.Semaphore)
 # Bytes of unfinished requests and frames, across connections (pmcluster.buffer.max.bytes).
 BUDGET_KEY = web.AppKey("buffer_budget", BufferBudget)

@@ -43,7 +43,7 @@ from typing import cast
 
 from pmcluster.config import Config
 from pmcluster.errors import PmclusterError
-from pmcluster.node.appstate import NodeState
+from pmcluster.node.appstate import NodeState, Slots
 from pmcluster.node.channelserver import PulseChannelServer
 from pmcluster.node.coordinator import CoordinatingBackend
 from pmcluster.node.local import LocalBackend
@@ -125,7 +125,7 @@ class FastPath:
         self.channel_open = config.replication_channel
         self.budget: BufferBudget | None = None  # bytes of unfinished requests (sharedport's)
         # The node's limit of coordinated requests (`pacemaker.max.threads`; the daemon's).
-        self.limiter: asyncio.Semaphore | None = None
+        self.limiter: Slots | None = None
         self.writes_open = config.auth_method == "NONE" or not config.auth_writes
         self.reads_open = config.auth_method == "NONE"
         self._head_key: tuple[int, str, str] | None = None
@@ -265,12 +265,65 @@ class FastPath:
             version = None
             if raw is not None:
                 version = parse_version(raw.decode("ascii"), version_ceiling(self.skew_secs))
+            elif (soon := self._coordinated_soon(coordinator, path, body, began)) is not None:
+                return soon
         except (PmclusterError, UnicodeError):
             return None  # aiohttp answers it (400): nothing was stored
         except Exception:
             log.exception("fast path: unexpected error; aiohttp answers the request instead")
             return None
         return self._coordinated(coordinator, path, body, version, began)
+
+    def _coordinated_soon(
+        self, coordinator: CoordinatingBackend, path: str, body: bytes, began: float
+    ) -> asyncio.Future[bytes] | None:
+        """`_coordinated` without a task: the write joins a coalesced batch
+        (`CoordinatingBackend.send_pulse_soon`) and its answer is made in a callback. Under
+        the same limit and in-flight count; None when it must go the awaited way (no free
+        slot: it then waits for one in `_coordinated`)."""
+        limiter = self.limiter
+        if limiter is not None and not limiter.try_acquire():
+            return None
+        try:
+            written = coordinator.send_pulse_soon(path, body)
+        except BaseException:
+            if limiter is not None:
+                limiter.release()
+            raise
+        if written is None:
+            if limiter is not None:
+                limiter.release()
+            return None
+        state = self.state
+        state.in_flight += 1
+        answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        def done(future: asyncio.Future[None]) -> None:
+            if limiter is not None:
+                limiter.release()
+            state.request_done()
+            exc = None if future.cancelled() else future.exception()
+            if answer.done():
+                return
+            if future.cancelled():
+                answer.cancel()
+            elif isinstance(exc, PmclusterError):
+                status, name = status_for(exc)
+                self.metrics.record("send_pulse", time.perf_counter() - began, status)
+                answer.set_result(self.error(status, name, str(exc)))
+            elif exc is not None:
+                log.error("fast path: unexpected error coordinating a write", exc_info=exc)
+                self.metrics.record("send_pulse", time.perf_counter() - began, 500)
+                answer.set_result(
+                    self.error(500, "internal_error", "unexpected server error (logged)")
+                )
+            else:
+                self.metrics.received(len(body))
+                self.metrics.record("send_pulse", time.perf_counter() - began, 204)
+                answer.set_result(b"HTTP/1.1 204 No Content\r\n" + self.common_head() + b"\r\n")
+
+        written.add_done_callback(done)
+        return answer
 
     async def _coordinated(
         self,
@@ -396,7 +449,7 @@ class FastHttpConnection(asyncio.Protocol):
         self._idle: asyncio.TimerHandle | None = None
         self._last = 0.0
         self._held = 0  # bytes of unanswered requests counted in the fast path's budget
-        self._later: asyncio.Task[bytes] | None = None  # a coordinated write being answered
+        self._later: asyncio.Future[bytes] | None = None  # a coordinated write being answered
         self._hand_over_later = False  # `shutdown` came while `_later` ran
         self.handed_over = False
         self._channel: PulseChannelServer | None = None  # after an upgrade to a pulse channel
@@ -550,7 +603,7 @@ class FastHttpConnection(asyncio.Protocol):
         self._flush(out)
         self._hand_over()
 
-    def _answered_later(self, task: asyncio.Task[bytes]) -> None:
+    def _answered_later(self, task: asyncio.Future[bytes]) -> None:
         """Write a coordinated write's answer, then go on with what arrived meanwhile."""
         self._later = None
         transport = self._transport

@@ -58,15 +58,21 @@ def entry_hash(path: str, version: int) -> int:
 
 
 def digests(
-    store: PulseStore, peers_of: Callable[[str], Iterable[str]]
+    store: PulseStore, peers_of: Callable[[str], Iterable[str]], *, before: int | None = None
 ) -> dict[str, dict[int, int]]:
     """{peer: {bucket: XOR of `entry_hash`}} over the store's values, each value counted for
     every peer `peers_of(path)` names (the other owners of its arc), in one pass. Empty
-    buckets are left out (an empty bucket hashes to 0 anyway). O(keys)."""
+    buckets are left out (an empty bucket hashes to 0 anyway). O(keys).
+
+    `before`: only values whose version is older (both owners pass the same bound). A value
+    written more recently may still be on its way to the other owner, and replication, not
+    repair, delivers it: without the bound, two owners digesting a few milliseconds apart
+    under steady writes differ in most buckets every round, and each round resends them."""
     store.expire()
     out: dict[str, dict[int, int]] = {}
+    newest = before if before is not None else 1 << 64
     for path, node in iter_subtree(store._root, "/", sort=False):
-        if node.data is None:
+        if node.data is None or node.version >= newest:
             continue
         bucket = h = -1
         for peer in peers_of(path):

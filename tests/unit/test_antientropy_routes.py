@@ -74,6 +74,8 @@ async def test_bad_requests_get_a_4xx_with_a_reason(aiohttp_client: AiohttpClien
         ("digest", [1, 2], 400),
         ("digest", _doc(buckets={"x": "zz"}), 400),
         ("digest", {**_doc(buckets={}), "epoch": "e6"}, 409),
+        ("digest", {**_doc(buckets={}), "before": "soon"}, 400),
+        ("digest", {**_doc(buckets={}), "before": -1}, 400),
         ("sync", _doc(buckets=[1], values=[["/a", "!!", 5]], key_tombs=[], tree_tombs=[]), 400),
         ("sync", _doc(buckets=[1], values=[["rel", "", 5]], key_tombs=[], tree_tombs=[]), 400),
         ("sync", _doc(buckets=[1]), 400),
@@ -97,6 +99,23 @@ async def test_digest_names_the_buckets_that_differ(aiohttp_client: AiohttpClien
     del theirs[str(bucket_of("/w/t/3"))]
     resp = await client.post("/v1/internal/digest", json=_doc(buckets=theirs), headers=FWD)
     assert (await resp.json()) == {"differ": [bucket_of("/w/t/3")]}
+
+
+async def test_digest_leaves_out_what_the_peer_wrote_after_its_bound(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    client = await _app_client(aiohttp_client)
+    store = client.app[STORE_KEY]
+    store.send_pulse("/w/t/old", b"x", 100)
+    store.send_pulse("/w/t/new", b"x", 500)  # the peer digested before this write reached it
+    peer_view = digests(store, lambda _: [PEER], before=200)[PEER]  # what the peer holds
+    theirs = {str(b): f"{h:016x}" for b, h in peer_view.items()}
+    assert bucket_of("/w/t/new") != bucket_of("/w/t/old")
+    bounded = _doc(buckets=theirs, before=200)
+    resp = await client.post("/v1/internal/digest", json=bounded, headers=FWD)
+    assert (await resp.json()) == {"differ": []}
+    resp = await client.post("/v1/internal/digest", json=_doc(buckets=theirs), headers=FWD)
+    assert (await resp.json()) == {"differ": [bucket_of("/w/t/new")]}
 
 
 async def test_sync_applies_versioned_entries_and_answers_what_the_peer_lacks(

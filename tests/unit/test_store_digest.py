@@ -167,3 +167,22 @@ def test_retain_keeps_a_tombstone_past_its_ttl() -> None:
     clock.now += 3 * SEC
     assert store.tombstone_version("/k") == 0
     assert store.tombstones() == []
+
+
+def test_digests_bounded_by_version_ignore_writes_still_in_flight() -> None:
+    """Two owners digesting under steady writes: one has the newest write of a key, the other
+    not yet. Bounded below both of its last writes, their digests agree (replication delivers
+    it); a replica that really missed a write older than the bound still shows."""
+    clock = Clock()
+    a, b = _pair(clock)
+    for i in range(50):
+        for store in (a, b):
+            store.send_pulse(f"/w/t/{i}", b"v1", 100 + i)
+    for store in (a, b):
+        store.send_pulse("/w/t/7", b"v2", 850)  # a worker rewriting its heartbeat
+    a.send_pulse("/w/t/7", b"v3", 900)  # its next one, on its way to b
+    assert digests(a, _peer) != digests(b, _peer)
+    assert digests(a, _peer, before=800) == digests(b, _peer, before=800)
+    a.send_pulse("/w/t/9", b"v2", 700)  # b missed this one, and it is older than the bound
+    ahead, behind = digests(a, _peer, before=800)["peer"], digests(b, _peer, before=800)["peer"]
+    assert differing(ahead, behind) == [bucket_of("/w/t/9")]
