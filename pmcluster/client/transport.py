@@ -39,6 +39,7 @@ from pmcluster.protocol.http import (
     FORWARDED_HEADER,
     FRESH_HEADER,
     HELD_HEADER,
+    MAX_VERSION,
     PULSES_MEDIA_TYPE,
     TOMBSTONE_HEADER,
     VERSION_HEADER,
@@ -245,7 +246,17 @@ class NodeTransport:
 
     async def put_pulse(self, path: str, data: bytes, version: int) -> int:
         """PUT /v1/pulse/{path} with the writer's version; 0 when stored, else the newer
-        version the node holds (its `X-Pulse-Held`), which won over this write."""
+        version the node holds (its `X-Pulse-Held`), which won over this write. Over the
+        pulse channel when the node takes one (a batch of one, its ack naming the same
+        version), else HTTP."""
+        channel = self._channel
+        if channel is not None and channel.usable() and 0 < version <= MAX_VERSION:
+            try:
+                ack = await channel.batch(pulsecodec.encode([(path, data, version)]))
+            except ChannelRefused:
+                pass
+            else:
+                return max((held for _, held in ack.ignored), default=0)
         answer = await self._request(
             "PUT", self._url("pulse/", path), data=data, headers={VERSION_HEADER: str(version)}
         )

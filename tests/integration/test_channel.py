@@ -116,13 +116,17 @@ async def test_the_channel_acknowledges_every_entry_and_reconnects_after_idle(
             # One entry older than what the node holds: ignored, the rest stored.
             done = await transport.batch([("/ack/a", b"old", 10), ("/ack/c", b"c", 20)])
             assert done == (1, 1)
+            # A single write is a frame of one: stored (0) or the version that won over it.
+            assert await transport.put_pulse("/ack/e", b"e", 20) == 0
+            assert await transport.put_pulse("/ack/a", b"older", 15) == 20
             await asyncio.sleep(1.0)  # past the node's idle limit: the client reconnects
             assert await transport.batch([("/ack/d", b"d", 20)]) == (1, 0)
             transport.close()
         assert node.local_pulse("/ack/a") == b"new"
         assert node.local_pulse("/ack/c") == b"c"
         assert node.local_pulse("/ack/d") == b"d"
-        assert metric(node, "pmcluster_channel_frames_total") == 3
+        assert node.local_pulse("/ack/e") == b"e"
+        assert metric(node, "pmcluster_channel_frames_total") == 5
         assert metric(node, "pmcluster_channel_connections_total") == 2
 
 
