@@ -21,6 +21,7 @@ it returns the encoded reply frame, or None when the request must take `handle`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -66,6 +67,11 @@ BackendResolver = Callable[[bool], Backend]
 
 NowResolver = Callable[[bool], NowBackend | None]
 """`resolve_now(is_read)` -> what may answer this request without waiting (None: nothing)."""
+
+
+SoonWrite = Callable[[str, bytes], "asyncio.Future[None] | None"]
+"""A coordinator's `send_pulse_soon(key, data)`: the write as a future without a task of its
+own, or None (then the awaited `Backend.send_pulse`)."""
 
 
 class PulseSizes(Protocol):
@@ -172,6 +178,48 @@ class StormHandler:
             raise
         if reply is not None:
             self.metrics.count_request(name)
+        return reply
+
+    def send_pulse_soon(
+        self, raw: str, details: bytes, mid: int, authorized_reader: bool
+    ) -> asyncio.Future[bytes] | None:
+        """The encoded reply of a SEND_PULSE the cluster must store, as a future resolved when
+        its owners have it, without a task of its own (the node's coordinator joins it to a
+        coalesced batch: `CoordinatingBackend.send_pulse_soon`). None (nothing done, nothing
+        counted) when it must go the awaited way: `handle`. The future fails with what
+        `handle` would raise."""
+        if not authorized_reader and self.writes_need_auth:
+            return None
+        resolve_now = self._resolve_now
+        now = resolve_now(False) if resolve_now is not None else None
+        soon: SoonWrite | None = getattr(now, "send_pulse_soon", None)
+        if soon is None:
+            return None
+        try:
+            key = normalize_key(raw)
+        except InvalidPath:
+            return None  # `handle` answers it, with its bookkeeping
+        written = soon(key, details)
+        if written is None:
+            return None
+        self.metrics.count_request("SEND_PULSE")
+        reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        sizes = self.pulse_sizes
+
+        def stored(future: asyncio.Future[None]) -> None:
+            exc = None if future.cancelled() else future.exception()
+            if reply.done():
+                return
+            if future.cancelled():
+                reply.cancel()
+            elif exc is not None:
+                reply.set_exception(exc)
+            else:
+                if sizes is not None:
+                    sizes.received(len(details))
+                reply.set_result(fastcodec.encode_empty_reply(_SEND_PULSE_RESPONSE, mid))
+
+        written.add_done_callback(stored)
         return reply
 
     def send_pulses_now(self, run: Sequence[FastRequest], authorized_reader: bool) -> list[bytes]:

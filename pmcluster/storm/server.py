@@ -30,6 +30,7 @@ the peer does not read) takes the task path above, unchanged.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -146,7 +147,9 @@ class StormConnection(asyncio.Protocol):
         self.peer = "?"
         self._decoder = FrameDecoder(max_frame_size)
         self._transport: asyncio.Transport | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[None]] = set()  # requests in flight: tasks, or slots
+        # SEND_PULSEs coordinated without a task each, started next iteration (`_start_soon`)
+        self._soon: list[tuple[FastRequest, bool, asyncio.Future[None]]] = []
         self._pending: deque[tuple[HBMessage, bool]] = deque()
         self._ordinary_seen = False
         self._write_paused = False
@@ -388,8 +391,73 @@ class StormConnection(asyncio.Protocol):
                 self._out.append(reply)
                 self._answered += 1
                 return True
+            if request[0] == _SEND_PULSE:
+                self._admit_soon(request, authorized)
+                return True
         self._admit(_message(request), authorized)
         return True
+
+    def _admit_soon(self, request: FastRequest, authorized: bool) -> None:
+        """A SEND_PULSE its owners must store: it holds an in-flight slot from now and starts
+        two loop iterations later, without a task of its own. As `_serve` does for every
+        mutation, a write whose client closed meanwhile is dropped then."""
+        slot: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._tasks.add(slot)
+        self.metrics.in_flight += 1
+        slot.add_done_callback(self._finished)
+        if not self._soon:
+            # Two iterations, as a task's `await asyncio.sleep(0)` in `_serve` takes: a close
+            # that came with the request is seen by then (selector loops read the EOF in the
+            # iteration after the data).
+            loop = asyncio.get_running_loop()
+            loop.call_soon(loop.call_soon, self._start_soon)
+        self._soon.append((request, authorized, slot))
+
+    def _start_soon(self) -> None:
+        batch, self._soon = self._soon, []
+        for request, authorized, slot in batch:
+            if slot.done():
+                continue  # the connection was lost meanwhile
+            _, mid, raw, details = request
+            if self._eof:
+                self.metrics.abandoned += 1
+                log.info(
+                    "Storm connection %s: dropped a SEND_PULSE its client closed before it ran",
+                    self.peer,
+                )
+                slot.set_result(None)
+                continue
+            try:
+                reply = self.handler.send_pulse_soon(raw, details or b"", mid, authorized)
+            except Exception as exc:  # as in `_serve`: this connection goes, not the server
+                self._request_failed(exc)
+                slot.set_result(None)
+                continue
+            if reply is None:  # the awaited way, in a task that holds this slot
+                task = asyncio.ensure_future(self._serve_now(_message(request), authorized))
+                task.add_done_callback(functools.partial(_chain, slot=slot))
+                continue
+            reply.add_done_callback(functools.partial(self._soon_answered, slot=slot))
+
+    def _soon_answered(self, reply: asyncio.Future[bytes], slot: asyncio.Future[None]) -> None:
+        if not reply.cancelled():
+            exc = reply.exception()
+            if exc is not None:
+                self._request_failed(exc)
+            elif self._transport is not None and not self._transport.is_closing():
+                if not self._out:
+                    asyncio.get_running_loop().call_soon(self._flush)
+                self._out.append(reply.result())
+        if not slot.done():
+            slot.set_result(None)
+
+    def _request_failed(self, exc: BaseException) -> None:
+        if isinstance(exc, ProtocolError):
+            self._protocol_error(exc)
+            return
+        self.metrics.backend_errors += 1
+        log.warning("Storm connection %s: closing, request failed: %r", self.peer, exc)
+        self._close()
 
     def _start_pending(self) -> None:
         """Start queued requests while there is room and the peer reads its replies."""
@@ -419,6 +487,9 @@ class StormConnection(asyncio.Protocol):
                     HBServerMessageType(message.type).name,
                 )
                 return
+        await self._serve_now(message, authorized)
+
+    async def _serve_now(self, message: HBMessage, authorized: bool) -> None:
         try:
             reply = await self.handler.handle(message, authorized_reader=authorized)
         except ProtocolError as exc:
@@ -430,7 +501,7 @@ class StormConnection(asyncio.Protocol):
         else:
             self._write(reply)
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
+    def _finished(self, task: asyncio.Future[None]) -> None:
         self._tasks.discard(task)
         self.metrics.in_flight -= 1
         if self._lost:
@@ -490,3 +561,11 @@ def _message(request: FastRequest) -> HBMessage:
 
 
 StormFactory = Callable[[], StormConnection]
+
+
+def _chain(task: asyncio.Future[None], slot: asyncio.Future[None]) -> None:
+    """`slot` ends when `task` does (its outcome was handled inside it)."""
+    if not task.cancelled():
+        task.exception()
+    if not slot.done():
+        slot.set_result(None)

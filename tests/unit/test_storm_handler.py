@@ -3,12 +3,21 @@ invalid paths answered as empty, auth gating, and the requests that must close a
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from pmcluster.errors import ProtocolError
+from pmcluster.errors import ClusterUnavailable, ProtocolError
 from pmcluster.node.local import LocalBackend
 from pmcluster.store import PulseStore
-from pmcluster.storm.codec import HBMessage, HBMessageData, HBNodes, HBPulse, HBRecords
+from pmcluster.storm.codec import (
+    FrameDecoder,
+    HBMessage,
+    HBMessageData,
+    HBNodes,
+    HBPulse,
+    HBRecords,
+)
 from pmcluster.storm.codec import HBServerMessageType as T
 from pmcluster.storm.handler import READ_TYPES, WRITE_TYPES, StormHandler
 
@@ -244,3 +253,48 @@ async def test_requests_are_counted_by_type(handler: StormHandler) -> None:
     await handler.handle(pulse_req("/b", b"x"))
     await handler.handle(path_req(T.GET_PULSE, "/a"))
     assert handler.metrics.snapshot()["requests"] == {"SEND_PULSE": 2, "GET_PULSE": 1}
+
+
+def decode_frame_body(frame: bytes) -> HBMessage:
+    [message] = FrameDecoder().feed(frame)
+    return message
+
+
+class SoonCoordinator:
+    """What the handler needs of a node's coordinator for `send_pulse_soon`: its writes as
+    futures (resolved by the test), and no answers without waiting."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[str, bytes, asyncio.Future[None]]] = []
+
+    def send_pulse_now(self, path: str, data: bytes) -> bool:
+        return False
+
+    def send_pulse_soon(self, key: str, data: bytes) -> asyncio.Future[None] | None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.writes.append((key, data, future))
+        return future
+
+
+async def test_send_pulse_soon_replies_once_the_owners_have_it(store: PulseStore) -> None:
+    coordinator = SoonCoordinator()
+    handler = StormHandler(LocalBackend(store), resolve_now=lambda _: coordinator)
+    reply = handler.send_pulse_soon("/w/t/x-1/", b"hb", 9, True)
+    assert reply is not None and not reply.done()
+    [(key, data, written)] = coordinator.writes
+    assert (key, data) == ("/w/t/x-1", b"hb")  # the key normalised as `handle` would
+    written.set_result(None)
+    await asyncio.sleep(0)
+    assert decode_frame_body(reply.result()) == HBMessage(T.SEND_PULSE_RESPONSE, None, 9)
+    assert handler.metrics.requests["SEND_PULSE"] == 1
+    # A failed write fails the reply with the same error `handle` would raise.
+    failing = handler.send_pulse_soon("/w/t/x-2", b"hb", 10, True)
+    assert failing is not None
+    coordinator.writes[-1][2].set_exception(ClusterUnavailable("no owner answered"))
+    with pytest.raises(ClusterUnavailable):
+        await failing
+    # Not for it (nothing done, nothing counted): an invalid path, writes needing auth.
+    assert handler.send_pulse_soon("relative", b"hb", 11, True) is None
+    handler.writes_need_auth = True
+    assert handler.send_pulse_soon("/w/t/x-3", b"hb", 12, False) is None
+    assert len(coordinator.writes) == 2 and handler.metrics.requests["SEND_PULSE"] == 2
