@@ -98,6 +98,7 @@ class Config:
     kerberos_peers: tuple[str, ...] = ()
     write_coalesce: bool = True
     replication_channel: bool = True
+    write_coalesce_delay_secs: float = 0.002
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -293,6 +294,7 @@ KEYS: dict[str, tuple[str, Parser]] = {
     "pmcluster.tls.verify": ("tls_verify", _bool),
     "pmcluster.write.coalesce": ("write_coalesce", _bool),
     "pmcluster.replication.channel": ("replication_channel", _bool),
+    "pmcluster.write.coalesce.delay.secs": ("write_coalesce_delay_secs", _float(0.0, 1.0)),
     "pmcluster.storm.read.mode": ("storm_read_mode", _lower_choice(STORM_READ_MODES)),
     "pmcluster.event.loop": ("event_loop", _lower_choice(EVENT_LOOPS)),
     "pmcluster.version.max.skew.secs": ("version_max_skew_secs", _float(0.001, 86_400.0)),

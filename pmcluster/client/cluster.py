@@ -116,6 +116,7 @@ class ClusterClient:
                 self._fanout,
                 self.stats,
                 max_bytes=min(MAX_BATCH_BYTES, config.max_message_size // 2),
+                delay_secs=config.write_coalesce_delay_secs,
             )
         self._refresh: asyncio.Task[None] | None = None
         self._next_refresh = 0.0

@@ -1,12 +1,17 @@
-"""Write coalescing: concurrent single writes leave as one `POST /v1/batch` per owner.
+"""Write coalescing: concurrent single writes leave as one batch per owner.
 
 On by default (`pmcluster.write.coalesce`; `ClusterClient(..., coalesce=False)` turns it off).
 
 Many heartbeats from one process (workers of a supervisor, a coordinating node forwarding
-Storm or HTTP writes) would otherwise cost one HTTP request per heartbeat per owner. A caller
-of `WriteCoalescer.write` enqueues its entry and awaits a future; the queue is flushed on the
+Storm or HTTP writes) would otherwise cost one request per heartbeat per owner. A caller of
+`WriteCoalescer.write` enqueues its entry and awaits a future; the queue is flushed on the
 next loop iteration (`call_soon`: no timer, so a lone write waits one iteration, not a time
-slice) or as soon as it reaches `max_entries` or `max_bytes`. A flush groups the entries by
+slice) or as soon as it reaches `max_entries` or `max_bytes`. Under load (the previous flush
+merged writes) a batch gathers for `delay_secs` (`pmcluster.write.coalesce.delay.secs`, 2 ms)
+instead: on a cluster of N nodes a flush splits over up to N - 1 peers, so without it the
+batches, and with them the CPU per heartbeat, shrink as the cluster grows (docs/capacity.md).
+Batches travel over the pulse channel when the owner takes one (`pmcluster.client.channel`),
+else as `POST /v1/batch`. A flush groups the entries by
 owner on the current ring and sends each owner its share in one batch through the client's
 `FanOut.all_acks` (every owner, backed-off ones too; one request timeout).
 
@@ -67,8 +72,13 @@ class WriteCoalescer:
         *,
         max_entries: int = MAX_BATCH_ENTRIES,
         max_bytes: int = MAX_BATCH_BYTES,
+        delay_secs: float = 0.0,
     ) -> None:
-        """`owners(path)`: the path's owners on the current ring."""
+        """`owners(path)`: the path's owners on the current ring. `delay_secs`: under load
+        (the previous flush merged writes), how long a batch gathers writes after its first
+        before it leaves; otherwise, and with 0, it leaves on the next loop iteration."""
+        self.delay_secs = delay_secs
+        self._busy = False
         self._owners = owners
         self._fanout = fanout
         self._stats: dict[str, int] = stats if stats is not None else {}
@@ -104,13 +114,17 @@ class WriteCoalescer:
             self.flush()
         elif not self._scheduled:
             self._scheduled = True
-            loop.call_soon(self.flush)
+            if self.delay_secs > 0 and self._busy:
+                loop.call_later(self.delay_secs, self.flush)
+            else:
+                loop.call_soon(self.flush)
         return entry.future
 
     def flush(self) -> None:
         """Send what has accumulated now (normally called by the loop, once per iteration)."""
         self._scheduled = False
         entries, self._queue, self._queued_bytes = self._queue, [], 0
+        self._busy = len(entries) > 1
         if not entries:
             return
         if len(entries) == 1:

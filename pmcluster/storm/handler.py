@@ -180,6 +180,15 @@ class StormHandler:
             self.metrics.count_request(name)
         return reply
 
+    def coordinates_writes(self, authorized_reader: bool) -> bool:
+        """Whether SEND_PULSEs on such a connection go to a coordinator that takes them
+        without waiting (`send_pulse_soon`): a node of a cluster, writes allowed."""
+        if not authorized_reader and self.writes_need_auth:
+            return False
+        resolve_now = self._resolve_now
+        now = resolve_now(False) if resolve_now is not None else None
+        return getattr(now, "send_pulse_soon", None) is not None
+
     def send_pulse_soon(
         self, raw: str, details: bytes, mid: int, authorized_reader: bool
     ) -> asyncio.Future[bytes] | None:

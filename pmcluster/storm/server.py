@@ -356,7 +356,9 @@ class StormConnection(asyncio.Protocol):
 
     def _answer_sends_now(self, first: FastRequest, bodies: list[bytes], at: int) -> int:
         """Answer the run of SEND_PULSEs starting at `bodies[at]` (decoded: `first`) in one
-        pass, at most a window's worth; how many were answered (0: none, go one by one)."""
+        pass, at most a window's worth; how many were answered (0: none, go one by one). On
+        a node whose writes go to other owners, the run is admitted to be coordinated
+        (`_admit_soon`) instead, each decoded once."""
         room = self.max_in_flight - self._answered - len(self._tasks)
         run = [first]
         for body in bodies[at + 1 : at + room]:
@@ -365,7 +367,12 @@ class StormConnection(asyncio.Protocol):
                 break
             run.append(fast)
         self._ordinary_seen = True
-        replies = self.handler.send_pulses_now(run, self.auth.authorized_reader)
+        authorized = self.auth.authorized_reader
+        replies = self.handler.send_pulses_now(run, authorized)
+        if not replies and self.handler.coordinates_writes(authorized):
+            for request in run:
+                self._admit_soon(request, authorized)
+            return len(run)
         self._out.extend(replies)
         self._answered += len(replies)
         return len(replies)

@@ -59,6 +59,9 @@ ROW_NAMES = (
     "read-storm",
     "memory",
     *PACEMAKER_ROW_NAMES,
+    "capacity-3",
+    "capacity-6",
+    "capacity-12",
 )
 
 # --smoke: tiny sizes so CI checks that every row runs, in well under a minute. Its keys are
@@ -121,7 +124,7 @@ def machine_description() -> str:
 def run_bench(args: argparse.Namespace) -> int:
     """Run the rows the arguments ask for; print the table, JSON lines and targets."""
     from pmcluster.tools.bench.report import Progress, format_table, targets
-    from pmcluster.tools.bench.rows import Bench
+    from pmcluster.tools.bench.rows import CAPACITY_SIZES, Bench
     from pmcluster.tools.localcluster import missing_zookeeper_jar
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="pmcluster-bench-")).resolve()
@@ -183,6 +186,9 @@ def run_bench(args: argparse.Namespace) -> int:
         bench.stop_cluster()
         if "pacemaker" in plan.rows:
             rows.append(bench.row_cluster_storm_local_read())
+        if "capacity" in plan.rows:
+            for size in CAPACITY_SIZES:
+                rows.append(bench.row_capacity(size))
         if "memory" in plan.rows:
             rows.append(bench.row_memory())
     finally:
@@ -234,7 +240,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--rows",
         help="comma list of zk,baseline,put,batch,storm,cluster,read,memory (the default) and "
-        "pacemaker (Storm's own Pacemaker as the peer: needs a JDK and Storm's jars)",
+        "pacemaker (Storm's own Pacemaker as the peer: needs a JDK and Storm's jars), capacity "
+        "(plain PUTs on clusters of 3, 6 and 12 nodes: docs/capacity.md)",
     )
     p.add_argument(
         "--storm-classpath",

@@ -31,7 +31,7 @@ from typing import Any
 
 from pmcluster.protocol import pulsecodec
 from pmcluster.protocol.paths import to_url
-from pmcluster.tools.bench.procstats import ProcSample, sample_sum
+from pmcluster.tools.bench.procstats import ProcSample, sample, sample_sum
 
 __all__ = [
     "Control",
@@ -80,6 +80,7 @@ class Measured:
     latencies: list[float]
     server: ProcSample
     client_cpu_secs: float  # the load processes' own CPU time in the window
+    per_server_cpu_secs: tuple[float, ...] = ()  # each server process's CPU in the window
 
 
 class Control:
@@ -164,9 +165,11 @@ def drive(
         go.set()
         client_pids = [proc.pid for proc in procs if proc.pid is not None]
         _sleep_until(t0, counts, progress, t0)
+        each_before = [sample(pid).cpu_secs for pid in server_pids]
         before, clients_before = sample_sum(server_pids), sample_sum(client_pids)
         _sleep_until(t1, counts, progress, t0)
         after, clients_after = sample_sum(server_pids), sample_sum(client_pids)
+        each_after = [sample(pid).cpu_secs for pid in server_pids]
         results = [out.get(timeout=duration + _READY_TIMEOUT_SECS) for _ in procs]
     finally:
         for proc in procs:
@@ -190,6 +193,7 @@ def drive(
         latencies=latencies,
         server=after - before,
         client_cpu_secs=clients_after.cpu_secs - clients_before.cpu_secs,
+        per_server_cpu_secs=tuple(a - b for a, b in zip(each_after, each_before, strict=True)),
     )
 
 

@@ -146,6 +146,15 @@ def _round_secs(row: Row | None) -> float | None:
     return float(value) if value is not None else None
 
 
+def _extra(row: Row | None, key: str) -> float | None:
+    value = row.extra.get(key) if row is not None else None
+    return float(value) if value is not None else None
+
+
+def _capacity(row: Row | None) -> float | None:
+    return _extra(row, "capacity_hb_per_sec")
+
+
 def targets(rows: Sequence[Row], payload: int, node_lifetime_writes: int | None) -> list[Target]:
     """The issue's targets from the rows of one run; disk writes are counted over every node
     process's whole life (start to stop), which contains every row's window."""
@@ -210,6 +219,23 @@ def targets(rows: Sequence[Row], payload: int, node_lifetime_writes: int | None)
             1 / 10,
             True,
             "cluster3-put (sum of 3 nodes) / zk-write server CPU µs per heartbeat",
+        ),
+        Target(
+            "3 -> 6 nodes, plain PUTs through every node: capacity (N / summed CPU per hb)",
+            _ratio(
+                _capacity(by.get("capacity-6")),
+                _capacity(by.get("capacity-3")),
+            ),
+            1.8,
+            False,
+            "capacity-6 / capacity-3 heartbeats per second with a core per node (issue 16)",
+        ),
+        Target(
+            "6 nodes: busiest node's CPU vs the mean node's",
+            _extra(by.get("capacity-6"), "busiest_over_mean"),
+            1.25,
+            True,
+            "capacity-6, node CPU in the measured window (issue 16)",
         ),
         Target(
             "single node write rate vs bare aiohttp dict server",

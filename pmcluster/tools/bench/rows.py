@@ -42,8 +42,10 @@ from pmcluster.tools.stormpacemaker import StormPacemaker, java_command, storm_c
 __all__ = ["ALL_ROWS", "OPTIONAL_ROWS", "Bench", "Plan", "storm_paths"]
 
 ALL_ROWS = ("zk", "baseline", "put", "batch", "storm", "cluster", "read", "memory")
-# Rows run only when named in --rows: `pacemaker` needs a JDK and Storm's jars (Maven).
-OPTIONAL_ROWS = ("pacemaker",)
+# Rows run only when named in --rows: `pacemaker` needs a JDK and Storm's jars (Maven);
+# `capacity` starts clusters of 3, 6 and 12 nodes in turn (a minute or more).
+OPTIONAL_ROWS = ("pacemaker", "capacity")
+CAPACITY_SIZES = (3, 6, 12)
 _MiB = 1024 * 1024
 _POPULATE_BATCH = 1000  # heartbeats per POST /v1/batch while filling a store
 _NIMBUS_ROOT = "/nimbusbeats"  # the Storm-way Nimbus rounds' heartbeats (read rows, death rows)
@@ -546,6 +548,49 @@ class Bench:
             "processes (CPU is the sum of the 3 nodes)",
             measured,
             pmcluster_node=True,
+        )
+
+    def row_capacity(self, size: int) -> Row:
+        """Plain PUTs spread over every node of a `size`-node cluster (R=2), as clients behind
+        one DNS name send them: the summed node CPU per heartbeat, and each node's share of
+        it (horizontal capacity: docs/capacity.md)."""
+        plan = self.plan
+        cluster = NodeCluster(
+            size,
+            workdir=self.plan.workdir / f"capacity-{size}",
+            extra={"pmcluster.replication": 2, "pmcluster.log.level": "WARNING"},
+            env=_node_env(),
+        )
+        (self.plan.workdir / f"capacity-{size}").mkdir(parents=True, exist_ok=True)
+        self.progress.step(f"capacity-{size}: starting {size} nodes (replication 2)")
+        # The same load per node at every size (the 3-node row's in-flight requests per node):
+        # a node's batches, and so its cost per heartbeat, depend on what it has in flight.
+        in_flight = plan.concurrency * size // 3
+        with cluster:
+            hosts = tuple(cluster.hosts)
+            specs = [
+                HttpSpec(hosts[0], cluster.port, "put", paths, plan.payload, n, hosts=hosts)
+                for paths, n in self._deal(self.write_paths, in_flight)
+            ]
+            pids = [n.pid for n in cluster.nodes]
+            measured = self._drive(f"capacity-{size}", http_load, specs, pids)
+            self._retire_nodes(cluster.nodes)
+        shares = measured.per_server_cpu_secs
+        total = sum(shares) or 1.0
+        mean = total / len(shares)
+        cpu_per_hb = measured.server.cpu_secs / measured.heartbeats if measured.heartbeats else 0
+        return _write_row(
+            f"capacity-{size}",
+            f"{size} nodes, replication 2, one plain PUT /v1/pulse per heartbeat spread over "
+            f"every node, {in_flight} connections ({plan.concurrency} per 3 nodes; CPU is the "
+            f"sum of the {size} nodes)",
+            measured,
+            pmcluster_node=True,
+            nodes=size,
+            node_cpu_shares=[round(s / total, 4) for s in shares],
+            busiest_over_mean=round(max(shares) / mean, 4) if mean else None,
+            # Heartbeats per second the nodes carry with a core each, at this CPU cost.
+            capacity_hb_per_sec=round(size / cpu_per_hb) if cpu_per_hb else None,
         )
 
     def row_cluster_storm(self) -> Row:
