@@ -13,14 +13,20 @@ import sys
 
 import pytest
 
-from pmcluster.tools.bench import PACEMAKER_ROW_NAMES, ROW_NAMES, SMOKE
+from pmcluster.tools.bench import CAPACITY_ROW_NAMES, PACEMAKER_ROW_NAMES, ROW_NAMES, SMOKE
 from pmcluster.tools.localcluster import missing_zookeeper_jar
 
 pytestmark = pytest.mark.integration
 
-# Every row the benchmark runs by default (pacemaker rows: tests/interop/test_bench_pacemaker.py)
-ROWS = tuple(name for name in ROW_NAMES if name not in PACEMAKER_ROW_NAMES)
-TARGETS = 11
+# Every row the benchmark runs by default (pacemaker rows: tests/interop/test_bench_pacemaker.py;
+# capacity rows: below)
+OPTIONAL = (*PACEMAKER_ROW_NAMES, *CAPACITY_ROW_NAMES)
+ROWS = tuple(name for name in ROW_NAMES if name not in OPTIONAL)
+TARGETS = 13
+CAPACITY_TARGETS = (
+    "3 -> 6 nodes, plain PUTs through every node: capacity (N / summed CPU per hb)",
+    "6 nodes: busiest node's CPU vs the mean node's",
+)
 
 
 @pytest.mark.timeout(90)
@@ -60,7 +66,9 @@ def test_bench_smoke_prints_every_row_and_target() -> None:
     # A stored key costs at least a share of its payload and far less than 64 KiB.
     assert SMOKE["payload"] / 2 <= rows["memory"]["extra"]["rss_bytes_per_key"] <= 65536
     assert len(targets) == TARGETS
-    assert all(t["measured"] is not None for t in targets.values()), targets
+    default = {name: t for name, t in targets.items() if name not in CAPACITY_TARGETS}
+    assert all(t["measured"] is not None for t in default.values()), targets
+    assert all(targets[name]["measured"] is None for name in CAPACITY_TARGETS)
     disk = targets["bytes written to disk by nodes"]
     assert disk["measured"] == 0 and disk["met"] is True
     assert "[bench" in proc.stderr  # progress went to stderr
@@ -85,3 +93,39 @@ def test_bench_smoke_without_zookeeper_skips_only_its_rows() -> None:
     assert names == {"baseline", "node-put", "internal-put", "node-batch", "read-pmcluster"}
     assert "[n/a ] node CPU/hb vs ZooKeeper, one request per heartbeat" in proc.stdout
     assert "[MET ] bytes written to disk by nodes: 0" in proc.stdout
+
+
+@pytest.mark.timeout(120)
+def test_bench_smoke_capacity_rows_measure_every_node() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pmcluster", "bench", "--smoke", "--no-zookeeper",
+         "--rows", "capacity"],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {}
+    targets = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith('{"bench_row"'):
+            row = json.loads(line)["bench_row"]
+            rows[row["name"]] = row
+        elif line.startswith('{"bench_target"'):
+            target = json.loads(line)["bench_target"]
+            targets[target["name"]] = target
+    assert sorted(rows) == sorted(CAPACITY_ROW_NAMES)
+    for size in (3, 6, 12):
+        row = rows[f"capacity-{size}"]
+        assert row["errors"] == 0 and row["extra"]["nodes"] == size, row
+        shares = row["extra"]["node_cpu_shares"]
+        # Every node of the cluster carried part of the load (none idle, none missing).
+        assert len(shares) == size and min(shares) > 0, row
+        assert abs(sum(shares) - 1.0) < 0.01, row
+    paced = rows["storm-1k-supervisors"]
+    assert paced["errors"] == 0, paced
+    # Paced, not closed-loop: the rate is the offered one (far below the cluster's limit).
+    offered = paced["extra"]["offered_per_sec"]
+    assert offered * 0.5 <= paced["heartbeats_per_sec"] <= offered * 1.2, paced
+    assert all(targets[name]["measured"] is not None for name in CAPACITY_TARGETS), targets

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from pmcluster.tools.bench.rows import Plan
 
 __all__ = [
+    "CAPACITY_ROW_NAMES",
     "PACEMAKER_ROW_NAMES",
     "ROW_NAMES",
     "SMOKE",
@@ -41,6 +42,10 @@ PACEMAKER_ROW_NAMES = (
     "pacemaker-death",
 )
 
+# The rows of `--rows capacity` (not run by default: they start clusters of 3, 6 and 12 nodes):
+# Storm's paced load of 1,000 supervisors, and plain PUTs on growing clusters (docs/capacity.md).
+CAPACITY_ROW_NAMES = ("storm-1k-supervisors", "capacity-3", "capacity-6", "capacity-12")
+
 # Every row's name, in the order: the table's order. (Rows run in another order: each
 # server is stopped once its rows are done, so later rows run on a quiet machine.)
 ROW_NAMES = (
@@ -59,9 +64,7 @@ ROW_NAMES = (
     "read-storm",
     "memory",
     *PACEMAKER_ROW_NAMES,
-    "capacity-3",
-    "capacity-6",
-    "capacity-12",
+    *CAPACITY_ROW_NAMES,
 )
 
 # --smoke: tiny sizes so CI checks that every row runs, in well under a minute. Its keys are
@@ -180,6 +183,8 @@ def run_bench(args: argparse.Namespace) -> int:
                 rows.append(bench.row_cluster_storm())
         if "read" in plan.rows:
             rows.append(bench.row_read_pmcluster())
+        if "capacity" in plan.rows:
+            rows.append(bench.row_storm_supervisors())
         if "pacemaker" in plan.rows:
             rows.append(bench.row_cluster_storm_nimbus_read())
             rows.append(bench.row_cluster_death())  # last: it kills a node of the cluster

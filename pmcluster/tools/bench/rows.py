@@ -593,6 +593,35 @@ class Bench:
             capacity_hb_per_sec=round(size / cpu_per_hb) if cpu_per_hb else None,
         )
 
+    def row_storm_supervisors(self, supervisors: int = 1000) -> Row:
+        """Storm's heartbeat load of `supervisors` supervisors on the 3-node cluster, paced as
+        Storm paces it: 4 workers each (Storm's default slots), one SEND_PULSE of
+        `--read-payload` bytes per worker every 3 s (`task.heartbeat.frequency.secs`), over
+        64 connections spread over the nodes. The capacity model's check (docs/capacity.md)."""
+        plan = self.plan
+        cluster = self.cluster()
+        workers = supervisors * 4
+        rate = workers / 3.0
+        paths = storm_paths(workers, plan.topologies, "/supervisorbeats")
+        hosts = tuple(cluster.hosts)
+        specs = [
+            storm.StormSpec(
+                hosts[0], cluster.port, part, plan.read_payload, n * 100, n, rate * n / 64, hosts
+            )
+            for part, n in self._deal(paths, 64)
+        ]
+        name = f"storm-{supervisors // 1000}k-supervisors"
+        measured = self._drive(name, storm.storm_load, specs, [n.pid for n in cluster.nodes])
+        return _write_row(
+            name,
+            f"3 nodes, replication 2, Storm protocol: {supervisors:,} supervisors x 4 workers, "
+            f"a {plan.read_payload} B SEND_PULSE per worker every 3 s ({rate:,.0f}/s paced), "
+            "64 connections over the nodes (CPU is the sum of the 3 nodes)",
+            measured,
+            pmcluster_node=True,
+            offered_per_sec=round(rate, 1),
+        )
+
     def row_cluster_storm(self) -> Row:
         """Storm's SEND_PULSE pipelined into one node of the 3-node cluster (Storm's client
         writes to one server of `pacemaker.servers`): that node coordinates every write."""

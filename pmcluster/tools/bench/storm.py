@@ -25,6 +25,7 @@ _MID = struct.Struct(">i")
 __all__ = ["StormSpec", "storm_load", "storm_populate", "storm_read_round"]
 
 _TIMEOUT_SECS = 30.0
+_TICK_SECS = 0.01  # the paced load's clock
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,13 @@ class StormSpec:
     payload: int
     in_flight: int
     connections: int
+    # Paced: this many SEND_PULSEs per second over the process's connections, sent on a
+    # clock whatever the replies (workers heartbeating on their timers), at most `in_flight`
+    # unanswered; 0: closed loop (a new request for every reply).
+    rate: float = 0.0
+    # The connections go to these hosts in turn (Storm workers listing every server);
+    # empty: all to `host`.
+    hosts: tuple[str, ...] = ()
 
 
 def storm_frames(paths: Sequence[str], payload: bytes) -> list[bytes]:
@@ -64,9 +72,12 @@ class _StormLoad(asyncio.Protocol):
     them; replies are matched by message id (they may come out of order). Written from
     prebuilt frames and parsed just enough, so the load generator's CPU goes to the wire."""
 
-    def __init__(self, tally: Tally, depth: int) -> None:
+    def __init__(self, tally: Tally, depth: int, rate: float = 0.0) -> None:
         self._tally = tally
         self._depth = depth
+        self._rate = rate  # paced: SEND_PULSEs per second on this connection (0: closed loop)
+        self._owed = 0.0
+        self._last_tick = 0.0
         self._transport: asyncio.Transport | None = None
         self._buffer = b""
         self._sent: dict[int, float] = {}
@@ -76,7 +87,27 @@ class _StormLoad(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         self._tally.open += 1
-        self._send(self._depth)
+        if self._rate > 0:
+            self._last_tick = time.monotonic()
+            asyncio.get_running_loop().call_later(_TICK_SECS, self._tick)
+        else:
+            self._send(self._depth)
+
+    def _tick(self) -> None:
+        """Paced: send what the clock owes since the last tick (within the in-flight cap)."""
+        if self._stopping or self._transport is None or self._transport.is_closing():
+            return
+        now = time.monotonic()
+        self._owed += (now - self._last_tick) * self._rate
+        self._last_tick = now
+        count = min(int(self._owed), self._depth - len(self._sent))
+        if count > 0:
+            self._owed -= count
+            self._send(count)
+        elif now >= self._tally.t1:
+            self._send(0)  # the window is over: stop once the answers are in
+        if not self._stopping:
+            asyncio.get_running_loop().call_later(_TICK_SECS, self._tick)
 
     def _send(self, count: int) -> None:
         assert self._transport is not None
@@ -114,7 +145,7 @@ class _StormLoad(asyncio.Protocol):
         if self._stopping:
             if not self._sent and self._transport is not None:
                 self._transport.close()
-        elif answered:
+        elif answered and not self._rate:
             self._send(answered)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -132,8 +163,12 @@ def storm_load(spec: StormSpec, ctl: Control) -> Outcome:
     async def main() -> Outcome:
         loop = asyncio.get_running_loop()
         tally = Tally(frames, 1, window, ctl)
-        for _ in range(connections):
-            await loop.create_connection(lambda: _StormLoad(tally, depth), spec.host, spec.port)
+        hosts = spec.hosts or (spec.host,)
+        rate = spec.rate / connections
+        for i in range(connections):
+            await loop.create_connection(
+                lambda: _StormLoad(tally, depth, rate), hosts[i % len(hosts)], spec.port
+            )
         await asyncio.wait_for(tally.all_closed, window[1] - time.monotonic() + _TIMEOUT_SECS)
         ctl.progress(tally.done)
         return tally.outcome
