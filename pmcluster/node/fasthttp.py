@@ -14,20 +14,22 @@ aiohttp handlers, exactly these requests:
 
 - `PUT /v1/pulse/<key>` and `POST /v1/batch` (when writes need no authentication);
 - `GET /v1/pulse/<key>` that finds a value (when reads need no authentication: method NONE);
+- a pulse channel's upgrade, `GET /v1/internal/pulses` (when writes need no authentication):
+  101, then the connection is `PulseChannelServer`'s (`pmcluster.protocol.channel`);
 
 with `X-Pmcluster-Forwarded: 1`, or plain (as curl sends them): a plain `GET` when the node
 can answer it at once, a plain `PUT` always. A plain `PUT` the node cannot answer at once (other
 owners must store it too) is coordinated by the same `CoordinatingBackend.send_pulse` that
 aiohttp's handler calls, and answered when it completes: the connection reads no further
-request meanwhile, so answers keep their order. Bodies come with `Content-Length` (none for
-GET). Anything else — another
-route, a plain request the owners must answer, a chunked body, `Expect`, `Connection:
-close`, a query string on a write, any header it does not find plainly well-formed, an
-invalid path, version or batch, a full store, a draining node, a body still arriving after
-`STALL_SECS` — makes it hand the connection to aiohttp *before* answering that request:
-aiohttp gets the unanswered bytes as if it had read them itself and answers from there on
-(with its errors, timeouts and auth), so every error response stays aiohttp's and nothing is
-stored twice.
+request meanwhile, so answers keep their order. Under load that write joins the coordinator's
+coalesced batch without a task of its own (`CoordinatingBackend.send_pulse_soon`). Bodies
+come with `Content-Length` (none for GET). Anything else — another route, a plain request
+the owners must answer, a chunked body, `Expect`, `Connection: close`, a query string on a
+write, any header it does not find plainly well-formed, an invalid path, version or batch, a
+full store, a draining node, a body still arriving after `STALL_SECS` — makes it hand the
+connection to aiohttp *before* answering that request: aiohttp gets the unanswered bytes as
+if it had read them itself and answers from there on (with its errors, timeouts and auth),
+so every error response stays aiohttp's and nothing is stored twice.
 """
 
 from __future__ import annotations
