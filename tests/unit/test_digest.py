@@ -15,6 +15,7 @@ from pmcluster.auth.digest import (
 )
 from pmcluster.auth.jaas import DigestCredentials
 from pmcluster.auth.tokens import CookieSigner, NonceCheck, NonceSigner, ReplayCache
+from pmcluster.errors import AuthError
 
 SECRET = b"digest-password:correct horse"
 CREDS = DigestCredentials("storm", "correct horse")
@@ -136,7 +137,8 @@ def test_replayed_nonce_and_count_is_rejected() -> None:
     header = client_for(srv).authorization("GET", "/v1/pulse/a")
     assert header is not None
     srv.verify("GET", "/v1/pulse/a", header)
-    assert "replayed" in reject(srv, "GET", "/v1/pulse/a", header).reason
+    exc = reject(srv, "GET", "/v1/pulse/a", header)
+    assert exc.reason == "replayed nonce and nonce count" and exc.user == "storm"
 
 
 def test_counts_may_arrive_out_of_order_but_never_twice() -> None:
@@ -171,7 +173,7 @@ def test_expired_nonce_is_stale_and_a_fresh_challenge_recovers() -> None:
     header = client.authorization("GET", "/v1/pulse/a")
     assert header is not None
     exc = reject(srv, "GET", "/v1/pulse/a", header)
-    assert exc.stale and exc.reason == "nonce expired"
+    assert exc.stale and exc.reason == "nonce expired" and exc.user == "storm"
     assert all("stale=true" in c for c in srv.challenges(stale=True))
     assert client.take_challenge(srv.challenges(stale=True))
     header = client.authorization("GET", "/v1/pulse/a")
@@ -324,7 +326,10 @@ def _header(params: dict[str, str]) -> str:
 def test_each_refusal_names_its_reason(change: dict[str, str], reason: str) -> None:
     srv = server()
     params = _valid_params(srv) | change
-    assert reject(srv, "GET", "/v1/members", _header(params)).reason == reason
+    exc = reject(srv, "GET", "/v1/members", _header(params))
+    assert exc.reason == reason
+    # Once the header names a user, the refusal carries it for the log.
+    assert exc.user == (params["username"] or None)
 
 
 def test_non_digest_credentials_are_named() -> None:
@@ -367,8 +372,329 @@ def test_hashed_username_is_accepted_and_a_wrong_hash_is_unknown() -> None:
     srv = server()
     params = _valid_params(srv)
     wrong = _header(params | {"username": "0" * len(hashed), "userhash": "true"})
-    assert reject(srv, "GET", "/v1/members", wrong).reason == "unknown user"
+    exc = reject(srv, "GET", "/v1/members", wrong)
+    assert exc.reason == "unknown user" and exc.user == "<hash>"  # not the hash itself
     srv = server()
     params = _valid_params(srv)
     odd = _header(params | {"username": hashed, "userhash": "true", "algorithm": "FOO"})
     assert reject(srv, "GET", "/v1/members", odd).reason == "unsupported algorithm"
+
+
+# --- found by the second mutation run (issue 20) -------------------------------------------
+
+
+def _rfc7616_response(sent: dict[str, str], password: str, method: str) -> str:
+    """RFC 7616 §3.4.1 and §3.4.2, computed here from the values a header carries: H is the
+    named algorithm, A1 gains `:nonce:cnonce` for the `-sess` variants, and the qop hashed is
+    the one sent."""
+    algorithm = sent.get("algorithm", "MD5").upper()
+
+    def h(text: str) -> str:
+        name = algorithm.removesuffix("-SESS").replace("-", "").lower()
+        return hashlib.new(name, text.encode()).hexdigest()
+
+    ha1 = h(f"{sent['username']}:{sent['realm']}:{password}")
+    if algorithm.endswith("-SESS"):
+        ha1 = h(f"{ha1}:{sent['nonce']}:{sent['cnonce']}")
+    ha2 = h(f"{method}:{sent['uri']}")
+    return h(f"{ha1}:{sent['nonce']}:{sent['nc']}:{sent['cnonce']}:{sent['qop']}:{ha2}")
+
+
+@pytest.mark.parametrize("algorithm", ["MD5", "MD5-sess", "SHA-256", "SHA-256-sess"])
+def test_response_digest_follows_rfc7616_for_every_algorithm(algorithm: str) -> None:
+    sent = {
+        "username": "Mufasa",
+        "realm": "http-auth@example.org",
+        "nonce": "7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v",
+        "uri": "/dir/index.html",
+        "nc": "00000001",
+        "cnonce": "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ",
+        "qop": "auth",
+        "algorithm": algorithm,
+    }
+    got = response_digest(
+        algorithm,
+        user=sent["username"],
+        realm=sent["realm"],
+        password="Circle of Life",
+        method="GET",
+        uri=sent["uri"],
+        nonce=sent["nonce"],
+        nc=sent["nc"],
+        cnonce=sent["cnonce"],
+    )
+    assert got == _rfc7616_response(sent, "Circle of Life", "GET")
+
+
+def test_parse_auth_params_stops_at_garbage_and_keeps_the_first_of_a_repeat() -> None:
+    assert parse_auth_params("a=1, =x, b=2") == {"a": "1"}
+    assert parse_auth_params('a=1, A="2"') == {"a": "1"}
+    srv = server()
+    exc = reject(srv, "GET", "/v1/members", 'Digest username="storm", =x')
+    assert exc.reason == "Digest parameter 'realm' missing" and exc.user == "storm"
+
+
+def test_quotes_and_backslashes_in_a_user_name_survive_the_header() -> None:
+    name = 'ops "on call", team\\a'  # a quote followed by a comma: only escaping keeps it
+    clock = Clock()
+    srv = DigestServer(
+        DigestCredentials(name, "pw"), NonceSigner(SECRET, 300.0, clock=clock), ReplayCache()
+    )
+    header = client_for(srv, user=name, password="pw").authorization("GET", "/v1/members")
+    assert header is not None
+    assert parse_auth_params(header.removeprefix("Digest "))["username"] == name
+    assert srv.verify("GET", "/v1/members", header).user == name
+
+
+def test_a_refusal_is_an_auth_error_whose_message_is_its_reason() -> None:
+    exc = reject(server(), "GET", "/", "Basic eDp5")
+    assert isinstance(exc, AuthError) and str(exc) == exc.reason
+
+
+def test_a_sha256_only_server_offers_and_accepts_sha256_alone() -> None:
+    clock = Clock()
+    srv = DigestServer(CREDS, NonceSigner(SECRET, 300.0, clock=clock), ReplayCache(), md5=False)
+    (only,) = srv.challenges()
+    assert parse_auth_params(only.removeprefix("Digest "))["algorithm"] == "SHA-256"
+    header = client_for(srv).authorization("GET", "/v1/members")
+    assert header is not None and "algorithm=SHA-256" in header
+    assert srv.verify("GET", "/v1/members", header).user == "storm"
+    md5 = DigestClient("storm", "correct horse")
+    assert md5.take_challenge([only.replace("algorithm=SHA-256", "algorithm=MD5")])
+    md5_header = md5.authorization("GET", "/v1/members")
+    assert md5_header is not None
+    assert reject(srv, "GET", "/v1/members", md5_header).reason == "unsupported algorithm 'MD5'"
+
+
+def test_the_opaque_derives_from_the_opaque_secret_not_the_nonce_key() -> None:
+    def opaque(nonce_secret: bytes, opaque_secret: bytes) -> str:
+        srv = DigestServer(
+            CREDS, NonceSigner(nonce_secret, 300.0), ReplayCache(), opaque_secret=opaque_secret
+        )
+        return parse_auth_params(srv.challenges()[0].removeprefix("Digest "))["opaque"]
+
+    assert opaque(b"nonce key 1", b"cluster") == opaque(b"nonce key 2", b"cluster")
+    assert opaque(b"nonce key 1", b"cluster") != opaque(b"nonce key 1", b"another cluster")
+
+
+def test_challenge_parameters_parse_as_sent() -> None:
+    srv = server()
+    for challenge in srv.challenges():
+        params = parse_auth_params(challenge.removeprefix("Digest "))
+        assert params["charset"] == "UTF-8" and "stale" not in params
+    for challenge in srv.challenges(stale=True):
+        params = parse_auth_params(challenge.removeprefix("Digest "))
+        assert params["charset"] == "UTF-8" and params["stale"] == "true"
+
+
+def test_an_unparseable_absolute_uri_is_a_named_refusal() -> None:
+    srv = server()
+    params = _valid_params(srv) | {"uri": "http://[::1/v1/members"}
+    exc = reject(srv, "GET", "/v1/members", _header(params))
+    assert exc.reason == "malformed Digest header (ValueError)"
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"algorithm": "A" * 30}, f"unsupported algorithm {'A' * 20!r}"),
+        ({"qop": "q" * 30}, f"unsupported qop {'q' * 20!r}"),
+        ({"realm": "r" * 50}, f"wrong realm {'r' * 40!r}"),
+    ],
+)
+def test_refusal_reasons_quote_a_bounded_prefix_of_client_text(
+    change: dict[str, str], reason: str
+) -> None:
+    """The reason goes to the log: a client's text in it is cut to 20 (40 for a realm)."""
+    srv = server()
+    assert reject(srv, "GET", "/v1/members", _header(_valid_params(srv) | change)).reason == reason
+
+
+def test_another_nodes_nonce_is_a_stale_refusal_naming_the_user() -> None:
+    clock = Clock()
+    node_a, node_b = (
+        DigestServer(CREDS, NonceSigner(SECRET, 300.0, clock=clock, node=n), ReplayCache())
+        for n in ("a:6699", "b:6699")
+    )
+    header = client_for(node_a).authorization("GET", "/v1/members")
+    assert header is not None
+    exc = reject(node_b, "GET", "/v1/members", header)
+    assert exc.reason == "nonce issued by another node"
+    assert exc.stale is True and exc.user == "storm"
+    assert node_a.verify("GET", "/v1/members", header).user == "storm"
+
+
+def _md5_header_without_algorithm(srv: DigestServer, **change: str) -> str:
+    """An MD5 answer with no `algorithm` parameter (RFC 7616 §3.4: it then means MD5)."""
+    md5 = DigestClient("storm", "correct horse")
+    assert md5.take_challenge([c for c in srv.challenges() if "algorithm=MD5" in c])
+    header = md5.authorization("GET", "/v1/members")
+    assert header is not None
+    params = parse_auth_params(header.removeprefix("Digest ")) | change
+    del params["algorithm"]
+    return _header(params)
+
+
+def test_an_answer_without_algorithm_is_md5() -> None:
+    srv = server()
+    assert srv.verify("GET", "/v1/members", _md5_header_without_algorithm(srv)).user == "storm"
+
+
+def test_a_hashed_user_name_without_algorithm_is_an_md5_hash() -> None:
+    srv = server()
+    hashed = hashlib.md5(f"storm:{srv.realm}".encode()).hexdigest()
+    header = _md5_header_without_algorithm(srv, username=hashed, userhash="true")
+    assert srv.verify("GET", "/v1/members", header).user == "storm"
+
+
+def test_a_hashed_user_name_with_a_session_algorithm() -> None:
+    srv = server()
+    nonce = parse_auth_params(srv.challenges()[0].removeprefix("Digest "))["nonce"]
+    sent = {
+        "username": "storm",
+        "realm": "pmcluster",
+        "nonce": nonce,
+        "uri": "/v1/members",
+        "algorithm": "SHA-256-sess",
+        "qop": "auth",
+        "nc": "00000001",
+        "cnonce": "c0ffee",
+    }
+    sent["response"] = _rfc7616_response(sent, "correct horse", "GET")
+    hashed = hashlib.sha256(b"storm:pmcluster").hexdigest()
+    header = _header(sent | {"username": hashed, "userhash": "true"})
+    assert srv.verify("GET", "/v1/members", header).user == "storm"
+
+
+def test_nonce_count_hex_in_either_case_is_one_count() -> None:
+    """An upper-case nc is accepted, and is the same count as its lower-case spelling: a
+    case change must not make a captured request replayable."""
+    srv = server()
+    sent = _valid_params(srv) | {"nc": "0000000A"}
+    sent["response"] = _rfc7616_response(sent, "correct horse", "GET")
+    assert srv.verify("GET", "/v1/members", _header(sent)).user == "storm"
+    again = sent | {"nc": "0000000a"}
+    again["response"] = _rfc7616_response(again, "correct horse", "GET")
+    assert reject(srv, "GET", "/v1/members", _header(again)).reason == (
+        "replayed nonce and nonce count"
+    )
+
+
+def test_each_nonce_has_its_own_counts_and_is_forgotten_when_it_expires() -> None:
+    clock = Clock()
+    replays = ReplayCache(clock=clock)
+    srv = DigestServer(CREDS, NonceSigner(SECRET, 60.0, clock=clock), replays)
+    first, second = client_for(srv), client_for(srv)
+    assert first.nonce != second.nonce
+    for client in (first, second):  # both at nc=00000001
+        header = client.authorization("GET", "/v1/members")
+        assert header is not None
+        srv.verify("GET", "/v1/members", header)
+    assert len(replays) == 2
+    clock.now += 61.0  # both nonces have expired: their counts go at the next sweep
+    header = client_for(srv).authorization("GET", "/v1/members")
+    assert header is not None
+    srv.verify("GET", "/v1/members", header)
+    assert len(replays) == 1
+
+
+@pytest.mark.parametrize(
+    ("uri", "target"),
+    [
+        ("http://node-a:6699/v1/members", "/v1/members"),
+        ("https://node-a:6699/v1/pulse/a?fields=all", "/v1/pulse/a?fields=all"),
+    ],
+)
+def test_an_absolute_uri_names_its_path_and_query(uri: str, target: str) -> None:
+    """RFC 7616 §3.4: `uri` may be the absolute form of the request target."""
+    srv = server()
+    header = client_for(srv).authorization("GET", uri)
+    assert header is not None
+    assert srv.verify("GET", target, header).user == "storm"
+
+
+@pytest.mark.parametrize(
+    ("uri", "target"),
+    [
+        ("http://node-a:6699/v1/members", "/v1/pulse/a"),
+        ("http://node-a:6699/v1/members", "/v1/members?x=1"),
+        ("http://node-a:6699/v1/members?x=1", "/v1/members"),
+    ],
+)
+def test_an_absolute_uri_of_another_target_is_refused(uri: str, target: str) -> None:
+    srv = server()
+    header = client_for(srv).authorization("GET", uri)
+    assert header is not None
+    assert reject(srv, "GET", target, header).reason == (
+        "Digest uri does not match the request target"
+    )
+
+
+def _challenge(**params: str) -> str:
+    return "Digest " + ", ".join(f'{k}="{v}"' for k, v in params.items())
+
+
+UNUSABLE = [
+    _challenge(realm="r", qop="auth", algorithm="SHA-512-256", nonce="n1"),  # unknown algorithm
+    _challenge(realm="r", qop="auth-int", algorithm="MD5", nonce="n2"),  # no qop=auth
+    _challenge(realm="r", algorithm="MD5", nonce="n3"),  # no qop at all (RFC 2069)
+    _challenge(realm="r", qop="auth", algorithm="MD5"),  # no nonce
+    'Basic realm="r"',
+]
+
+
+@pytest.mark.parametrize("unusable", UNUSABLE)
+def test_the_client_ignores_a_challenge_it_cannot_answer(unusable: str) -> None:
+    client = DigestClient("storm", "correct horse")
+    assert not client.take_challenge([unusable])
+    assert client.nonce is None and client.authorization("GET", "/") is None
+    # ... and looks on to the next one.
+    good = _challenge(realm="r", qop="auth", algorithm="MD5", nonce="good")
+    assert client.take_challenge([unusable, good]) and client.nonce == "good"
+
+
+def test_the_client_takes_the_strongest_challenge_in_any_order() -> None:
+    md5, sha = (
+        _challenge(realm="r", qop="auth", algorithm=a, nonce=n)
+        for a, n in (("MD5", "m"), ("SHA-256", "s"))
+    )
+    no_algorithm = _challenge(realm="r", qop="auth", nonce="plain")  # MD5 by default
+    for headers in ([md5, sha], [sha, md5], [no_algorithm, sha]):
+        client = DigestClient("storm", "correct horse")
+        assert client.take_challenge(headers) and client.nonce == "s", headers
+    # Of two equally strong challenges the first, the server's order of preference, is kept.
+    client = DigestClient("storm", "correct horse")
+    other = sha.replace('nonce="s"', 'nonce="t"')
+    assert client.take_challenge([sha, other]) and client.nonce == "s"
+    # A qop list is comma-separated, with or without spaces.
+    listed = _challenge(realm="r", qop="auth-int,auth", algorithm="MD5", nonce="q")
+    assert client.take_challenge([listed]) and client.nonce == "q"
+
+
+def test_a_challenge_without_algorithm_is_answered_with_md5() -> None:
+    srv = server()
+    md5 = next(c for c in srv.challenges() if "algorithm=MD5" in c)
+    client = DigestClient("storm", "correct horse")
+    assert client.take_challenge([md5.replace("algorithm=MD5, ", "")])
+    header = client.authorization("GET", "/v1/members")
+    assert header is not None
+    assert parse_auth_params(header.removeprefix("Digest "))["algorithm"] == "MD5"
+    assert srv.verify("GET", "/v1/members", header).user == "storm"
+
+
+def test_the_client_answer_is_rfc7616_over_what_it_sends_and_echoes_opaque() -> None:
+    srv = server()
+    challenge = parse_auth_params(srv.challenges()[0].removeprefix("Digest "))
+    header = client_for(srv).authorization("PUT", "/v1/pulse/a")
+    assert header is not None
+    sent = parse_auth_params(header.removeprefix("Digest "))
+    assert sent["qop"] == "auth" and sent["opaque"] == challenge["opaque"]
+    assert sent["response"] == _rfc7616_response(sent, "correct horse", "PUT")
+    # A challenge without realm (or opaque) is answered for the empty realm, without opaque.
+    client = DigestClient("storm", "correct horse")
+    assert client.take_challenge([_challenge(qop="auth", algorithm="SHA-256", nonce="n")])
+    header = client.authorization("GET", "/")
+    assert header is not None
+    sent = parse_auth_params(header.removeprefix("Digest "))
+    assert sent["realm"] == "" and "opaque" not in sent
+    assert sent["response"] == _rfc7616_response(sent, "correct horse", "GET")

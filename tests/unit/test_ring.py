@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from fractions import Fraction
 
 import pytest
 from uhashring import HashRing
@@ -311,3 +312,47 @@ def test_balance_summary_exact_figures() -> None:
         "max_over_mean": 1.5,
         "min_over_mean": 0.25,
     }
+
+
+# --- exact shares against the model (second mutation run, issue 20) ----------------------------
+
+
+def _model_shares(ms: list[Member], replication: int) -> dict[str, tuple[Fraction, Fraction]]:
+    """Each member's share of the 2**128 hash space, exactly: point i owns the arc above the point
+    before it, and that arc's owners are the model's walk (`_model_owners`'s rule) from point i,
+    so every point of the continuum, the first and the last included, is a starting point."""
+    continuum = sorted(HashRing(nodes=[m.node_id for m in ms], vnodes=160).get_points())
+    zone_of = {m.node_id: m.zone for m in ms}
+    primary = dict.fromkeys(zone_of, 0)
+    held = dict.fromkeys(zone_of, 0)
+    for start, (point, _) in enumerate(continuum):
+        arc = (point - continuum[start - 1][0]) % (1 << 128)
+        clockwise: list[str] = []
+        for n in range(len(continuum)):
+            name = continuum[(start + n) % len(continuum)][1]
+            if name not in clockwise:
+                clockwise.append(name)
+        firsts: list[str] = []
+        for name in clockwise:
+            if all(zone_of[name] != zone_of[other] for other in firsts):
+                firsts.append(name)
+        owners = (firsts + [name for name in clockwise if name not in firsts])[:replication]
+        primary[owners[0]] += arc
+        for name in owners:
+            held[name] += arc
+    space = 1 << 128
+    return {n: (Fraction(primary[n], space), Fraction(held[n], space)) for n in zone_of}
+
+
+@pytest.mark.parametrize(("zones", "replication"), [(0, 1), (0, 2), (0, 3), (2, 2), (2, 3)])
+def test_ownership_is_the_exact_model_share(zones: int, replication: int) -> None:
+    ms = members(5, zones=zones)
+    shares = Ring(ms, "e", replication=replication).ownership()
+    model = _model_shares(ms, replication)
+    assert shares == {n: (float(p), float(h)) for n, (p, h) in model.items()}
+    assert sum(p for p, _ in model.values()) == 1
+    assert sum(h for _, h in model.values()) == min(replication, 5)
+
+
+def test_ownership_of_an_empty_ring_is_empty() -> None:
+    assert Ring([], "e").ownership() == {}
