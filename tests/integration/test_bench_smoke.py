@@ -123,6 +123,10 @@ def test_bench_smoke_capacity_rows_measure_every_node() -> None:
         # Every node of the cluster carried part of the load (none idle, none missing).
         assert len(shares) == size and min(shares) > 0, row
         assert abs(sum(shares) - 1.0) < 0.01, row
+        # The paced pass of the same cluster: every node busy, no request failed.
+        assert row["extra"]["paced_errors"] == 0, row
+        assert len(row["extra"]["paced_cores_per_node"]) == size, row
+        assert row["extra"]["paced_hb_per_sec"] > 0, row
     paced = rows["storm-1k-supervisors"]
     assert paced["errors"] == 0, paced
     # Paced, not closed-loop: the rate is the offered one (far below the cluster's limit).

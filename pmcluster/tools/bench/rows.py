@@ -46,6 +46,7 @@ ALL_ROWS = ("zk", "baseline", "put", "batch", "storm", "cluster", "read", "memor
 # `capacity` starts clusters of 3, 6 and 12 nodes in turn (a minute or more).
 OPTIONAL_ROWS = ("pacemaker", "capacity")
 CAPACITY_SIZES = (3, 6, 12)
+PACED_PER_NODE = 400  # the capacity rows' paced load: SEND_PULSEs per second per node
 _MiB = 1024 * 1024
 _POPULATE_BATCH = 1000  # heartbeats per POST /v1/batch while filling a store
 _NIMBUS_ROOT = "/nimbusbeats"  # the Storm-way Nimbus rounds' heartbeats (read rows, death rows)
@@ -574,6 +575,20 @@ class Bench:
             ]
             pids = [n.pid for n in cluster.nodes]
             measured = self._drive(f"capacity-{size}", http_load, specs, pids)
+            # The same cluster at the same offered load per node whatever its size (Storm's
+            # SEND_PULSEs of --read-payload bytes on a clock, spread over the nodes): what a
+            # node costs per heartbeat when only the number of its peers changes.
+            rate = PACED_PER_NODE * size
+            connections = 16 * size
+            paced_paths = storm_paths(plan.workers, plan.topologies, "/pacedbeats")
+            paced_specs = [
+                storm.StormSpec(
+                    hosts[0], cluster.port, part, plan.read_payload, n * 100, n,
+                    rate * n / connections, hosts,
+                )
+                for part, n in self._deal(paced_paths, connections)
+            ]  # fmt: skip
+            paced = self._drive(f"capacity-{size} paced", storm.storm_load, paced_specs, pids)
             self._retire_nodes(cluster.nodes)
         shares = measured.per_server_cpu_secs
         total = sum(shares) or 1.0
@@ -591,6 +606,15 @@ class Bench:
             busiest_over_mean=round(max(shares) / mean, 4) if mean else None,
             # Heartbeats per second the nodes carry with a core each, at this CPU cost.
             capacity_hb_per_sec=round(size / cpu_per_hb) if cpu_per_hb else None,
+            paced_offered_per_sec=rate,
+            paced_hb_per_sec=round(paced.heartbeats / paced.seconds, 1),
+            paced_errors=paced.errors,
+            paced_cpu_us_per_hb=(
+                round(paced.server.cpu_secs * 1e6 / paced.heartbeats, 1)
+                if paced.heartbeats
+                else None
+            ),
+            paced_cores_per_node=[round(s / paced.seconds, 4) for s in paced.per_server_cpu_secs],
         )
 
     def row_storm_supervisors(self, supervisors: int = 1000) -> Row:
