@@ -275,3 +275,139 @@ async def test_requests_beyond_max_threads_wait_their_turn(aiohttp_client: Aioht
     statuses = await asyncio.gather(*(client.get(f"/v1/pulse/wb/{i}") for i in range(8)))
     assert [r.status for r in statuses] == [404] * 8  # all served, none refused
     assert backend.most == 2
+
+
+# Found by mutation testing: a batch of new keys is judged first by a bound from sizes alone
+# (no trie walk), then, near the cap, exactly. The bound must never be below the exact growth
+# (or a batch past the cap slips through), and the exact figure must be what the footprint
+# then becomes: compared here with the footprint an uncapped store reaches.
+
+
+def _footprint_after(batch: list[tuple[str, bytes, int | None]]) -> int:
+    store = PulseStore()
+    store.send_pulses(batch)
+    return store.footprint_bytes
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        [("/wb/deep/er/key", b"x" * 50, None)],  # interior nodes are most of its cost
+        [("/wb/a/x", b"a" * 10, None), ("/wb/b/y", b"b" * 10, None)],  # two subtrees
+        [("/wb/t/x", b"a" * 10, None), ("/wb/t/y", b"b" * 10, None)],  # sharing /wb/t
+        [("/wb/t/x", b"a" * 10, None), ("/wb/t/u/v", b"b" * 10, None)],  # and one below it
+    ],
+)
+def test_a_batch_of_new_keys_fits_a_cap_of_exactly_its_footprint(
+    batch: list[tuple[str, bytes, int | None]],
+) -> None:
+    needed = _footprint_after(batch)
+    full = PulseStore(max_bytes=needed - 1)
+    with pytest.raises(InsufficientStorage):
+        full.send_pulses(batch)
+    assert full.footprint_bytes == 0 and full.key_count == 0 and full.refused_writes == 1
+    exact = PulseStore(max_bytes=needed)
+    assert exact.send_pulses(batch) == len(batch)
+    assert exact.footprint_bytes == needed
+
+
+def test_a_new_key_costs_payload_path_and_320_bytes() -> None:
+    # docs/configuration.md and docs/operations.md give ~320 B per key for sizing the cap.
+    store = PulseStore()
+    store.send_pulse("/key", b"x" * 50)
+    assert store.footprint_bytes == 50 + len("/key") + 320
+
+
+def test_removals_free_the_interior_they_prune() -> None:
+    now = [1_000_000_000_000]
+    keys = ["/wb/a/b/c", "/wb/a/d", "/wb/e/f/g", "/wb/h"]
+    store = PulseStore(clock=lambda: now[0], tombstone_ttl_secs=1.0)
+    for key in keys:
+        store.send_pulse(key, b"x" * 10, 5)
+    assert store.discard("/wb/e/f/g", 5)  # prunes /wb/e/f and /wb/e
+    assert store.discard("/wb/a/b/c", 5)  # prunes /wb/a/b, keeps /wb/a
+    left = PulseStore()
+    for key in ["/wb/a/d", "/wb/h"]:
+        left.send_pulse(key, b"x" * 10, 5)
+    assert store.footprint_bytes == left.footprint_bytes
+    store.delete_path("/wb/a")
+    store.delete_pulse_id("/wb/h")
+    now[0] += 1_000_000_000  # the tombstones expire, and the paths they held go
+    store.expire()
+    assert store.footprint_bytes == 0
+
+
+def test_past_the_cap_rewrites_no_larger_still_work() -> None:
+    # Deletes are never refused, and a tombstone on a path never written holds interior
+    # nodes, which the footprint counts: it can then pass the cap. Heartbeats that do not
+    # grow must still be taken, alone or batched.
+    cap = key_cost("/wb/a", b"a" * 100) + WB
+    store = PulseStore(max_bytes=cap)
+    store.send_pulse("/wb/a", b"a" * 100, 1)
+    store.delete_pulse_id("/wb/gone/key", 1)
+    assert store.footprint_bytes > cap
+    assert store.send_pulses([("/wb/a", b"b" * 100, 2)]) == 1
+    assert store.send_pulses([("/wb/a", b"c" * 90, 3)], trusted=True) == 1
+    assert store.send_pulse("/wb/a/", b"d" * 90, 4)  # not the stored spelling: the full walk
+    assert store.refused_writes == 0
+    with pytest.raises(InsufficientStorage):
+        store.send_pulse("/wb/a", b"e" * 91, 5)
+
+
+def test_a_refused_write_says_by_how_much_and_names_the_limit() -> None:
+    cap = key_cost("/wb/a", b"a" * 100) + WB
+    store = PulseStore(max_bytes=cap)
+    store.send_pulse("/wb/a", b"a" * 100, 1)
+    with pytest.raises(InsufficientStorage) as refused:
+        store.send_pulse("/wb/a", b"a" * 150, 2)
+    assert str(refused.value) == (
+        f"write of 50 more bytes refused: the store holds {cap} of its {cap}-byte limit "
+        "(pmcluster.memory.max.bytes)"
+    )
+
+
+@pytest.mark.parametrize("key", ["/wb", "/wb/a", "/wb/deep/er/key"])
+def test_a_new_key_fits_a_cap_of_exactly_its_footprint(key: str) -> None:
+    needed = _footprint_after([(key, b"x" * 50, None)])
+    full = PulseStore(max_bytes=needed - 1)
+    with pytest.raises(InsufficientStorage):
+        full.send_pulse(key, b"x" * 50)
+    assert full.footprint_bytes == 0 and full.key_count == 0 and full.refused_writes == 1
+    exact = PulseStore(max_bytes=needed)
+    assert exact.send_pulse(key, b"x" * 50)
+    assert exact.footprint_bytes == needed
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("/wb/a", "/wb/a/b"),  # a new key below a key: /wb/a's value is not the new key's
+        ("/wb/t/x", "/wb/t"),  # a value at a node that exists already, interior to /wb/t/x
+    ],
+)
+def test_a_key_next_to_another_fits_a_cap_of_exactly_its_footprint(first: str, second: str) -> None:
+    needed = _footprint_after([(first, b"x" * 50, None), (second, b"y" * 20, None)])
+    for cap, fits in [(needed - 1, False), (needed, True)]:
+        store = PulseStore(max_bytes=cap)
+        assert store.send_pulse(first, b"x" * 50)
+        if fits:
+            assert store.send_pulse(second, b"y" * 20)
+            assert store.footprint_bytes == needed
+        else:
+            with pytest.raises(InsufficientStorage):
+                store.send_pulse(second, b"y" * 20)
+            assert store.key_count == 1
+
+
+def test_at_the_cap_another_spelling_of_a_key_is_judged_like_the_key() -> None:
+    cap = key_cost("/wb/a", b"a" * 100) + WB
+    store = PulseStore(max_bytes=cap)
+    store.send_pulse("/wb/a", b"a" * 100, 5)
+    assert not store.send_pulse("/wb/a/", b"b" * 200, 4)  # older: ignored, not refused
+    assert not store.send_pulse("/wb/a/", b"0" * 200, 5)  # same version, smaller: ignored
+    for version in (5, 6):  # larger data at the same or a newer version: past the cap
+        with pytest.raises(InsufficientStorage):
+            store.send_pulse("/wb/a/", b"b" * 101, version)
+    assert store.refused_writes == 2
+    held = store.get_pulse("/wb/a")
+    assert held is not None and (held.data, held.version) == (b"a" * 100, 5)

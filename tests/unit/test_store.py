@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 import pytest
 
+from pmcluster.config import Config
 from pmcluster.errors import InvalidPath, InvalidRequest
 from pmcluster.protocol.pulse import Pulse
 from pmcluster.store import PulseStore
@@ -667,3 +668,196 @@ def test_tombstones_lists_every_live_delete(clock: FakeClock) -> None:
     assert sorted(store.tombstones()) == [("/w/t/a", 0, 20), ("/w/u", 30, 0)]
     clock.advance(61)
     assert store.tombstones() == []
+
+
+# ------------------------------------------------------------- found by mutation testing
+
+
+def test_exists_is_false_for_a_key_whose_ttl_passed_since_its_last_read(
+    clock: FakeClock,
+) -> None:
+    # The first call after the TTL passes: the key is found, then swept by that same call.
+    store = PulseStore(clock=clock, ttl_secs=30)
+    store.send_pulse("/w/t/k", b"x")
+    assert store.exists("/w/t/k")
+    clock.advance(30)
+    assert not store.exists("/w/t/k")
+    assert store.key_count == 0
+
+
+def test_subtree_version_is_the_newest_value_at_or_under_a_path(store: PulseStore) -> None:
+    assert store.subtree_version("/never/written") == 0
+    assert store.subtree_version("/") == 0
+    store.send_pulse("/w/t/a", b"x", 10)
+    store.send_pulse("/w/t/b", b"x", 30)
+    store.send_pulse("/w/u", b"x", 20)
+    assert store.subtree_version("/") == 30
+    assert store.subtree_version("/w/t") == 30
+    assert store.subtree_version("/w/u") == 20
+    assert store.subtree_version("/w/t/c") == 0
+    store.delete_pulse_id("/w/t/b", 30)
+    assert store.subtree_version("/w") == 20
+    assert store.subtree_version("/w/t") == 10
+
+
+def test_discard_of_a_path_that_holds_no_key_changes_nothing(store: PulseStore) -> None:
+    store.send_pulse("/w/t", b"x", 10)
+    footprint = store.footprint_bytes
+    assert not store.discard("/w/t/below", 10)  # the walk ends at /w/t, which holds 10
+    assert not store.discard("/w/other/deep/key", 10)
+    held = store.get_pulse("/w/t")
+    assert held is not None and held.version == 10
+    assert store.footprint_bytes == footprint
+    assert _trie_nodes(store) == 2  # /w and /w/t: no node made for the paths discarded
+
+
+@pytest.mark.parametrize(("version", "kind"), [(True, "bool"), (1.5, "float"), ("7", "str")])
+def test_a_version_that_is_not_an_integer_is_refused_naming_its_type(
+    store: PulseStore, version: object, kind: str
+) -> None:
+    message = f"version must be an integer, not {kind}"
+    with pytest.raises(InvalidRequest, match=message):
+        store.send_pulse("/a", b"x", version)  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest, match=message):
+        store.send_pulses([("/a", b"x", version)])  # type: ignore[list-item]
+    with pytest.raises(InvalidRequest, match=message):
+        store.delete_pulse_id("/a", version)  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest, match=message):
+        store.delete_path("/a", version)  # type: ignore[arg-type]
+    assert store.key_count == 0 and store.tombstones() == []
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_payload_buffer_is_copied_when_stored(store: PulseStore, batched: bool) -> None:
+    buffer = bytearray(b"beat")
+    if batched:
+        assert store.send_pulses([("/w/t/a", buffer, 5)]) == 1  # type: ignore[list-item]
+    else:
+        assert store.send_pulse("/w/t/a", buffer, 5)  # type: ignore[arg-type]
+    buffer[:] = b"BEAT"  # the caller reuses its buffer
+    assert store.get_pulse("/w/t/a") == Pulse("/w/t/a", b"beat", 5)
+    held = store.get_pulse("/w/t/a")
+    assert held is not None and type(held.data) is bytes
+
+
+def test_a_batch_rewrite_renews_the_ttl_and_counts_every_grown_byte(clock: FakeClock) -> None:
+    store = PulseStore(clock=clock, ttl_secs=30)
+    store.send_pulses([("/w/t/a", b"1", None), ("/w/t/b", b"1", None)])
+    clock.advance(20)
+    assert store.send_pulses([("/w/t/a", b"22", None), ("/w/t/b", b"333", None)]) == 2
+    assert store.total_bytes == len(b"22") + len(b"333")
+    clock.advance(20)  # 40 s after the first write, 20 s after the rewrite
+    assert store.get_all_nodes_for_path("/w/t") == ["a", "b"]
+    clock.advance(10)
+    assert store.get_all_nodes_for_path("/w/t") == []
+    assert store.total_bytes == 0
+
+
+def test_without_a_ttl_no_write_times_are_kept(store: PulseStore) -> None:
+    # The write-ordered dict exists for the TTL sweep only: without a TTL nothing would ever
+    # empty it, so it must stay empty (white-box: one entry per key would be a leak).
+    store.send_pulse("/w/t/a", b"1", 1)
+    store.send_pulses([("/w/t/a", b"2", 2), ("/w/t/b", b"1", 1)])
+    store.send_pulse("/w/t/b", b"2", 2)
+    assert store.key_count == 2
+    assert not store._written
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_repeated_identical_write_is_stored_but_does_not_renew_the_ttl(
+    clock: FakeClock, batched: bool
+) -> None:
+    # A retried delivery of the same write (same version, same data) is "stored already":
+    # it must not keep the heartbeat of a worker that stopped writing alive.
+    store = PulseStore(clock=clock, ttl_secs=30)
+    version = clock.now
+    store.send_pulse("/w/t/a", b"x", version)
+    clock.advance(20)
+    if batched:
+        assert store.send_pulses([("/w/t/a", b"x", version)]) == 1
+    else:
+        assert store.send_pulse("/w/t/a", b"x", version)
+    clock.advance(10)
+    assert store.get_pulse("/w/t/a") is None
+
+
+def test_a_key_tombstone_expires_on_its_own_under_a_live_subtree_tombstone(
+    clock: FakeClock,
+) -> None:
+    store = PulseStore(clock=clock, tombstone_ttl_secs=60)
+    store.delete_pulse_id("/w/t", 7)
+    clock.advance(30)
+    store.delete_path("/w/t", 6)  # older than the exact-key tombstone: both stay
+    assert store.tombstones() == [("/w/t", 6, 7)]
+    clock.advance(30)  # the exact-key tombstone is due, the subtree one not for 30 s more
+    assert store.expire() == 1
+    assert store.tombstones() == [("/w/t", 6, 0)]
+    assert store.tombstone_version("/w/t") == 6
+    assert not store.send_pulse("/w/t/x", b"stale", 6)
+    store.delete_pulse_id("/w/t", 8)  # the path can be deleted again
+    assert store.tombstones() == [("/w/t", 6, 8)]
+
+
+def test_one_expire_drops_every_due_tombstone_past_a_superseded_one(clock: FakeClock) -> None:
+    store = PulseStore(clock=clock, tombstone_ttl_secs=60)
+    store.delete_pulse_id("/a", 1)  # due at 60 s, until the second delete below
+    clock.advance(1)
+    store.delete_pulse_id("/b", 1)
+    store.delete_pulse_id("/a", 2)  # now due at 61 s: the first expiry is superseded
+    assert sorted(store.tombstones()) == [("/a", 0, 2), ("/b", 0, 1)]
+    clock.advance(60)  # 61 s: the superseded expiry comes first, then both live ones
+    assert store.expire() == 2
+    assert store.tombstones() == []
+
+
+def test_a_write_to_a_key_whose_ttl_just_passed_stores_it_anew(clock: FakeClock) -> None:
+    store = PulseStore(clock=clock, ttl_secs=30)
+    store.send_pulse("/w/t/a", b"old", 1)
+    clock.advance(30)  # the write below finds the key, then its own sweep drops it
+    assert store.send_pulse("/w/t/a", b"new", 2)
+    assert store.get_pulse("/w/t/a") == Pulse("/w/t/a", b"new", 2)
+    assert store.key_count == 1 and store.total_bytes == len(b"new")
+
+
+def test_expire_counts_every_key_and_tombstone_it_drops(clock: FakeClock) -> None:
+    store = PulseStore(clock=clock, ttl_secs=30, tombstone_ttl_secs=30)
+    store.send_pulse("/w/t/a", b"x")
+    store.send_pulse("/w/t/b", b"x")
+    store.send_pulse("/w/u/c", b"x")
+    store.delete_pulse_id("/w/u/c")
+    clock.advance(30)
+    assert store.expire() == 3  # two keys past their TTL, one tombstone
+    assert store.key_count == 0 and store.tombstones() == []
+
+
+def test_a_key_written_under_another_spelling_follows_the_same_rules(store: PulseStore) -> None:
+    # "/w/t/a/" is the key "/w/t/a", but not its stored spelling, so it takes the full walk
+    # rather than the shortcut for stored keys: versions and ties must come out the same.
+    assert store.send_pulse("/w/t/a", b"m", 10)
+    assert not store.send_pulse("/w/t/a/", b"z", 9)  # older, even with larger data
+    assert not store.send_pulse("/w/t/a/", b"a", 10)  # same version, smaller data
+    assert store.send_pulse("/w/t/a/", b"m", 10)  # the stored write itself: stored already
+    assert store.get_pulse("/w/t/a") == Pulse("/w/t/a", b"m", 10)
+    assert store.send_pulse("/w/t/a/", b"mm", 10)  # same version, larger data wins
+    assert store.get_pulse("/w/t/a") == Pulse("/w/t/a", b"mm", 10)
+    assert store.key_count == 1 and store.total_bytes == 2
+    assert store.send_pulse("/w/t/a/", b"n", 11)
+    assert store.get_pulse("/w/t/a") == Pulse("/w/t/a", b"n", 11)
+    assert store.key_count == 1 and store.total_bytes == 1
+
+
+def test_a_tombstone_stops_blocking_writes_from_the_instant_it_expires(clock: FakeClock) -> None:
+    store = PulseStore(clock=clock, tombstone_ttl_secs=60)
+    store.delete_pulse_id("/w/t/a", 10)
+    clock.advance(60)  # exactly the tombstone's expiry; a write is the first call since
+    assert store.send_pulse("/w/t/a", b"x", 5)
+
+
+def test_the_default_tombstone_lifetime_is_the_configured_default(clock: FakeClock) -> None:
+    # Code building a store without a lifetime gets what a node gets by default.
+    store = PulseStore(clock=clock)
+    store.delete_pulse_id("/w/t/a", 10)
+    clock.now += int(Config().tombstone_secs * SEC) - 1
+    assert store.tombstone_version("/w/t/a") == 10
+    clock.now += 1
+    assert store.tombstone_version("/w/t/a") == 0

@@ -3,14 +3,19 @@ peer's entries (`pmcluster.node.antientropy.apply_entries`) to a store."""
 
 from __future__ import annotations
 
+import hashlib
+
 from pmcluster.node.antientropy import apply_entries
+from pmcluster.ring import hash_key
 from pmcluster.store import PulseStore
 from pmcluster.store.digest import (
+    BUCKET_BITS,
     Entries,
     bucket_of,
     differing,
     digests,
     entries_in,
+    entry_hash,
     retain_tombstone,
     tombstone_expiries,
 )
@@ -186,3 +191,113 @@ def test_digests_bounded_by_version_ignore_writes_still_in_flight() -> None:
     a.send_pulse("/w/t/9", b"v2", 700)  # b missed this one, and it is older than the bound
     ahead, behind = digests(a, _peer, before=800)["peer"], digests(b, _peer, before=800)["peer"]
     assert differing(ahead, behind) == [bucket_of("/w/t/9")]
+
+
+# ------------------------------------------------------------- found by mutation testing
+
+
+def test_a_bucket_is_the_top_bits_of_the_ring_hash() -> None:
+    # Buckets are arcs of the ring: the top BUCKET_BITS bits of the position the ring hashes
+    # the key to, so they lie in 0 .. 2**BUCKET_BITS - 1.
+    for i in range(200):
+        path = f"/workerbeats/t/{i}"
+        assert bucket_of(path) == hash_key(path) >> (128 - BUCKET_BITS)
+        assert 0 <= bucket_of(path) < 1 << BUCKET_BITS
+
+
+def test_an_entry_hash_is_64_bit_blake2b_of_path_and_version() -> None:
+    # Owners of two releases compare digests during an upgrade: the hash is part of the
+    # protocol, so it is pinned (blake2b, 8 bytes, of "path NUL version", big-endian).
+    raw = hashlib.blake2b(b"/w/t/a\x0012345", digest_size=8).digest()
+    assert entry_hash("/w/t/a", 12345) == int.from_bytes(raw, "big")
+    assert all(0 <= entry_hash(f"/k/{i}", i) < 1 << 64 for i in range(100))
+
+
+def test_a_bucket_hash_is_the_xor_of_its_values_entry_hashes() -> None:
+    store = PulseStore()
+    values = {f"/w/t/{i}": 100 + i for i in range(300)}  # several keys share a bucket
+    for path, version in values.items():
+        store.send_pulse(path, b"x", version)
+    expected: dict[int, int] = {}
+    for path, version in values.items():
+        bucket = bucket_of(path)
+        expected[bucket] = expected.get(bucket, 0) ^ entry_hash(path, version)
+    assert len(expected) < len(values)
+    assert digests(store, _peer) == {"peer": expected}
+
+
+def test_a_value_digests_only_below_a_bound_above_its_version() -> None:
+    store = PulseStore()
+    store.send_pulse("/k", b"x", 800)
+    assert digests(store, _peer, before=801) == {"peer": {bucket_of("/k"): entry_hash("/k", 800)}}
+    assert digests(store, _peer, before=800) == {}  # "older than the bound": not equal to it
+
+
+def test_differing_counts_an_absent_bucket_as_zero() -> None:
+    assert differing({}, {5: 1}) == [5]
+    assert differing({5: 1}, {}) == [5]
+    assert differing({5: 0}, {}) == []  # a peer listing an empty bucket as 0 agrees
+    assert differing({}, {5: 0}) == []
+    assert differing({1: 7, 2: 8, 3: 9}, {3: 9, 2: 1, 4: 2}) == [1, 2, 4]
+
+
+def test_entries_are_those_in_the_buckets_and_owned_and_every_subtree_tombstone() -> None:
+    clock = Clock()
+    store = PulseStore(clock=clock)
+    paths = [f"/w/t/{i}" for i in range(40)]
+    for path in paths:
+        store.send_pulse(path, b"v", 10)
+    store.delete_pulse_id("/w/gone", 11)
+    store.delete_path("/w/old", 12)
+    buckets = {bucket_of(p) for p in paths[::2]} | {bucket_of("/w/gone")}
+    unwanted = [p for p in paths[1::2] if bucket_of(p) not in buckets]
+    owned = set(paths[::4]) | set(unwanted) | {"/w/gone"}
+
+    got = entries_in(store, buckets, lambda p: p in owned)
+
+    wanted = sorted(p for p in paths if bucket_of(p) in buckets and p in owned)
+    assert sorted(p for p, _, _ in got.values) == wanted
+    assert unwanted and any(p not in owned for p in paths[::2])  # both filters hold some back
+    assert got.key_tombs == [("/w/gone", 11)]
+    assert got.tree_tombs == [("/w/old", 12)]
+
+
+def test_retaining_a_subtree_tombstone_keeps_it_until_then_and_then_it_expires() -> None:
+    clock = Clock()
+    store = PulseStore(clock=clock, tombstone_ttl_secs=2.0)
+    store.delete_path("/w/t", 7)
+    until = clock.now + 5 * SEC
+    assert retain_tombstone(store, "/w/t", True, until)
+    assert list(tombstone_expiries(store)) == [("/w/t", True, until)]
+    clock.now = until - 1
+    assert store.tombstone_version("/w/t/x") == 7
+    assert store.send_pulse("/w/t/x", b"stale", 6) is False
+    clock.now = until
+    assert store.tombstone_version("/w/t/x") == 0
+    assert store.tombstones() == []
+    assert store._root.children is None  # the emptied path is pruned
+
+
+def test_retain_moves_only_a_live_tombstone_of_that_kind_and_only_later() -> None:
+    clock = Clock()
+    store = PulseStore(clock=clock, tombstone_ttl_secs=2.0)
+    store.send_pulse("/w/t/k", b"v", 5)
+    store.send_pulse("/w/t/kept", b"v", 5)
+    store.delete_pulse_id("/w/t/k", 6)
+    store.delete_path("/w/u", 7)
+    expiry = clock.now + 2 * SEC
+    footprint = store.footprint_bytes
+    assert not retain_tombstone(store, "/w/t/k", False, expiry)  # not later: nothing moves
+    assert not retain_tombstone(store, "/w/u", True, expiry)
+    assert not retain_tombstone(store, "/w/t/k", True, expiry + SEC)  # no subtree tombstone
+    assert not retain_tombstone(store, "/w/u", False, expiry + SEC)  # no exact-key tombstone
+    assert not retain_tombstone(store, "/w/t/kept", False, expiry + SEC)  # a value, no tombstone
+    assert not retain_tombstone(store, "/w/t", True, expiry + SEC)  # an interior node
+    assert not retain_tombstone(store, "/w/never/seen", False, expiry + SEC)
+    assert sorted(tombstone_expiries(store)) == [("/w/t/k", False, expiry), ("/w/u", True, expiry)]
+    assert store.footprint_bytes == footprint  # a path never seen is not created
+    assert store.get_all_nodes_for_path("/w") == ["t"]
+    assert retain_tombstone(store, "/w/t/k", False, expiry + 1)
+    clock.now = expiry
+    assert store.tombstone_version("/w/t/k") == 6
+    assert store.tombstone_version("/w/u/x") == 0

@@ -8,6 +8,7 @@ import random
 import pytest
 
 from pmcluster.errors import InsufficientStorage, InvalidPath
+from pmcluster.protocol.pulse import Pulse
 from pmcluster.store import KEY_OVERHEAD_BYTES, PulseStore
 from pmcluster.store.trie import index_entry_bytes, iter_subtree
 
@@ -165,3 +166,25 @@ def test_parents_index_follows_writes_deletes_and_expiry() -> None:
     store.send_pulse("/a/b", b"x")
     store.clear()
     assert store._parents == {}
+
+
+def test_stored_keys_take_the_shortcut_not_the_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A point operation on a stored key costs two dict lookups (the module docstring of
+    `pmcluster.store.pulsestore`): no path validation, no trie walk, not the general write.
+    White-box: those are made to fail, so only the shortcut can answer."""
+    store = PulseStore(clock=FakeClock())
+    store.send_pulses([("/w/t/a", b"1", 1), ("/w/t/b", b"1", 1)])
+
+    def slow(*_: object, **__: object) -> None:
+        raise AssertionError("a stored key took the slow path")
+
+    monkeypatch.setattr(store, "_find", slow)
+    monkeypatch.setattr(store, "_put", slow)
+    monkeypatch.setattr("pmcluster.store.pulsestore.normalize_key", slow)
+    assert store.exists("/w/t/a")
+    assert store.get_pulse("/w/t/a") == Pulse("/w/t/a", b"1", 1)
+    assert store.send_pulse("/w/t/a", b"2", 2)
+    assert store.send_pulse("/w/t/a", b"3")  # "now"
+    assert not store.send_pulse("/w/t/b", b"0", 1)  # the stored version, smaller data
+    assert store.send_pulses([("/w/t/a", b"4", None), ("/w/t/b", b"2", 2)], trusted=True) == 2
+    assert store.get_pulse("/w/t/b") == Pulse("/w/t/b", b"2", 2)
