@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -29,6 +30,20 @@ CAPACITY_TARGETS = (
 )
 
 
+def rows_and_targets(stdout: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The `{"bench_row": ...}` and `{"bench_target": ...}` lines, by name."""
+    rows: dict[str, Any] = {}
+    targets: dict[str, Any] = {}
+    for line in stdout.splitlines():
+        if line.startswith('{"bench_row"'):
+            row = json.loads(line)["bench_row"]
+            rows[row["name"]] = row
+        elif line.startswith('{"bench_target"'):
+            target = json.loads(line)["bench_target"]
+            targets[target["name"]] = target
+    return rows, targets
+
+
 @pytest.mark.timeout(90)
 def test_bench_smoke_prints_every_row_and_target() -> None:
     if missing_zookeeper_jar() is not None:  # under CI, the conftest hook fails this skip
@@ -44,15 +59,7 @@ def test_bench_smoke_prints_every_row_and_target() -> None:
     lines = proc.stdout.splitlines()
     table = {line.split()[0] for line in lines if line and not line.startswith("{")}
     assert set(ROWS) <= table, proc.stdout
-    rows = {}
-    targets = {}
-    for line in lines:
-        if line.startswith('{"bench_row"'):
-            row = json.loads(line)["bench_row"]
-            rows[row["name"]] = row
-        elif line.startswith('{"bench_target"'):
-            target = json.loads(line)["bench_target"]
-            targets[target["name"]] = target
+    rows, targets = rows_and_targets(proc.stdout)
     assert sorted(rows) == sorted(ROWS)
     names = ("zk-write", "baseline", "node-put", "node-batch", "storm-put", "cluster3-put")
     for name in (*names, "cluster3-put-v", "cluster3-http-put", "cluster3-storm-put"):
@@ -106,15 +113,7 @@ def test_bench_smoke_capacity_rows_measure_every_node() -> None:
         check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = {}
-    targets = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith('{"bench_row"'):
-            row = json.loads(line)["bench_row"]
-            rows[row["name"]] = row
-        elif line.startswith('{"bench_target"'):
-            target = json.loads(line)["bench_target"]
-            targets[target["name"]] = target
+    rows, targets = rows_and_targets(proc.stdout)
     assert sorted(rows) == sorted(CAPACITY_ROW_NAMES)
     for size in (3, 6, 12):
         row = rows[f"capacity-{size}"]
