@@ -50,9 +50,11 @@ class FailureTracker:
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
         self._nodes: dict[str, _NodeState] = {}
+        self._last_failed: dict[str, float] = {}  # kept across successes (`failed_within`)
 
     def record_failure(self, node_id: str) -> None:
         """A request to `node_id` failed: (re)start its back-off window, doubled each time."""
+        self._last_failed[node_id] = self._clock()
         state = self._nodes.get(node_id)
         failures = 1 if state is None else state.failures + 1
         delay = min(self.max_delay, self.base_delay * 2 ** min(failures - 1, 62))
@@ -62,6 +64,12 @@ class FailureTracker:
     def record_success(self, node_id: str) -> None:
         """A request to `node_id` succeeded: forget its failures."""
         self._nodes.pop(node_id, None)
+
+    def failed_within(self, node_id: str, secs: float) -> bool:
+        """Whether a request to `node_id` failed in the last `secs` seconds, even if it has
+        answered since (it may have missed writes meanwhile: anti-entropy compares all)."""
+        last = self._last_failed.get(node_id)
+        return last is not None and self._clock() - last <= secs
 
     def failures(self, node_id: str) -> int:
         """Consecutive failures recorded for `node_id` (0 when healthy)."""

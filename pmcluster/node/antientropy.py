@@ -36,7 +36,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any
 
 from aiohttp import web
@@ -265,11 +265,26 @@ class AntiEntropy:
         if self.fenced():
             return results
         before = time.time_ns() - int(self.settle * _NS) if self.settle > 0 else None
-        digests = digests_by_peer(self.store, ring, self.node_id, before)
         peers = [m for m in ring.members if m.node_id != self.node_id]
-        answers = await asyncio.gather(
-            *(self._exchange(ring, m.node_id, digests.get(m.node_id, {}), before) for m in peers)
+        # A peer that failed lately may have missed writes newer than the bound: compare all
+        # of what this node shares with it, so it heals within this round.
+        horizon = self.settle + 2 * self.period * (1 + JITTER)
+        failed = {
+            m.node_id for m in peers if self.client.failures.failed_within(m.node_id, horizon)
+        }
+        settled = digests_by_peer(self.store, ring, self.node_id, before)
+        everything = (
+            digests_by_peer(self.store, ring, self.node_id)
+            if failed and before is not None
+            else settled
         )
+
+        def exchange(peer: str) -> Awaitable[tuple[str, int]]:
+            if peer in failed or before is None:
+                return self._exchange(ring, peer, everything.get(peer, {}), None)
+            return self._exchange(ring, peer, settled.get(peer, {}), before)
+
+        answers = await asyncio.gather(*(exchange(m.node_id) for m in peers))
         seen = 0
         for member, (result, differ) in zip(peers, answers, strict=True):
             results[member.node_id] = result

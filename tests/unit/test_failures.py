@@ -124,3 +124,17 @@ def test_plan_never_forgets_nodes_it_was_not_given() -> None:
 def test_rejects_bad_parameters(base: float, top: float, jitter: float) -> None:
     with pytest.raises(ValueError):
         FailureTracker(base_delay=base, max_delay=top, jitter=jitter)
+
+
+def test_failed_within_remembers_a_failure_after_the_node_answers_again() -> None:
+    now = [100.0]
+    tracker = FailureTracker(clock=lambda: now[0])
+    assert not tracker.failed_within("n1", 5.0)
+    tracker.record_failure("n1")
+    tracker.record_success("n1")  # answering again clears the back-off, not the memory
+    assert not tracker.looks_down("n1")
+    now[0] += 5.0
+    assert tracker.failed_within("n1", 5.0)
+    now[0] += 0.001
+    assert not tracker.failed_within("n1", 5.0)
+    assert not tracker.failed_within("n2", 1e9)
