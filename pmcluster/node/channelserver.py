@@ -27,7 +27,7 @@ from pmcluster.node.local import LocalBackend
 from pmcluster.node.metrics import Metrics
 from pmcluster.node.requests import check_versions, version_ceiling
 from pmcluster.protocol import pulsecodec
-from pmcluster.protocol.budget import BufferBudget
+from pmcluster.protocol.budget import BudgetShare, BufferBudget
 from pmcluster.protocol.channel import REQUEST_HEAD, encode_ack, encode_error_ack
 from pmcluster.protocol.http import status_for
 from pmcluster.store import PulseStore
@@ -72,7 +72,7 @@ class PulseChannelServer(asyncio.Protocol):
         self._have = 0
         self._need = 0  # the size of the frame being collected in `_more` (0: none)
         self._epoch = ""  # the epoch the last ack carried
-        self._held = 0
+        self._share = BudgetShare(fast.budget)  # bytes of an incomplete frame held
         self._last = 0.0
         self._frame_since: float | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -220,21 +220,13 @@ class PulseChannelServer(asyncio.Protocol):
     def _account(self, held: int) -> None:
         """The bytes of an incomplete frame count against the node's buffer budget; past it
         the connection is dropped, as an HTTP connection's would be."""
-        budget = self._fast.budget
-        if budget is None or held == self._held:
+        if self._share.hold(held):
             return
-        if budget.hold(self._held, held):
-            self._held = held
-            return
-        self._held = 0
         log.warning("pulse channel dropped: pmcluster.buffer.max.bytes of partial frames held")
         self._abort()
 
     def _release(self) -> None:
-        budget = self._fast.budget
-        if budget is not None and self._held:
-            budget.hold(self._held, 0)
-        self._held = 0
+        self._share.release()
 
     def _tick(self) -> None:
         """Close a channel idle past the node's idle limit, or a frame stalled past the frame

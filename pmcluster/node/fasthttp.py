@@ -53,7 +53,7 @@ from pmcluster.node.metrics import Metrics
 from pmcluster.node.requests import check_versions, key_path, parse_version, version_ceiling
 from pmcluster.protocol import pulsecodec
 from pmcluster.protocol.backend import NOT_NOW, NowBackend
-from pmcluster.protocol.budget import BufferBudget
+from pmcluster.protocol.budget import BudgetShare, BufferBudget
 from pmcluster.protocol.channel import CHANNEL_PATH, CHANNEL_PROTOCOL, IDLE_HEADER
 from pmcluster.protocol.http import HELD_HEADER, VERSION_HEADER, status_for
 from pmcluster.protocol.pulse import Pulse
@@ -450,7 +450,7 @@ class FastHttpConnection(asyncio.Protocol):
         self._waiting_since: float | None = None
         self._idle: asyncio.TimerHandle | None = None
         self._last = 0.0
-        self._held = 0  # bytes of unanswered requests counted in the fast path's budget
+        self._share = BudgetShare(fast.budget)  # bytes of unanswered requests held
         self._later: asyncio.Future[bytes] | None = None  # a coordinated write being answered
         self._hand_over_later = False  # `shutdown` came while `_later` ran
         self.handed_over = False
@@ -480,22 +480,14 @@ class FastHttpConnection(asyncio.Protocol):
     def _account(self, held: int) -> None:
         """Report the bytes held for unanswered requests; past the node's buffer budget the
         connection is dropped (a half-sent request must not exhaust the node)."""
-        budget = self._fast.budget
-        if budget is None or held == self._held:
+        if self._share.hold(held):
             return
-        if budget.hold(self._held, held):
-            self._held = held
-            return
-        self._held = 0
         log.warning("HTTP connection dropped: pmcluster.buffer.max.bytes of partial requests held")
         if self._transport is not None:
             self._transport.abort()
 
     def _release(self) -> None:
-        budget = self._fast.budget
-        if budget is not None and self._held:
-            budget.hold(self._held, 0)
-        self._held = 0
+        self._share.release()
 
     def eof_received(self) -> bool:
         self._eof = True

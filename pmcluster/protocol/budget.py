@@ -8,7 +8,7 @@ past `pmcluster.buffer.max.bytes` is closed instead (the honest peer retries). P
 
 from __future__ import annotations
 
-__all__ = ["BufferBudget"]
+__all__ = ["BudgetShare", "BufferBudget"]
 
 
 class BufferBudget:
@@ -31,3 +31,31 @@ class BufferBudget:
             return False
         self.used += grown
         return True
+
+
+class BudgetShare:
+    """One connection's share of a `BufferBudget` (None: no budget, nothing counted)."""
+
+    __slots__ = ("budget", "held")
+
+    def __init__(self, budget: BufferBudget | None) -> None:
+        self.budget = budget
+        self.held = 0
+
+    def hold(self, held: int) -> bool:
+        """The connection now buffers `held` bytes; False (its share back to 0) when that
+        would pass the budget's limit: the caller drops the connection."""
+        budget = self.budget
+        if budget is None or held == self.held:
+            return True
+        if budget.hold(self.held, held):
+            self.held = held
+            return True
+        self.held = 0
+        return False
+
+    def release(self) -> None:
+        """The connection buffers nothing any more (closed, or handed to another owner)."""
+        if self.budget is not None and self.held:
+            self.budget.hold(self.held, 0)
+        self.held = 0

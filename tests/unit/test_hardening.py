@@ -24,7 +24,7 @@ from pmcluster.node.admin import install_admin
 from pmcluster.node.app import make_app
 from pmcluster.node.appstate import BUDGET_KEY
 from pmcluster.protocol import paths
-from pmcluster.protocol.budget import BufferBudget
+from pmcluster.protocol.budget import BudgetShare, BufferBudget
 from pmcluster.store import KEY_OVERHEAD_BYTES, PulseStore
 from pmcluster.store.trie import index_entry_bytes
 from pmcluster.storm.codec import TType, decode_message
@@ -238,3 +238,16 @@ async def test_bodies_arriving_in_pieces_count_against_the_buffer_budget(
     assert app[BUDGET_KEY].used == 0  # released: the next upload has the whole budget
     small = await client.put("/v1/pulse/wb/small", data=b"y" * 1000)
     assert small.status == 204
+
+
+def test_a_connections_budget_share_counts_growth_and_gives_back_on_refusal() -> None:
+    budget = BufferBudget(100)
+    first, second = BudgetShare(budget), BudgetShare(budget)
+    assert first.hold(60) and budget.used == 60
+    assert second.hold(40) and budget.used == 100
+    assert not second.hold(41)  # past the limit: refused, its 40 bytes given back
+    assert second.held == 0 and budget.used == 60 and budget.refused == 1
+    assert first.hold(10) and budget.used == 10  # shrinking is always allowed
+    first.release()
+    assert budget.used == 0 and first.held == 0
+    assert BudgetShare(None).hold(10**12)  # no budget: nothing counted, nothing refused
