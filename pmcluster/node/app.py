@@ -216,7 +216,14 @@ async def get_health(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     keys = request.app[STORE_KEY].key_count
     return json_response(
-        {"status": "ok", "node": state.node_id, "keys": keys, "version": __version__}
+        {
+            "status": "ok",
+            "node": state.node_id,
+            "keys": keys,
+            "version": __version__,
+            "membership": state.membership_state(),
+            "fenced": state.fenced,
+        }
     )
 
 

@@ -44,6 +44,9 @@ class NodeState:
     fresh_until: float = 0.0
     # Cut off from ZooKeeper while its peers moved on: no data request is answered (503).
     fenced: bool = False
+    # The membership source's connection: ZooKeeper's 'CONNECTED', 'SUSPENDED' (reconnecting;
+    # the session may still expire) or 'LOST'; 'static' for a seed or fixed member list.
+    membership_state: Callable[[], str] = lambda: "static"
     in_flight: int = 0  # requests inside the middleware (body read + handler)
     draining: bool = False  # shutting down: answer with `Connection: close`
     _idle: asyncio.Event | None = field(default=None, repr=False)

@@ -114,6 +114,7 @@ async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
         state.fenced = True
         client.follow_peers(node_id, epoch)
 
+    state.membership_state = lambda: str(getattr(membership, "state", "static"))
     membership.subscribe(on_snapshot)
     await membership.start()
     current = membership.current()

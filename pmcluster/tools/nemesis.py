@@ -3,8 +3,9 @@
 `run_seed(spec, seed, workdir)` starts ZooKeeper, `spec.nodes` node processes (plus spares to
 join) on 127.0.0.1, .2, ..., and the three-kind load of `pmcluster.tools.nemesisload`, then
 applies one fault at a time from a schedule drawn by `schedule(seed, ...)`: every fault kind
-once, in a random order, each on a random node, each healed and the cluster given time to
-agree on the ring before the next. The recorded history is then judged by the history
+once, in a random order, each on a random node, each healed before the next: every node
+connected to ZooKeeper and unfenced (`/health`), all at one epoch listing every member
+(`NemesisCluster.converged`), then a settle time. The recorded history is then judged by the history
 checker: no miss, no stale read, no resurrection, nothing invented (`NemesisResult.ok`).
 
 Faults (`FAULTS`):
@@ -187,6 +188,8 @@ def _http(url: str, method: str = "GET", timeout: float = 2.0) -> tuple[int, Any
             return resp.status, json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as exc:
         return exc.code, None
+    except (urllib.error.URLError, OSError):  # refused, reset or timed out: no answer yet
+        return 0, None
 
 
 class NemesisCluster:
@@ -258,7 +261,20 @@ class NemesisCluster:
             out.append(doc if status == 200 else None)
         return out
 
+    def settled(self) -> bool:
+        """Every member is connected to ZooKeeper and not fenced. After a ZooKeeper restart
+        the ring can agree while a node is still reconnecting: its session may yet expire
+        (wiping its store), so the fault has not healed until it is connected again."""
+        for i in self.members:
+            status, doc = _http(f"{self.nodes[i].url}/health", timeout=1.0)
+            if status != 200 or doc.get("membership") != "CONNECTED" or doc.get("fenced"):
+                return False
+        return True
+
     def converged(self) -> bool:
+        """The fault has healed: every member settled, at one epoch, listing every member."""
+        if not self.settled():
+            return False
         views = self.views()
         if any(v is None for v in views):
             return False
@@ -467,7 +483,8 @@ def run_seed(
                 what = cluster.apply(step)
                 cluster.wait_converged()
                 windows.append((t0, time.monotonic(), what))
-                say(f"seed {seed} t={t0 - began:5.1f}s {what} (healed, ring agreed)")
+                healed = "healed: nodes connected, ring agreed"
+                say(f"seed {seed} t={t0 - began:5.1f}s {what} ({healed})")
                 done.append(what)
                 time.sleep(spec.settle)
         finally:

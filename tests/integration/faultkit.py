@@ -141,6 +141,12 @@ def converged(nodes: Iterable[NodeProcess | str], size: int) -> bool:
     return len({v["epoch"] for v in views}) == 1 and all(len(v["members"]) == size for v in views)
 
 
+def health_says_connected(node: NodeProcess) -> bool:
+    """The node's `/health` reports its ZooKeeper connection up and the node not fenced."""
+    doc = http_json(f"{node.url}/health")
+    return bool(doc["membership"] == "CONNECTED" and not doc["fenced"])
+
+
 def node_keys(node: NodeProcess) -> int:
     """How many keys the node holds (`/health`)."""
     return int(http_json(f"{node.url}/health")["keys"])

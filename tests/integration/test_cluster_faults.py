@@ -27,6 +27,7 @@ from faultkit import (
     client_config,
     converged,
     fault_window,
+    health_says_connected,
     node_keys,
     run_load,
     running_cluster,
@@ -170,6 +171,8 @@ def test_zookeeper_restart_keeps_members(
             history = load.stop()
         assert_clean(load, history)
         wait_until(lambda: converged(cluster.nodes, 3), timeout=10)
+        # Every node reconnected to the restarted server (`/health` says so, as operators see).
+        wait_until(lambda: all(health_says_connected(n) for n in cluster.nodes), timeout=10)
 
 
 def test_delete_while_a_replica_is_stopped_stays_deleted(tmp_path: Path) -> None:

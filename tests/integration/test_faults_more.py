@@ -32,6 +32,8 @@ from faultkit import (
     client_config,
     converged,
     fault_window,
+    health_says_connected,
+    http_json,
     members_of,
     node_keys,
     run_load,
@@ -147,9 +149,12 @@ def test_node_cut_off_from_zookeeper_only(
                 others = [cluster[1], cluster[2]]
                 timed_wait("cut-off node dropped by the others", lambda: converged(others, 2), 10)
                 assert cut.health_status() == 200  # still serving its clients
+                # ... and saying it has no ZooKeeper (operators and the nemesis wait on this).
+                assert http_json(f"{cut.url}/health")["membership"] in ("SUSPENDED", "LOST")
                 time.sleep(1.5)
                 proxy.set_mode("forward")
                 timed_wait("healed node registered again", lambda: converged(cluster.nodes, 3), 15)
+                assert health_says_connected(cut)
                 time.sleep(2.0)
                 history = load.stop()
             assert_clean(load, history)

@@ -298,6 +298,8 @@ async def test_members_and_health(client: Client) -> None:
     status, body, _ = await call(client, "GET", "/health")
     health = json.loads(body)
     assert (status, health["status"], health["node"], health["keys"]) == (200, "ok", NODE_ID, 2)
+    # A node without ZooKeeper (a fixed member list) says so; it is never fenced.
+    assert (health["membership"], health["fenced"]) == ("static", False)
 
 
 async def test_epoch_header_follows_node_state(client: Client) -> None:
