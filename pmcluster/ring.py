@@ -3,7 +3,9 @@
 The continuum is built by uhashring (md5 ring, equal weights, `points` virtual nodes per
 member) once per membership snapshot, then copied into plain tuples so a lookup is one
 `bisect` plus a short walk over distinct members, and nothing a reader touches is ever
-mutated (uhashring itself is not thread-safe). A new membership epoch means a new `Ring`.
+mutated (uhashring itself is not thread-safe) but a bounded cache of the owners already
+looked up (single dict operations, atomic under the GIL). A new membership epoch means a new
+`Ring`.
 
 Owner selection (`owners`) walks clockwise from the key's position and picks the first
 `replication` distinct members, zone-aware: a member whose zone is already represented among
@@ -28,6 +30,7 @@ from pmcluster.errors import ClusterUnavailable
 
 DEFAULT_POINTS = 160
 MIN_POINTS = 100
+OWNER_CACHE_SIZE = 1 << 17  # paths whose owners a ring remembers (about 30 MiB at most)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,7 @@ class Ring:
 
     __slots__ = (
         "_by_id",
+        "_cache",
         "_keys",
         "_next_other",
         "_owner_index",
@@ -122,6 +126,9 @@ class Ring:
         self._wanted = min(replication, len(set(self._owner_index)))
         # The common case (R=2, no zones) is then one bisect and two tuple reads.
         self._next_other = _next_other_member(self._owner_index) if self._wanted > 1 else ()
+        # Heartbeat paths repeat (a worker writes its own every few seconds): owners already
+        # computed on this ring are a dict read, not an md5 and a bisect.
+        self._cache: dict[str, tuple[Member, ...]] = {}
 
     # --- lookups ---------------------------------------------------------------------------
 
@@ -130,17 +137,26 @@ class Ring:
 
         Capped at the number of members; empty for an empty ring. The first is the primary.
         """
+        cached = self._cache.get(path)
+        if cached is not None:
+            return cached
         if not self._keys:
             return ()
         pos = self._position(path)
         members = self.members
         wanted = self._wanted
         if wanted == 1:
-            return (members[self._owner_index[pos]],)
-        if wanted == 2 and self._zone_count == 1:
+            owners: tuple[Member, ...] = (members[self._owner_index[pos]],)
+        elif wanted == 2 and self._zone_count == 1:
             owner_index = self._owner_index
-            return (members[owner_index[pos]], members[owner_index[self._next_other[pos]]])
-        return tuple([members[i] for i in self._walk(pos)])
+            owners = (members[owner_index[pos]], members[owner_index[self._next_other[pos]]])
+        else:
+            owners = tuple([members[i] for i in self._walk(pos)])
+        cache = self._cache
+        if len(cache) >= OWNER_CACHE_SIZE:
+            cache.clear()  # a bound, not an LRU: a steady set of paths refills it at once
+        cache[path] = owners
+        return owners
 
     def primary(self, path: str) -> Member:
         """The first owner of `path`; `ClusterUnavailable` when the ring has no members."""

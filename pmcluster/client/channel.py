@@ -23,6 +23,7 @@ import ssl
 from collections.abc import Callable
 from typing import cast
 
+from pmcluster.client.loop import running_loop
 from pmcluster.errors import NodeUnavailable, PmclusterError, ProtocolError
 from pmcluster.protocol.channel import (
     ACK_HEAD,
@@ -198,11 +199,11 @@ class PulseChannel:
 
     def usable(self) -> bool:
         """False while a refused handshake's back-off runs (the caller uses HTTP)."""
-        return asyncio.get_running_loop().time() >= self.refused_until
+        return running_loop().time() >= self.refused_until
 
     async def batch(self, body: bytes) -> BatchAck:
         """Send one pulse-list body; its ack, or the error the node answered."""
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         conn = await self._connection()
         await conn.drain()
         if conn.closed:
@@ -213,14 +214,16 @@ class PulseChannel:
         assert conn.transport is not None
         conn.transport.writelines((REQUEST_HEAD.pack(seq, len(body)), body))
         conn.last_used = loop.time()
+        timer = loop.call_later(self._timeout, _expire, future)  # `wait_for`, lighter
         try:
-            status, extra = await asyncio.wait_for(future, self._timeout)
+            status, extra = await future
         except TimeoutError:
             # A node that does not ack in time is failing: drop the connection, so later
             # frames do not queue behind it (they reconnect or fail fast).
             conn.fail(NodeUnavailable(self.node_id, "channel ack timed out"))
             raise NodeUnavailable(self.node_id, "channel ack timed out") from None
         finally:
+            timer.cancel()
             conn.pending.pop(seq, None)
         conn.last_used = loop.time()
         return self._answer(status, extra)
@@ -255,7 +258,7 @@ class PulseChannel:
     async def _connection(self) -> _Connection:
         conn = self._conn
         if conn is not None and not conn.closed:
-            loop = asyncio.get_running_loop()
+            loop = running_loop()
             if not conn.idle_secs or loop.time() - conn.last_used < conn.idle_secs / 2:
                 return conn
             conn.fail(NodeUnavailable(self.node_id, "channel idle"))  # pending: none
@@ -301,6 +304,12 @@ class PulseChannel:
         if self._conn is not None:
             self._conn.fail(NodeUnavailable(self.node_id, "channel closed by the client"))
             self._conn = None
+
+
+def _expire(future: asyncio.Future[tuple[int, bytes]]) -> None:
+    """A frame's ack did not come within the timeout."""
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 def _consume(task: asyncio.Task[_Connection]) -> None:

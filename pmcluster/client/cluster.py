@@ -38,6 +38,7 @@ from pmcluster.client import readmerge
 from pmcluster.client.coalesce import MAX_BATCH_BYTES, WriteCoalescer
 from pmcluster.client.failures import FailureTracker
 from pmcluster.client.fanout import FanOut, abandon
+from pmcluster.client.loop import create_task
 from pmcluster.client.retry import MAX_VERSION_RETRIES, VersionRetry
 from pmcluster.client.transport import NodeTransport, Transport
 from pmcluster.client.versionclock import VersionClock
@@ -500,47 +501,34 @@ class ClusterClient:
                 return
         await self._send_alone(path, data, v, version)
 
-    def send_pulse_soon(self, key: str, data: bytes) -> asyncio.Future[None] | None:
-        """`send_pulse(key, data)` (normalised key, no version) as a future, without a task
-        of its own when the write joins a coalesced batch (the common case under load; a
-        coordinating node calls this for every plain write). None when the write cannot be
-        coalesced now (not started, no ring, no coalescer, too large): call `send_pulse`."""
+    def send_pulse_then(
+        self, key: str, data: bytes, then: Callable[[BaseException | None], None]
+    ) -> bool:
+        """`send_pulse(key, data)` (normalised key, no version) with its outcome passed to
+        `then` (None: stored; else the error `send_pulse` would raise), without a future or a
+        task of its own when the write joins a coalesced batch (the common case under load; a
+        coordinating node calls this for every plain write and Storm SEND_PULSE). False, and
+        nothing done, when the write cannot be coalesced now (not started, no ring, no
+        coalescer, too large): call `send_pulse`."""
         coalescer = self._coalescer
         ring = self._ring
         if coalescer is None or not self._started or ring is None or not ring.members:
-            return None
+            return False
         v = self.clock.now()
         if not coalescer.accepts(data, v):
-            return None
-        first = coalescer.write(key, data, v, versioned=False)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            return False
 
-        def settled(task: asyncio.Future[None]) -> None:
-            if done.done():
-                if not task.cancelled():
-                    task.exception()
-                return
-            if task.cancelled():
-                done.cancel()
-            elif (exc := task.exception()) is not None:
-                done.set_exception(exc)
+        def batched(outcome: bool | BaseException) -> None:
+            if outcome is True:
+                then(None)
+            elif outcome is False:  # the batch could not settle it: the rest of `send_pulse`
+                rest = create_task(self._send_alone(key, data, v, None))
+                rest.add_done_callback(lambda task: then(_task_error(task)))
             else:
-                done.set_result(None)
+                then(outcome)
 
-        def batched(future: asyncio.Future[bool]) -> None:
-            exc = None if future.cancelled() else future.exception()
-            if future.cancelled() or done.done():
-                done.cancel()
-            elif exc is not None:
-                done.set_exception(exc)
-            elif future.result():
-                done.set_result(None)
-            else:  # the batch could not settle it: the rest of `send_pulse`, in a task
-                rest = asyncio.ensure_future(self._send_alone(key, data, v, None))
-                rest.add_done_callback(settled)
-
-        first.add_done_callback(batched)
-        return done
+        coalescer.write_then(key, data, v, batched)
+        return True
 
     async def _send_alone(self, path: str, data: bytes, v: int, version: int | None) -> None:
         """`send_pulse` after the coalescer: this write alone, to every owner, retried above
@@ -835,3 +823,10 @@ def _member_from_doc(item: Any) -> Member:
         host, _, port = item.rpartition(":")
         return Member(item, host.strip("[]"), int(port))
     return Member(str(item["node_id"]), str(item["host"]), int(item["port"]), item.get("zone"))
+
+
+def _task_error(task: asyncio.Future[None]) -> BaseException | None:
+    """A finished task's error (CancelledError when it was cancelled), None when it succeeded."""
+    if task.cancelled():
+        return asyncio.CancelledError()
+    return task.exception()

@@ -10,6 +10,9 @@ slice) or as soon as it reaches `max_entries` or `max_bytes`. Under load (the pr
 merged writes) a batch gathers for `delay_secs` (`pmcluster.write.coalesce.delay.secs`, 2 ms)
 instead: on a cluster of N nodes a flush splits over up to N - 1 peers, so without it the
 batches, and with them the CPU per heartbeat, shrink as the cluster grows (docs/capacity.md).
+A coordinating node's writes (`write_then`) carry a callback instead of a future: the outcome
+reaches the caller, and its answer the client, in the same loop iteration as the
+acknowledgements, with no future, task or loop callback per write in between.
 Batches travel over the pulse channel when the owner takes one (`pmcluster.client.channel`),
 else as `POST /v1/batch`. A flush groups the entries by
 owner on the current ring and sends each owner its share in one batch through the client's
@@ -33,20 +36,29 @@ ack: the replication guarantee of docs/reliability.md holds for coalesced writes
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from pmcluster.client.fanout import FanOut
+from pmcluster.client.loop import create_task, running_loop
 from pmcluster.client.transport import Transport
 from pmcluster.client.versionclock import MAX_VERSION
 from pmcluster.errors import ClusterUnavailable
 from pmcluster.ring import Member
 
-__all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_ENTRIES", "WriteCoalescer"]
+__all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_ENTRIES", "Outcome", "WriteCoalescer"]
+
+log = logging.getLogger(__name__)
 
 MAX_BATCH_ENTRIES = 500  # entries per flush
 MAX_BATCH_BYTES = 1 << 20  # payload and path bytes per flush (bounded by the message size too)
 _RECORD_OVERHEAD = 16  # u32 path_len + i64 version + u32 data_len
+
+Outcome = Callable[[bool | BaseException], None]
+"""What `write_then` calls once with an entry's outcome: True, False (write it alone) or the
+error (`ClusterUnavailable`); called from the coalescer's own flush or batch, so it must not
+block, and an exception it raises is logged and goes no further."""
 
 
 @dataclass(slots=True, eq=False)
@@ -55,7 +67,8 @@ class _Entry:
     data: bytes
     version: int
     versioned: bool
-    future: asyncio.Future[bool]
+    future: asyncio.Future[bool] | None
+    then: Outcome | None = None
     acks: int = 0
     ignored: bool = False
     owners: tuple[str, ...] = field(default=())
@@ -103,22 +116,31 @@ class WriteCoalescer:
         self, path: str, data: bytes, version: int, *, versioned: bool
     ) -> asyncio.Future[bool]:
         """Enqueue one write of a normalised key path; see the module docstring for outcomes."""
-        loop = asyncio.get_running_loop()
-        size = len(path) + len(data) + _RECORD_OVERHEAD
+        future: asyncio.Future[bool] = running_loop().create_future()
+        self._enqueue(_Entry(path, data, version, versioned, future))
+        return future
+
+    def write_then(
+        self, path: str, data: bytes, version: int, then: Outcome, *, versioned: bool = False
+    ) -> None:
+        """`write`, with the outcome passed to `then` (once) instead of a future."""
+        self._enqueue(_Entry(path, data, version, versioned, None, then))
+
+    def _enqueue(self, entry: _Entry) -> None:
+        size = len(entry.path) + len(entry.data) + _RECORD_OVERHEAD
         if self._queue and self._queued_bytes + size > self.max_bytes:
             self.flush()
-        entry = _Entry(path, data, version, versioned, loop.create_future())
         self._queue.append(entry)
         self._queued_bytes += size
         if len(self._queue) >= self.max_entries:
             self.flush()
         elif not self._scheduled:
             self._scheduled = True
+            loop = running_loop()
             if self.delay_secs > 0 and self._busy:
                 loop.call_later(self.delay_secs, self.flush)
             else:
                 loop.call_soon(self.flush)
-        return entry.future
 
     def flush(self) -> None:
         """Send what has accumulated now (normally called by the loop, once per iteration)."""
@@ -130,7 +152,7 @@ class WriteCoalescer:
         if len(entries) == 1:
             _settle(entries[0], False)  # nothing to merge with: the caller writes it alone
             return
-        task = asyncio.get_running_loop().create_task(self._send(entries))
+        task = create_task(self._send(entries))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
@@ -192,10 +214,27 @@ class WriteCoalescer:
 
 
 def _settle(entry: _Entry, done: bool) -> None:
-    if not entry.future.done():
-        entry.future.set_result(done)
+    _resolve(entry, done)
 
 
 def _fail(entry: _Entry, exc: BaseException) -> None:
-    if not entry.future.done():
-        entry.future.set_exception(exc)
+    _resolve(entry, exc)
+
+
+def _resolve(entry: _Entry, outcome: bool | BaseException) -> None:
+    """Give `entry` its outcome once: through its callback, else its future."""
+    then = entry.then
+    if then is not None:
+        entry.then = None
+        try:
+            then(outcome)
+        except Exception:  # one caller's bug must not stop the others' outcomes
+            log.exception("write coalescer: an outcome callback failed")
+        return
+    future = entry.future
+    if future is None or future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from pmcluster.client.failures import FailureTracker
+from pmcluster.client.loop import create_task, running_loop
 from pmcluster.client.transport import Transport
 from pmcluster.errors import ClusterUnavailable, PmclusterError
 from pmcluster.ring import Member
@@ -88,7 +89,7 @@ class FanOut:
 
     async def _attempt(self, member: Member, call: Call[T]) -> T:
         """One request to one node, recorded with the failure tracker."""
-        started = asyncio.get_running_loop().time()
+        started = running_loop().time()
         try:
             result = await call(self._transport_for(member))
         except PmclusterError as exc:
@@ -107,11 +108,11 @@ class FanOut:
         return result
 
     def _start(self, members: Sequence[Member], call: Call[T]) -> dict[asyncio.Task[T], str]:
-        return {asyncio.ensure_future(self._attempt(m, call)): m.node_id for m in members}
+        return {create_task(self._attempt(m, call)): m.node_id for m in members}
 
     def _overslept(self, started: float) -> bool:
         """True when far more than a timeout passed since `started`: we were paused."""
-        return asyncio.get_running_loop().time() - started > self.timeout_secs * PAUSE_FACTOR
+        return running_loop().time() - started > self.timeout_secs * PAUSE_FACTOR
 
     def spawn(self, request: Awaitable[Any]) -> None:
         """Run a request nobody waits for (read repair), tracked so `close()` awaits it."""
@@ -180,7 +181,7 @@ class FanOut:
         answers are not `enough`, the suspects' requests (probes) get the rest of the time.
         Probes still running then finish in the background and tell the failure tracker
         whether their node is back. Returns (done, pending); pending ones are given up."""
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         healthy = {task for task, node in names.items() if node not in suspects}
         probes = set(names) - healthy
         try:
@@ -228,7 +229,7 @@ class FanOut:
         """
         planned = self._plan(members) if skip_failing else list(members)
         suspects = {m.node_id for m in planned if self.failures.looks_down(m.node_id)}
-        started = asyncio.get_running_loop().time()
+        started = running_loop().time()
         names = self._start(planned, call)
         if not names:
             raise ClusterUnavailable(f"{what}: no members to ask")
@@ -280,7 +281,7 @@ class FanOut:
             if wait_suspects
             else {m.node_id for m in members if self.failures.looks_down(m.node_id)}
         )
-        started = asyncio.get_running_loop().time()
+        started = running_loop().time()
 
         def acked(done: Iterable[asyncio.Task[T]]) -> set[int]:
             return {i for task in done if not _failed(task) for i in covers(names[task])}

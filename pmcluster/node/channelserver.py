@@ -67,6 +67,7 @@ class PulseChannelServer(asyncio.Protocol):
         self._fast = fast
         self._keep = keep
         self._transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop  # set by `connection_made`
         self._buf = b""
         self._more: list[bytes] = []
         self._have = 0
@@ -84,14 +85,14 @@ class PulseChannelServer(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         self._epoch = self._fast.state.epoch  # the 101 carried it
         self._fast.metrics.channels_opened.value += 1
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._last = loop.time()
         self._timer = loop.call_later(min(self._fast.idle_secs, self._fast.frame_secs), self._tick)
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
-        self._last = asyncio.get_running_loop().time()
+        self._last = self._loop.time()
         if self._need:
             self._more.append(data)
             self._have += len(data)
@@ -153,7 +154,7 @@ class PulseChannelServer(asyncio.Protocol):
             if end > len(buf):
                 self._buf = buf[pos:]
                 self._need, self._have = end - pos, len(buf) - pos
-                self._frame_since = self._frame_since or asyncio.get_running_loop().time()
+                self._frame_since = self._frame_since or self._loop.time()
                 self._write(out)
                 return
             out.append(self._frame(seq, buf, pos + _HEAD, end))
@@ -161,7 +162,7 @@ class PulseChannelServer(asyncio.Protocol):
             self._frame_since = None
         self._buf = buf[pos:]
         if self._buf:
-            self._frame_since = self._frame_since or asyncio.get_running_loop().time()
+            self._frame_since = self._frame_since or self._loop.time()
         self._write(out)
 
     def _frame(self, seq: int, buf: bytes, start: int, stop: int) -> bytes:

@@ -21,7 +21,6 @@ hear every owner before it is acknowledged (docs/reliability.md, clock skew).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import operator
 from collections.abc import Callable, Sequence
@@ -292,13 +291,15 @@ class CoordinatingBackend:
         if self._fenced() and not await self.client.catch_up():
             raise NodeFenced("this node lost its ZooKeeper session; ask another node")
 
-    def send_pulse_soon(self, key: str, data: bytes) -> asyncio.Future[None] | None:
-        """`send_pulse(key, data)` of a normalised key as a future without a task of its own
-        (`ClusterClient.send_pulse_soon`); None when it must go the awaited way (fenced, or
-        the client cannot coalesce it now)."""
+    def send_pulse_then(
+        self, key: str, data: bytes, then: Callable[[BaseException | None], None]
+    ) -> bool:
+        """`send_pulse(key, data)` of a normalised key, its outcome passed to `then`, without
+        a task of its own (`ClusterClient.send_pulse_then`); False, nothing done, when it
+        must go the awaited way (fenced, or the client cannot coalesce it now)."""
         if self._fenced():
-            return None
-        return self.client.send_pulse_soon(key, data)
+            return False
+        return self.client.send_pulse_then(key, data, then)
 
     async def send_pulse(self, path: str, data: bytes, version: int | None = None) -> bool:
         await self._check()

@@ -22,7 +22,7 @@ can answer it at once, a plain `PUT` always. A plain `PUT` the node cannot answe
 owners must store it too) is coordinated by the same `CoordinatingBackend.send_pulse` that
 aiohttp's handler calls, and answered when it completes: the connection reads no further
 request meanwhile, so answers keep their order. Under load that write joins the coordinator's
-coalesced batch without a task of its own (`CoordinatingBackend.send_pulse_soon`). Bodies
+coalesced batch without a task of its own (`CoordinatingBackend.send_pulse_then`). Bodies
 come with `Content-Length` (none for GET). Anything else — another route, a plain request
 the owners must answer, a chunked body, `Expect`, `Connection: close`, a query string on a
 write, any header it does not find plainly well-formed, an invalid path, version or batch, a
@@ -43,6 +43,7 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import cast
 
+from pmcluster.client.loop import running_loop
 from pmcluster.config import Config
 from pmcluster.errors import PmclusterError
 from pmcluster.node.appstate import NodeState, Slots
@@ -280,34 +281,22 @@ class FastPath:
         self, coordinator: CoordinatingBackend, path: str, body: bytes, began: float
     ) -> asyncio.Future[bytes] | None:
         """`_coordinated` without a task: the write joins a coalesced batch
-        (`CoordinatingBackend.send_pulse_soon`) and its answer is made in a callback. Under
+        (`CoordinatingBackend.send_pulse_then`) and its answer is made in a callback. Under
         the same limit and in-flight count; None when it must go the awaited way (no free
         slot: it then waits for one in `_coordinated`)."""
         limiter = self.limiter
         if limiter is not None and not limiter.try_acquire():
             return None
-        try:
-            written = coordinator.send_pulse_soon(path, body)
-        except BaseException:
-            if limiter is not None:
-                limiter.release()
-            raise
-        if written is None:
-            if limiter is not None:
-                limiter.release()
-            return None
         state = self.state
-        state.in_flight += 1
-        answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        answer: asyncio.Future[bytes] = running_loop().create_future()
 
-        def done(future: asyncio.Future[None]) -> None:
+        def done(exc: BaseException | None) -> None:
             if limiter is not None:
                 limiter.release()
             state.request_done()
-            exc = None if future.cancelled() else future.exception()
             if answer.done():
                 return
-            if future.cancelled():
+            if isinstance(exc, asyncio.CancelledError):
                 answer.cancel()
             elif isinstance(exc, PmclusterError):
                 status, name = status_for(exc)
@@ -324,8 +313,16 @@ class FastPath:
                 self.metrics.record("send_pulse", time.perf_counter() - began, 204)
                 answer.set_result(b"HTTP/1.1 204 No Content\r\n" + self.common_head() + b"\r\n")
 
-        written.add_done_callback(done)
-        return answer
+        state.in_flight += 1  # before: `done` undoes it, whenever it runs
+        taken = False
+        try:
+            taken = coordinator.send_pulse_then(path, body, done)
+        finally:
+            if not taken:
+                if limiter is not None:
+                    limiter.release()
+                state.request_done()
+        return answer if taken else None
 
     async def _coordinated(
         self,
@@ -440,12 +437,14 @@ class FastHttpConnection(asyncio.Protocol):
         self._fast = fast
         self._fallback = fallback
         self._transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop  # set by `connection_made`
         self._buf = b""  # unanswered bytes, from the start of the next request
         self._more: list[bytes] = []  # pieces after `_buf` while a body arrives
         self._have = 0  # len(_buf) + len(pieces) while `_need` > 0
         self._need = 0  # bytes the current request needs in all (0: not waiting for a body)
         self._eof = False
         self._write_paused = False
+        self._reading_paused = False
         self._stall: asyncio.TimerHandle | None = None
         self._waiting_since: float | None = None
         self._idle: asyncio.TimerHandle | None = None
@@ -458,11 +457,16 @@ class FastHttpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._last = loop.time()
         self._idle = loop.call_later(self._fast.idle_secs, self._check_idle)
 
     def data_received(self, data: bytes) -> None:
+        if self._later is not None:
+            # A pipelined request while a coordinated write waits: keep it, read no more
+            # until that write is answered (a client that waits for its answer, as nearly
+            # all do, costs no pause and resume of reading per write).
+            self._pause_reading()
         if self._need:
             self._more.append(data)
             self._have += len(data)
@@ -488,6 +492,16 @@ class FastHttpConnection(asyncio.Protocol):
 
     def _release(self) -> None:
         self._share.release()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self._transport is not None:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self._transport is not None:
+            self._reading_paused = False
+            self._transport.resume_reading()
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -518,15 +532,14 @@ class FastHttpConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         # The peer does not read its responses: stop reading its requests too.
         self._write_paused = True
-        if self._transport is not None:
-            self._transport.pause_reading()
+        self._pause_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
         if self._later is not None:
             return  # reading resumes once the coordinated write is answered
         if self._transport is not None and not self.handed_over:
-            self._transport.resume_reading()
+            self._resume_reading()
             if not self._need:
                 self._process()
             if not self.handed_over:
@@ -576,8 +589,11 @@ class FastHttpConnection(asyncio.Protocol):
                 self._buf = buf[body_end:]
                 self._flush(out)
                 self._disarm_stall()
-                transport.pause_reading()
-                self._later = asyncio.ensure_future(response)
+                self._later = (  # a future when coordinated without a task (the usual case)
+                    response
+                    if isinstance(response, asyncio.Future)
+                    else asyncio.ensure_future(response)
+                )
                 self._later.add_done_callback(self._answered_later)
                 return
             out.append(response)
@@ -591,7 +607,7 @@ class FastHttpConnection(asyncio.Protocol):
             self._buf = buf[pos:]
             self._flush(out)
             self._disarm_stall()
-            self._last = asyncio.get_running_loop().time()
+            self._last = self._loop.time()
             return
         self._buf = buf[pos:]
         self._flush(out)
@@ -604,7 +620,7 @@ class FastHttpConnection(asyncio.Protocol):
         if task.cancelled() or transport is None or transport.is_closing():
             return
         transport.write(task.result())  # `_coordinated` answers every error itself
-        self._last = asyncio.get_running_loop().time()
+        self._last = self._loop.time()
         if self._hand_over_later:
             self._hand_over()
         elif self._eof and not self._buf:
@@ -613,7 +629,7 @@ class FastHttpConnection(asyncio.Protocol):
             self._hand_over()  # a half-sent request and the peer's close: aiohttp decides
         else:
             if not self._write_paused:
-                transport.resume_reading()
+                self._resume_reading()
             self._process()
             if not self.handed_over:
                 self._account(self._have if self._need else len(self._buf))
@@ -663,6 +679,7 @@ class FastHttpConnection(asyncio.Protocol):
         if self._write_paused:
             inner.pause_writing()
         transport.resume_reading()  # aiohttp keeps its own flow control from here
+        self._reading_paused = False
         rest = b"".join([self._buf, *self._more]) if self._more else self._buf
         self._buf, self._more, self._need = b"", [], 0
         if rest:

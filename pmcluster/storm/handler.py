@@ -21,7 +21,6 @@ it returns the encoded reply frame, or None when the request must take `handle`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -69,9 +68,14 @@ NowResolver = Callable[[bool], NowBackend | None]
 """`resolve_now(is_read)` -> what may answer this request without waiting (None: nothing)."""
 
 
-SoonWrite = Callable[[str, bytes], "asyncio.Future[None] | None"]
-"""A coordinator's `send_pulse_soon(key, data)`: the write as a future without a task of its
-own, or None (then the awaited `Backend.send_pulse`)."""
+ThenWrite = Callable[[str, bytes, Callable[[BaseException | None], None]], bool]
+"""A coordinator's `send_pulse_then(key, data, then)`: the write, its outcome passed to
+`then`, without a task of its own; False when it must go the awaited way
+(`Backend.send_pulse`)."""
+
+StormOutcome = Callable[[bytes | BaseException], None]
+"""What `StormHandler.send_pulse_then` calls once: the encoded reply, or the error that
+`handle` would raise."""
 
 
 class PulseSizes(Protocol):
@@ -182,54 +186,46 @@ class StormHandler:
 
     def coordinates_writes(self, authorized_reader: bool) -> bool:
         """Whether SEND_PULSEs on such a connection go to a coordinator that takes them
-        without waiting (`send_pulse_soon`): a node of a cluster, writes allowed."""
+        without waiting (`send_pulse_then`): a node of a cluster, writes allowed."""
         if not authorized_reader and self.writes_need_auth:
             return False
         resolve_now = self._resolve_now
         now = resolve_now(False) if resolve_now is not None else None
-        return getattr(now, "send_pulse_soon", None) is not None
+        return getattr(now, "send_pulse_then", None) is not None
 
-    def send_pulse_soon(
-        self, raw: str, details: bytes, mid: int, authorized_reader: bool
-    ) -> asyncio.Future[bytes] | None:
-        """The encoded reply of a SEND_PULSE the cluster must store, as a future resolved when
-        its owners have it, without a task of its own (the node's coordinator joins it to a
-        coalesced batch: `CoordinatingBackend.send_pulse_soon`). None (nothing done, nothing
-        counted) when it must go the awaited way: `handle`. The future fails with what
-        `handle` would raise."""
+    def send_pulse_then(
+        self, raw: str, details: bytes, mid: int, authorized_reader: bool, then: StormOutcome
+    ) -> bool:
+        """Coordinate a SEND_PULSE the cluster must store without a task or a future of its
+        own (the node's coordinator joins it to a coalesced batch:
+        `CoordinatingBackend.send_pulse_then`); `then` gets the encoded reply once its owners
+        have it, or the error `handle` would raise. False (nothing done, nothing counted) when
+        it must go the awaited way: `handle`."""
         if not authorized_reader and self.writes_need_auth:
-            return None
+            return False
         resolve_now = self._resolve_now
         now = resolve_now(False) if resolve_now is not None else None
-        soon: SoonWrite | None = getattr(now, "send_pulse_soon", None)
-        if soon is None:
-            return None
+        write: ThenWrite | None = getattr(now, "send_pulse_then", None)
+        if write is None:
+            return False
         try:
             key = normalize_key(raw)
         except InvalidPath:
-            return None  # `handle` answers it, with its bookkeeping
-        written = soon(key, details)
-        if written is None:
-            return None
-        self.metrics.count_request("SEND_PULSE")
-        reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            return False  # `handle` answers it, with its bookkeeping
         sizes = self.pulse_sizes
 
-        def stored(future: asyncio.Future[None]) -> None:
-            exc = None if future.cancelled() else future.exception()
-            if reply.done():
+        def stored(error: BaseException | None) -> None:
+            if error is not None:
+                then(error)
                 return
-            if future.cancelled():
-                reply.cancel()
-            elif exc is not None:
-                reply.set_exception(exc)
-            else:
-                if sizes is not None:
-                    sizes.received(len(details))
-                reply.set_result(fastcodec.encode_empty_reply(_SEND_PULSE_RESPONSE, mid))
+            if sizes is not None:
+                sizes.received(len(details))
+            then(fastcodec.encode_empty_reply(_SEND_PULSE_RESPONSE, mid))
 
-        written.add_done_callback(stored)
-        return reply
+        if not write(key, details, stored):
+            return False
+        self.metrics.count_request("SEND_PULSE")
+        return True
 
     def send_pulses_now(self, run: Sequence[FastRequest], authorized_reader: bool) -> list[bytes]:
         """The reply frames of consecutive SEND_PULSE requests of one read that could be

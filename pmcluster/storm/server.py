@@ -147,9 +147,10 @@ class StormConnection(asyncio.Protocol):
         self.peer = "?"
         self._decoder = FrameDecoder(max_frame_size)
         self._transport: asyncio.Transport | None = None
-        self._tasks: set[asyncio.Future[None]] = set()  # requests in flight: tasks, or slots
+        self._loop: asyncio.AbstractEventLoop  # set by `connection_made`
+        self._tasks: set[asyncio.Future[None] | _Slot] = set()  # requests in flight
         # SEND_PULSEs coordinated without a task each, started next iteration (`_start_soon`)
-        self._soon: list[tuple[FastRequest, bool, asyncio.Future[None]]] = []
+        self._soon: list[tuple[FastRequest, bool, _Slot]] = []
         self._pending: deque[tuple[HBMessage, bool]] = deque()
         self._ordinary_seen = False
         self._write_paused = False
@@ -173,6 +174,7 @@ class StormConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        self._loop = asyncio.get_running_loop()
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.metrics.connections_open += 1
@@ -238,8 +240,11 @@ class StormConnection(asyncio.Protocol):
             self._held = 0
         self.metrics.connections_open -= 1
         self._pending.clear()
-        for task in self._tasks:
-            task.cancel()
+        for task in list(self._tasks):
+            if isinstance(task, _Slot):
+                self._release(task)  # its outcome, when it comes, is dropped
+            else:
+                task.cancel()
         self._closed.set()
 
     def pause_writing(self) -> None:
@@ -408,22 +413,22 @@ class StormConnection(asyncio.Protocol):
         """A SEND_PULSE its owners must store: it holds an in-flight slot from now and starts
         two loop iterations later, without a task of its own. As `_serve` does for every
         mutation, a write whose client closed meanwhile is dropped then."""
-        slot: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        slot = _Slot()
         self._tasks.add(slot)
         self.metrics.in_flight += 1
-        slot.add_done_callback(self._finished)
         if not self._soon:
             # Two iterations, as a task's `await asyncio.sleep(0)` in `_serve` takes: a close
             # that came with the request is seen by then (selector loops read the EOF in the
             # iteration after the data).
-            loop = asyncio.get_running_loop()
+            loop = self._loop
             loop.call_soon(loop.call_soon, self._start_soon)
         self._soon.append((request, authorized, slot))
 
     def _start_soon(self) -> None:
         batch, self._soon = self._soon, []
+        send = self.handler.send_pulse_then
         for request, authorized, slot in batch:
-            if slot.done():
+            if slot.ended:
                 continue  # the connection was lost meanwhile
             _, mid, raw, details = request
             if self._eof:
@@ -432,31 +437,45 @@ class StormConnection(asyncio.Protocol):
                     "Storm connection %s: dropped a SEND_PULSE its client closed before it ran",
                     self.peer,
                 )
-                slot.set_result(None)
+                self._release(slot)
                 continue
             try:
-                reply = self.handler.send_pulse_soon(raw, details or b"", mid, authorized)
+                taken = send(
+                    raw, details or b"", mid, authorized, functools.partial(self._stored, slot)
+                )
             except Exception as exc:  # as in `_serve`: this connection goes, not the server
                 self._request_failed(exc)
-                slot.set_result(None)
+                self._release(slot)
                 continue
-            if reply is None:  # the awaited way, in a task that holds this slot
-                task = asyncio.ensure_future(self._serve_now(_message(request), authorized))
-                task.add_done_callback(functools.partial(_chain, slot=slot))
-                continue
-            reply.add_done_callback(functools.partial(self._soon_answered, slot=slot))
+            if not taken:  # the awaited way, in a task that holds this slot
+                task = self._loop.create_task(self._serve_now(_message(request), authorized))
+                task.add_done_callback(functools.partial(self._chained, slot=slot))
 
-    def _soon_answered(self, reply: asyncio.Future[bytes], slot: asyncio.Future[None]) -> None:
-        if not reply.cancelled():
-            exc = reply.exception()
-            if exc is not None:
-                self._request_failed(exc)
-            elif self._transport is not None and not self._transport.is_closing():
-                if not self._out:
-                    asyncio.get_running_loop().call_soon(self._flush)
-                self._out.append(reply.result())
-        if not slot.done():
-            slot.set_result(None)
+    def _stored(self, slot: _Slot, outcome: bytes | BaseException) -> None:
+        """A coordinated SEND_PULSE's outcome (`StormHandler.send_pulse_then`): its reply
+        joins this iteration's single write, or the error closes the connection."""
+        if slot.ended:
+            return  # the connection was lost meanwhile
+        if isinstance(outcome, asyncio.CancelledError):
+            pass  # the node is stopping: no reply, as for a cancelled task
+        elif isinstance(outcome, BaseException):
+            self._request_failed(outcome)
+        elif self._transport is not None and not self._transport.is_closing():
+            if not self._out:
+                self._loop.call_soon(self._flush)
+            self._out.append(outcome)
+        self._release(slot)
+
+    def _chained(self, task: asyncio.Future[None], slot: _Slot) -> None:
+        """`slot` ends when `task` does (its outcome was handled inside it)."""
+        if not task.cancelled():
+            task.exception()
+        self._release(slot)
+
+    def _release(self, slot: _Slot) -> None:
+        if not slot.ended:
+            slot.ended = True
+            self._finished(slot)
 
     def _request_failed(self, exc: BaseException) -> None:
         if isinstance(exc, ProtocolError):
@@ -472,7 +491,7 @@ class StormConnection(asyncio.Protocol):
             self._start(*self._pending.popleft())
 
     def _start(self, message: HBMessage, authorized: bool) -> None:
-        task = asyncio.get_running_loop().create_task(self._serve(message, authorized))
+        task = self._loop.create_task(self._serve(message, authorized))
         self._tasks.add(task)
         self.metrics.in_flight += 1
         task.add_done_callback(self._finished)
@@ -508,7 +527,7 @@ class StormConnection(asyncio.Protocol):
         else:
             self._write(reply)
 
-    def _finished(self, task: asyncio.Future[None]) -> None:
+    def _finished(self, task: asyncio.Future[None] | _Slot) -> None:
         self._tasks.discard(task)
         self.metrics.in_flight -= 1
         if self._lost:
@@ -523,7 +542,7 @@ class StormConnection(asyncio.Protocol):
         if self._transport is None or self._transport.is_closing():
             return
         if not self._out:
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop.call_soon(self._flush)
         self._out.append(encode_frame(message))
 
     def _flush(self) -> None:
@@ -570,9 +589,11 @@ def _message(request: FastRequest) -> HBMessage:
 StormFactory = Callable[[], StormConnection]
 
 
-def _chain(task: asyncio.Future[None], slot: asyncio.Future[None]) -> None:
-    """`slot` ends when `task` does (its outcome was handled inside it)."""
-    if not task.cancelled():
-        task.exception()
-    if not slot.done():
-        slot.set_result(None)
+class _Slot:
+    """The in-flight place of a SEND_PULSE coordinated without a task (`_admit_soon`): it
+    ends once, when its reply is queued, it is dropped, or the connection is lost."""
+
+    __slots__ = ("ended",)
+
+    def __init__(self) -> None:
+        self.ended = False

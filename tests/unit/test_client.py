@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 
 from pmcluster.client import ClusterClient, SyncClusterClient
+from pmcluster.client.coalesce import MAX_BATCH_BYTES
 from pmcluster.client.failures import FailureTracker
 from pmcluster.client.transport import NodeTransport
 from pmcluster.config import Config
@@ -640,6 +641,61 @@ async def test_each_coalesced_caller_gets_its_own_outcome(
             assert on_all(cluster.owners(client, path), path)
     assert any(isinstance(r, InsufficientStorage) for r in results)
     assert any(r is None for r in results)
+
+
+async def outcomes_of(
+    client: ClusterClient, writes: Sequence[tuple[str, bytes]]
+) -> list[BaseException | None]:
+    """`send_pulse_then` of each write (all taken), awaited through their callbacks."""
+    loop = asyncio.get_running_loop()
+    futures: list[asyncio.Future[BaseException | None]] = []
+    for path, data in writes:
+        future: asyncio.Future[BaseException | None] = loop.create_future()
+        futures.append(future)
+        assert client.send_pulse_then(path, data, future.set_result)
+    return list(await asyncio.wait_for(asyncio.gather(*futures), 10))
+
+
+async def test_send_pulse_then_calls_back_once_every_owner_has_it(
+    cluster: Cluster, coalescing: ClusterClient
+) -> None:
+    client = coalescing
+    paths = [f"/workerbeats/g/n{i}" for i in range(50)]
+    # Both owners hold a newer version of the first path: its batch entry is ignored, and the
+    # write goes on alone (retried above it) before its callback says it is stored.
+    future = time.time_ns() + 10 * 10**9
+    for owner in cluster.owners(client, paths[0]):
+        owner.store.send_pulse(paths[0], b"from the future", future)
+    assert await outcomes_of(client, [(p, b"then") for p in paths]) == [None] * len(paths)
+    assert client.stats["coalesced_writes"] == len(paths)
+    for path in paths:  # called back only once every owner holds it: no polling needed
+        stored = {o.store.get_pulse(path) for o in cluster.owners(client, path)}
+        assert {s.data if s else None for s in stored} == {b"then"}, path
+    # A caller's error reaches its own callback only: the others are stored.
+    full = cluster.nodes[0]
+    full.store.max_bytes = 1
+    more = [f"/workerbeats/h/n{i}" for i in range(40)]
+    results = await outcomes_of(client, [(p, b"x") for p in more])
+    for path, result in zip(more, results, strict=True):
+        if full in cluster.owners(client, path):
+            assert isinstance(result, InsufficientStorage), (path, result)
+        else:
+            assert result is None and on_all(cluster.owners(client, path), path), path
+
+
+async def test_send_pulse_then_is_refused_when_it_cannot_coalesce(cluster: Cluster) -> None:
+    async with ClusterClient(cluster.client_config, coalesce=False) as plain:
+        called: list[BaseException | None] = []
+        assert not plain.send_pulse_then(P, b"x", called.append)
+    async with ClusterClient(cluster.client_config, coalesce=True) as client:
+        # Over a quarter of the largest batch: it would travel alone (`send_pulse`).
+        too_big = b"x" * (
+            min(MAX_BATCH_BYTES, cluster.client_config.max_message_size // 2) // 4 + 1
+        )
+        assert not client.send_pulse_then(P, too_big, called.append)
+        await asyncio.sleep(0.05)
+    assert called == []  # nothing was done for the refused writes
+    assert not any(n.store.exists(P) for n in cluster.nodes)
 
 
 async def test_a_hung_owner_costs_coalesced_writes_at_most_one_timeout(cluster: Cluster) -> None:

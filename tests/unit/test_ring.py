@@ -8,6 +8,7 @@ from fractions import Fraction
 import pytest
 from uhashring import HashRing
 
+from pmcluster import ring as ring_module
 from pmcluster.errors import ClusterUnavailable
 from pmcluster.ring import (
     Member,
@@ -51,6 +52,27 @@ def test_owners_match_uhashring_distinct_walk(n: int, replication: int) -> None:
     for key in KEYS[:2_000]:
         expected = list(reference.iterate_nodes(key))[:replication]
         assert [m.node_id for m in ring.owners(key)] == expected
+
+
+@pytest.mark.parametrize(("n", "replication", "zones"), [(3, 2, 0), (7, 3, 0), (6, 2, 3)])
+def test_remembered_owners_stay_right_past_the_cache_bound(
+    n: int, replication: int, zones: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ring_module, "OWNER_CACHE_SIZE", 50)
+    ms = members(n, zones=zones)
+    ring = Ring(ms, "e1", replication=replication)
+    keys = KEYS[:400]
+    first = [ring.owners(k) for k in keys]
+    # A second and third pass (from the cache while it holds them, recomputed after it was
+    # emptied at its bound) answer exactly what a ring that never saw the keys answers.
+    for _ in range(2):
+        assert [ring.owners(k) for k in keys] == first
+        assert len(ring._cache) <= 50
+    fresh = Ring(ms, "e1", replication=replication)
+    assert [fresh.owners(k) for k in reversed(keys)] == first[::-1]
+    # Each ring remembers its own owners: a ring without a member never answers with it.
+    smaller = Ring(ms[1:], "e2", replication=replication)
+    assert all(ms[0] not in smaller.owners(k) for k in keys)
 
 
 def test_hash_key_is_uhashring_hash() -> None:

@@ -3,7 +3,7 @@ invalid paths answered as empty, auth gating, and the requests that must close a
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -260,41 +260,43 @@ def decode_frame_body(frame: bytes) -> HBMessage:
     return message
 
 
-class SoonCoordinator:
-    """What the handler needs of a node's coordinator for `send_pulse_soon`: its writes as
-    futures (resolved by the test), and no answers without waiting."""
+class ThenCoordinator:
+    """What the handler needs of a node's coordinator for `send_pulse_then`: its writes with
+    their outcome callbacks (called by the test), and no answers without waiting."""
 
     def __init__(self) -> None:
-        self.writes: list[tuple[str, bytes, asyncio.Future[None]]] = []
+        self.writes: list[tuple[str, bytes, Callable[[BaseException | None], None]]] = []
 
     def send_pulse_now(self, path: str, data: bytes) -> bool:
         return False
 
-    def send_pulse_soon(self, key: str, data: bytes) -> asyncio.Future[None] | None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.writes.append((key, data, future))
-        return future
+    def send_pulse_then(
+        self, key: str, data: bytes, then: Callable[[BaseException | None], None]
+    ) -> bool:
+        self.writes.append((key, data, then))
+        return True
 
 
-async def test_send_pulse_soon_replies_once_the_owners_have_it(store: PulseStore) -> None:
-    coordinator = SoonCoordinator()
+def test_send_pulse_then_replies_once_the_owners_have_it(store: PulseStore) -> None:
+    coordinator = ThenCoordinator()
     handler = StormHandler(LocalBackend(store), resolve_now=lambda _: coordinator)
-    reply = handler.send_pulse_soon("/w/t/x-1/", b"hb", 9, True)
-    assert reply is not None and not reply.done()
-    [(key, data, written)] = coordinator.writes
+    outcomes: list[bytes | BaseException] = []
+    assert handler.send_pulse_then("/w/t/x-1/", b"hb", 9, True, outcomes.append)
+    [(key, data, stored)] = coordinator.writes
     assert (key, data) == ("/w/t/x-1", b"hb")  # the key normalised as `handle` would
-    written.set_result(None)
-    await asyncio.sleep(0)
-    assert decode_frame_body(reply.result()) == HBMessage(T.SEND_PULSE_RESPONSE, None, 9)
+    assert outcomes == []  # no reply before the owners have it
+    stored(None)
+    [reply] = outcomes
+    assert isinstance(reply, bytes)
+    assert decode_frame_body(reply) == HBMessage(T.SEND_PULSE_RESPONSE, None, 9)
     assert handler.metrics.requests["SEND_PULSE"] == 1
-    # A failed write fails the reply with the same error `handle` would raise.
-    failing = handler.send_pulse_soon("/w/t/x-2", b"hb", 10, True)
-    assert failing is not None
-    coordinator.writes[-1][2].set_exception(ClusterUnavailable("no owner answered"))
-    with pytest.raises(ClusterUnavailable):
-        await failing
+    # A failed write gives the same error `handle` would raise, not a reply.
+    assert handler.send_pulse_then("/w/t/x-2", b"hb", 10, True, outcomes.append)
+    failure = ClusterUnavailable("no owner answered")
+    coordinator.writes[-1][2](failure)
+    assert outcomes[-1] is failure
     # Not for it (nothing done, nothing counted): an invalid path, writes needing auth.
-    assert handler.send_pulse_soon("relative", b"hb", 11, True) is None
+    assert not handler.send_pulse_then("relative", b"hb", 11, True, outcomes.append)
     handler.writes_need_auth = True
-    assert handler.send_pulse_soon("/w/t/x-3", b"hb", 12, False) is None
+    assert not handler.send_pulse_then("/w/t/x-3", b"hb", 12, False, outcomes.append)
     assert len(coordinator.writes) == 2 and handler.metrics.requests["SEND_PULSE"] == 2
