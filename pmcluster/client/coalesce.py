@@ -71,7 +71,7 @@ class _Entry:
     then: Outcome | None = None
     acks: int = 0
     ignored: bool = False
-    owners: tuple[str, ...] = field(default=())
+    owners: Sequence[Member] = field(default=())
 
 
 class WriteCoalescer:
@@ -168,8 +168,7 @@ class WriteCoalescer:
         members: dict[str, Member] = {}
         try:
             for entry in entries:
-                owners = self._owners(entry.path)
-                entry.owners = tuple(m.node_id for m in owners)
+                owners = entry.owners = self._owners(entry.path)
                 for member in owners:
                     by_node.setdefault(member.node_id, []).append(entry)
                     members[member.node_id] = member
@@ -207,7 +206,9 @@ class WriteCoalescer:
             if entry.acks == 0:
                 _fail(
                     entry,
-                    ClusterUnavailable(f"write: none of {list(entry.owners)} acknowledged"),
+                    ClusterUnavailable(
+                        f"write: none of {[m.node_id for m in entry.owners]} acknowledged"
+                    ),
                 )
             else:
                 _settle(entry, entry.versioned or not entry.ignored)

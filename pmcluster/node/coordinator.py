@@ -168,9 +168,11 @@ class CoordinatingBackend:
         """`ClusterClient.send_pulse(path, data)` when this node is the key's only owner."""
         if self._fenced():
             return False
-        key = normalize_key(path)
         client = self.client
         ring = client.ring
+        if ring is not None and ring.replication > 1 and len(ring.members) > 1:
+            return False  # every key has two owners or more: none is this node's alone
+        key = normalize_key(path)
         if ring is not None and ring is self._solo_ring:
             local = self._solo_local
         else:
