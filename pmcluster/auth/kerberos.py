@@ -174,6 +174,9 @@ class KerberosInitiator:
                 mech=gssapi.MechType.kerberos if sasl else self._mech,
                 flags=wanted,
             )
+            # Raised by `step` itself: a failed mutual authentication is then an `AuthError`
+            # from `finish`, not a bare GSSError from a later `ctx.complete`.
+            ctx.__DEFER_STEP_ERRORS__ = False
             token = ctx.step()
         except gssapi.exceptions.GSSError as exc:
             raise AuthError(
