@@ -6,6 +6,7 @@ that is not the authenticated principal)."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 import gssapi
@@ -46,13 +47,15 @@ def client_context(realm: PacemakerRealm, who: str) -> tuple[gssapi.SecurityCont
 
 
 def jdk_style_context(realm: PacemakerRealm, who: str) -> tuple[gssapi.SecurityContext, bytes]:
-    """Storm's JDK client: Kerberos V5 without mutual authentication (SERVER_AUTH false)."""
+    """Storm's JDK client: Kerberos V5 without mutual authentication (SERVER_AUTH false).
+    A new in-memory ccache each time: a realm of an earlier session in this process (mutation
+    testing runs many) had other keys, so its tickets must not be found."""
     creds = gssapi.Credentials(
         name=gssapi.Name(realm.principal(who), gssapi.NameType.kerberos_principal),
         usage="initiate",
         store={
             b"client_keytab": realm.keytab(who).encode(),
-            b"ccache": f"MEMORY:jdk-{who}".encode(),
+            b"ccache": f"MEMORY:jdk-{who}-{uuid.uuid4().hex}".encode(),
         },
     )
     ctx = gssapi.SecurityContext(
