@@ -238,6 +238,11 @@ def test_without_a_keytab_the_default_ccache_is_used(
         client = KerberosInitiator(keytab=None, principal=principal, service_name="pacemaker")
         started = client.start(KRB_HOST)
         assert acceptor.accept(started.token)[0] == krb_realm.principal(user)
+    # A named principal is that one: not whoever the default ccache holds.
+    alice = krb_realm.principal("alice")
+    with pytest.raises(ConfigError) as caught:
+        KerberosInitiator(keytab=None, principal=alice, service_name="pacemaker")
+    assert f"cannot get Kerberos client credentials for {alice} (keytab -): " in str(caught.value)
 
 
 def test_no_default_ccache_is_a_config_error(krb_realm: PacemakerRealm) -> None:
