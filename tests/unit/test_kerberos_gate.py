@@ -309,3 +309,20 @@ async def test_without_a_realm_readers_are_short_names_in_any_realm(
     cookie = cookie_header(signer(krb_realm).issue("nimbus@OTHER.TEST"))
     resp = await client.get(READ, headers=cookie)
     assert resp.status == 200 and await resp.text() == "nimbus@OTHER.TEST"
+
+
+async def test_a_gate_built_with_defaults_issues_a_plain_http_cookie(
+    aiohttp_client: AiohttpClient, krb_realm: PacemakerRealm
+) -> None:
+    """Secure cookies only when asked for (a node with TLS): over plain HTTP a Secure cookie
+    would never come back."""
+    from pmcluster.auth.kerberos import KerberosAcceptor
+
+    acceptor = KerberosAcceptor(load_jaas(krb_realm.server_jaas).kerberos_server(HOST))
+    gate = KerberosGate(acceptor, signer(krb_realm), frozenset({"nimbus"}), False)
+    app = web.Application(middlewares=[web.middleware(gate)])
+    app.router.add_get("/v1/pulse/{path}", whoami)
+    client = await aiohttp_client(app, cookie_jar=aiohttp.DummyCookieJar())
+    resp = await client.get(READ, headers=negotiate(krb_realm, "nimbus"))
+    assert resp.status == 200 and await resp.text() == krb_realm.principal("nimbus")
+    assert not resp.cookies[COOKIE_NAME]["secure"]
